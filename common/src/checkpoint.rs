@@ -1,0 +1,346 @@
+//! Checkpoints: files first, then `manifest.json` with the sha256 of each, written last. A
+//! checkpoint without a manifest, or whose files do not match it, is never loaded.
+//!
+//! Layout under a job's output: `checkpoints/step-NNNNNNNNNN/{params.bin, adam_m1.bin,
+//! adam_m2.bin, state.json, manifest.json}`; the final model is `model.safetensors` beside
+//! `model.json`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::ModelConfig;
+use crate::optim::AdamSnapshot;
+use crate::spec::JobSpec;
+use crate::storage::StoreUrl;
+use crate::tensor_bytes::{f32_from_le_bytes, f32_to_le_bytes};
+use crate::{Error, Result, Step};
+
+/// Name of a checkpoint's manifest.
+pub const CHECKPOINT_MANIFEST: &str = "manifest.json";
+/// Folder of a job's checkpoints, under its output.
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+/// Format tag of checkpoint manifests.
+pub const CHECKPOINT_FORMAT: &str = "ctcluster.checkpoint.v1";
+
+/// The data cursor and counters a job resumes from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingState {
+    /// Optimizer steps taken.
+    pub step: Step,
+    /// Epoch the next step belongs to.
+    pub epoch: u32,
+    /// Steps already taken within that epoch (the data cursor).
+    pub step_in_epoch: u64,
+    /// Summed training loss and sample count so far in that epoch (for the epoch's mean).
+    pub epoch_loss_sum: f64,
+    /// Samples seen so far in that epoch.
+    pub epoch_samples: u64,
+    /// The job spec, as YAML.
+    pub spec_yaml: String,
+    /// The model's configuration.
+    pub model: ModelConfig,
+    /// Adam's step counter.
+    pub adam_time: u64,
+}
+
+/// A checkpoint in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    /// Counters and configuration.
+    pub state: TrainingState,
+    /// Parameters, flat.
+    pub params: Vec<f32>,
+    /// Adam's moments.
+    pub adam: AdamSnapshot,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointManifest {
+    format: String,
+    step: u64,
+    /// File name -> sha256.
+    files: BTreeMap<String, String>,
+}
+
+/// The folder name of the checkpoint at a step.
+pub fn checkpoint_dir_name(step: Step) -> String {
+    format!("step-{:010}", step.0)
+}
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Checkpoint {
+    /// Writes the checkpoint under `job_output/checkpoints/step-N`; returns its URL.
+    pub async fn write(&self, job_output: &StoreUrl) -> Result<StoreUrl> {
+        let dir = job_output
+            .join(CHECKPOINTS_DIR)?
+            .join(&checkpoint_dir_name(self.state.step))?;
+        let state = serde_json::to_vec_pretty(&TrainingState {
+            adam_time: self.adam.time,
+            ..self.state.clone()
+        })
+        .map_err(|e| Error::Compute(format!("checkpoint state: {e}")))?;
+        let files = [
+            ("params.bin", f32_to_le_bytes(&self.params)),
+            ("adam_m1.bin", f32_to_le_bytes(&self.adam.moment_1)),
+            ("adam_m2.bin", f32_to_le_bytes(&self.adam.moment_2)),
+            ("state.json", state),
+        ];
+        let mut hashes = BTreeMap::new();
+        for (name, bytes) in files {
+            hashes.insert(name.to_string(), sha(&bytes));
+            dir.join(name)?.put(bytes).await?;
+        }
+        let manifest = CheckpointManifest {
+            format: CHECKPOINT_FORMAT.into(),
+            step: self.state.step.0,
+            files: hashes,
+        };
+        let json = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| Error::Compute(format!("checkpoint manifest: {e}")))?;
+        dir.join(CHECKPOINT_MANIFEST)?.put(json).await?;
+        Ok(dir)
+    }
+
+    /// Loads and verifies a checkpoint from its folder URL.
+    pub async fn load(dir: &StoreUrl) -> Result<Checkpoint> {
+        let loc = dir.as_str().to_string();
+        let manifest = dir.join(CHECKPOINT_MANIFEST)?.get().await.map_err(|e| match e {
+            Error::NotFound { .. } => {
+                Error::checkpoint(&loc, "no manifest.json: the checkpoint is incomplete")
+            }
+            other => other,
+        })?;
+        let manifest: CheckpointManifest = serde_json::from_slice(&manifest)
+            .map_err(|e| Error::checkpoint(&loc, format!("bad manifest.json: {e}")))?;
+        if manifest.format != CHECKPOINT_FORMAT {
+            return Err(Error::checkpoint(&loc, format!("unknown format {:?}", manifest.format)));
+        }
+        let mut files = BTreeMap::new();
+        for name in ["params.bin", "adam_m1.bin", "adam_m2.bin", "state.json"] {
+            let want = manifest
+                .files
+                .get(name)
+                .ok_or_else(|| Error::checkpoint(&loc, format!("manifest lists no {name}")))?;
+            let bytes = dir.join(name)?.get().await?;
+            if &sha(&bytes) != want {
+                return Err(Error::checkpoint(
+                    &loc,
+                    format!("{name} does not match its sha256: corrupt or truncated"),
+                ));
+            }
+            files.insert(name, bytes);
+        }
+        let state: TrainingState = serde_json::from_slice(&files["state.json"])
+            .map_err(|e| Error::checkpoint(&loc, format!("bad state.json: {e}")))?;
+        let params = f32_from_le_bytes(&files["params.bin"], "params.bin")?;
+        if params.len() != state.model.num_params() {
+            return Err(Error::checkpoint(
+                &loc,
+                format!("{} parameters, the model needs {}", params.len(), state.model.num_params()),
+            ));
+        }
+        let adam = AdamSnapshot {
+            time: state.adam_time,
+            moment_1: f32_from_le_bytes(&files["adam_m1.bin"], "adam_m1.bin")?,
+            moment_2: f32_from_le_bytes(&files["adam_m2.bin"], "adam_m2.bin")?,
+        };
+        if adam.time > 0 && (adam.moment_1.len() != params.len() || adam.moment_2.len() != params.len()) {
+            return Err(Error::checkpoint(&loc, "Adam moments do not match the parameters"));
+        }
+        Ok(Checkpoint { state, params, adam })
+    }
+
+    /// The job spec the checkpoint was trained with.
+    pub fn spec(&self) -> Result<JobSpec> {
+        JobSpec::from_yaml(&self.state.spec_yaml)
+    }
+}
+
+/// Step folders under `job_output/checkpoints` that have a manifest, oldest first.
+pub async fn list_complete(job_output: &StoreUrl) -> Result<Vec<StoreUrl>> {
+    let root = job_output.join(CHECKPOINTS_DIR)?;
+    let mut dirs: Vec<String> = root
+        .list()
+        .await?
+        .into_iter()
+        .filter_map(|f| {
+            f.strip_suffix(&format!("/{CHECKPOINT_MANIFEST}"))
+                .map(str::to_string)
+        })
+        .filter(|d| d.starts_with("step-") && !d.contains('/'))
+        .collect();
+    dirs.sort();
+    dirs.iter().map(|d| root.join(d)).collect()
+}
+
+/// Deletes all but the newest `keep` complete checkpoints.
+pub async fn apply_retention(job_output: &StoreUrl, keep: usize) -> Result<()> {
+    let dirs = list_complete(job_output).await?;
+    let excess = dirs.len().saturating_sub(keep);
+    for dir in &dirs[..excess] {
+        // Manifest first, so a half-deleted checkpoint is never taken for a complete one.
+        dir.join(CHECKPOINT_MANIFEST)?.delete().await?;
+        for file in dir.list().await? {
+            dir.join(&file)?.delete().await?;
+        }
+    }
+    Ok(())
+}
+
+/// What `model.json` holds beside the exported weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelCard {
+    /// Architecture and input configuration.
+    pub model: ModelConfig,
+    /// Class names, indexed like the model's outputs.
+    pub classes: Vec<String>,
+    /// The job that trained it.
+    pub job_id: String,
+    /// Steps it was trained for.
+    pub step: Step,
+}
+
+/// Writes the final model as safetensors (PyTorch names and layouts) plus `model.json`;
+/// returns the safetensors URL.
+pub async fn export_model(job_output: &StoreUrl, card: &ModelCard, params: &[f32]) -> Result<StoreUrl> {
+    let layout = card.model.layout();
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = {
+        let mut offset = 0;
+        layout
+            .iter()
+            .map(|p| {
+                let slice = &params[offset..offset + p.len()];
+                offset += p.len();
+                (p.name.to_string(), f32_to_le_bytes(slice), p.shape.clone())
+            })
+            .collect()
+    };
+    let views = bytes
+        .iter()
+        .map(|(name, data, shape)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                .map(|v| (name.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Compute(format!("safetensors: {e}")))?;
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    meta.insert("ctcluster.job".to_string(), card.job_id.clone());
+    let out = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Compute(format!("safetensors: {e}")))?;
+    let url = job_output.join("model.safetensors")?;
+    url.put(out).await?;
+    let json = serde_json::to_vec_pretty(card).map_err(|e| Error::Compute(e.to_string()))?;
+    job_output.join("model.json")?.put(json).await?;
+    Ok(url)
+}
+
+/// Reads a model exported by [`export_model`] from its folder (or the `.safetensors` URL).
+pub async fn load_model(url: &str) -> Result<(ModelCard, Vec<f32>)> {
+    let base = url.trim_end_matches('/').trim_end_matches("model.safetensors");
+    let dir = StoreUrl::parse(base)?;
+    let card: ModelCard = serde_json::from_slice(&dir.join("model.json")?.get().await?)
+        .map_err(|e| Error::invalid("model.json", e.to_string()))?;
+    card.model.validate()?;
+    let bytes = dir.join("model.safetensors")?.get().await?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::invalid("model.safetensors", e.to_string()))?;
+    let mut params = Vec::with_capacity(card.model.num_params());
+    for p in card.model.layout() {
+        let t = st
+            .tensor(p.name)
+            .map_err(|e| Error::invalid("model.safetensors", format!("{}: {e}", p.name)))?;
+        if t.shape() != p.shape.as_slice() || t.dtype() != safetensors::Dtype::F32 {
+            return Err(Error::invalid(
+                "model.safetensors",
+                format!("{} has shape {:?}, expected {:?} f32", p.name, t.shape(), p.shape),
+            ));
+        }
+        crate::tensor_bytes::extend_f32_from_le_bytes(&mut params, t.data(), p.name)?;
+    }
+    Ok((card, params))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::{ImageInfo, PixelType};
+
+    fn sample() -> Checkpoint {
+        let image = ImageInfo { height: 12, width: 12, channels: 1, pixel_type: PixelType::U8 };
+        let model = ModelConfig::seed_cnn(&image, 2, 0.5, 0.0, 1.0).unwrap();
+        let params = model.init_params(1);
+        let n = params.len();
+        Checkpoint {
+            state: TrainingState {
+                step: Step(7),
+                epoch: 1,
+                step_in_epoch: 2,
+                epoch_loss_sum: 3.5,
+                epoch_samples: 64,
+                spec_yaml: "name: t\ndataset: memory://a/b\noutput: memory://a/c\n".into(),
+                model,
+                adam_time: 7,
+            },
+            params,
+            adam: AdamSnapshot { time: 7, moment_1: vec![0.5; n], moment_2: vec![0.25; n] },
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trip_retention_and_corruption() {
+        let out = StoreUrl::parse("memory://ckpt-test/job").unwrap();
+        let mut ck = sample();
+        for step in [7, 8, 9] {
+            ck.state.step = Step(step);
+            ck.write(&out).await.unwrap();
+        }
+        let dirs = list_complete(&out).await.unwrap();
+        assert_eq!(dirs.len(), 3);
+        assert_eq!(Checkpoint::load(&dirs[2]).await.unwrap(), ck);
+        apply_retention(&out, 2).await.unwrap();
+        let dirs = list_complete(&out).await.unwrap();
+        assert_eq!(dirs.len(), 2);
+        assert!(dirs[0].as_str().ends_with("step-0000000008"));
+        // Truncate a file: the checkpoint is refused, naming the file.
+        let params = dirs[1].join("params.bin").unwrap();
+        let bytes = params.get().await.unwrap();
+        params.put(bytes.slice(..bytes.len() / 2)).await.unwrap();
+        let err = Checkpoint::load(&dirs[1]).await.unwrap_err().to_string();
+        assert!(err.contains("params.bin") && err.contains("step-0000000009"), "{err}");
+        // A folder without a manifest is not complete.
+        let half = out.join("checkpoints/step-0000000010/params.bin").unwrap();
+        half.put(vec![0u8; 8]).await.unwrap();
+        assert_eq!(list_complete(&out).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn exported_model_reads_back_with_pytorch_names() {
+        let out = StoreUrl::parse("memory://ckpt-test/export").unwrap();
+        let ck = sample();
+        let card = ModelCard {
+            model: ck.state.model.clone(),
+            classes: vec!["a".into(), "b".into()],
+            job_id: "job-1".into(),
+            step: Step(7),
+        };
+        let url = export_model(&out, &card, &ck.params).await.unwrap();
+        let bytes = url.get().await.unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut names = st.names();
+        names.sort();
+        assert_eq!(names, ["conv1.bias", "conv1.weight", "conv2.bias", "conv2.weight", "fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]);
+        assert_eq!(st.tensor("fc1.weight").unwrap().shape(), [64, 64]);
+        let (card2, params) = load_model(url.as_str()).await.unwrap();
+        assert_eq!(card2, card);
+        assert_eq!(params, ck.params);
+    }
+}

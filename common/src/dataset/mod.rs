@@ -1,0 +1,16 @@
+//! The dataset format: a prefix holding Arrow IPC shards and a `manifest.json` written last.
+
+mod manifest;
+mod npz;
+mod shard;
+mod synth;
+mod writer;
+
+pub use manifest::{
+    ImageInfo, MANIFEST_FILE, Manifest, PixelStats, PixelType, ShardInfo, SplitInfo,
+    load_manifest,
+};
+pub use npz::{NpyArray, read_npz, read_npz_bytes};
+pub use shard::{DecodedShard, decode_shard, encode_shard, load_shard};
+pub use synth::{SynthOptions, write_synthetic};
+pub use writer::{DatasetWriter, convert_npz};

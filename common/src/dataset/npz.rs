@@ -1,0 +1,180 @@
+//! A reader for numpy's `.npy` arrays and `.npz` archives (MedMNIST's distribution format).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use crate::{Error, Result};
+
+/// Most elements accepted in one array (a guard against a corrupt header's giant shape).
+const MAX_ELEMENTS: u64 = 1 << 34;
+
+/// One numpy array: its shape, its dtype descriptor and its raw little-endian C-order bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NpyArray {
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// numpy's descriptor, e.g. `|u1`, `<i2`, `<f4`.
+    pub descr: String,
+    /// The elements, little-endian, C order.
+    pub data: Vec<u8>,
+}
+
+impl NpyArray {
+    /// Bytes per element for the descriptors we read.
+    pub fn item_size(descr: &str) -> Option<usize> {
+        match descr {
+            "|u1" | "|i1" | "|b1" | "u1" | "i1" => Some(1),
+            "<u2" | "<i2" => Some(2),
+            "<u4" | "<i4" | "<f4" => Some(4),
+            "<u8" | "<i8" | "<f8" => Some(8),
+            _ => None,
+        }
+    }
+
+    /// The elements as i64 (for label arrays); fails for float descriptors.
+    pub fn to_i64(&self, what: &str) -> Result<Vec<i64>> {
+        let d = &self.data;
+        Ok(match self.descr.as_str() {
+            "|u1" | "u1" | "|b1" => d.iter().map(|&b| i64::from(b)).collect(),
+            "|i1" | "i1" => d.iter().map(|&b| i64::from(b as i8)).collect(),
+            "<u2" => d.chunks_exact(2).map(|b| i64::from(u16::from_le_bytes([b[0], b[1]]))).collect(),
+            "<i2" => d.chunks_exact(2).map(|b| i64::from(i16::from_le_bytes([b[0], b[1]]))).collect(),
+            "<u4" => d
+                .chunks_exact(4)
+                .map(|b| i64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                .collect(),
+            "<i4" => d
+                .chunks_exact(4)
+                .map(|b| i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                .collect(),
+            "<i8" | "<u8" => d
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                .collect(),
+            other => {
+                return Err(Error::invalid(what, format!("dtype {other} is not an integer type")));
+            }
+        })
+    }
+
+    /// Parses one `.npy` file; `what` names it in errors.
+    pub fn parse(bytes: &[u8], what: &str) -> Result<NpyArray> {
+        let bad = |reason: &str| Error::invalid(what, format!("not a readable .npy array: {reason}"));
+        if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+            return Err(bad("missing the \\x93NUMPY magic"));
+        }
+        let (header_len, start) = match bytes[6] {
+            1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+            2 | 3 if bytes.len() >= 12 => (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            ),
+            v => return Err(bad(&format!("unsupported version {v}"))),
+        };
+        let header = bytes
+            .get(start..start + header_len)
+            .ok_or_else(|| bad("header truncated"))?;
+        let header = std::str::from_utf8(header).map_err(|_| bad("header is not text"))?;
+        let field = |key: &str| -> Option<&str> {
+            let at = header.find(&format!("'{key}'"))?;
+            let rest = &header[at + key.len() + 2..];
+            Some(rest[rest.find(':')? + 1..].trim_start())
+        };
+        let descr = field("descr").ok_or_else(|| bad("no descr"))?;
+        let descr = descr
+            .strip_prefix('\'')
+            .and_then(|d| d.split('\'').next())
+            .ok_or_else(|| bad("descr is not a string"))?
+            .to_string();
+        if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
+            return Err(bad("Fortran-order arrays are not supported"));
+        }
+        let shape_text = field("shape").ok_or_else(|| bad("no shape"))?;
+        let shape_text = shape_text
+            .strip_prefix('(')
+            .and_then(|s| s.split(')').next())
+            .ok_or_else(|| bad("shape is not a tuple"))?;
+        let shape = shape_text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<usize>().map_err(|_| bad(&format!("bad dimension {s:?}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let item = Self::item_size(&descr).ok_or_else(|| bad(&format!("unsupported dtype {descr}")))?;
+        let elements = shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .filter(|&n| n <= MAX_ELEMENTS)
+            .ok_or_else(|| bad("shape is too large"))?;
+        let data = &bytes[start + header_len..];
+        let need = elements as usize * item;
+        if data.len() < need {
+            return Err(bad(&format!("data truncated: {} of {need} bytes", data.len())));
+        }
+        Ok(NpyArray {
+            shape,
+            descr,
+            data: data[..need].to_vec(),
+        })
+    }
+}
+
+/// Reads every array of an in-memory `.npz` archive, keyed by name without `.npy`.
+pub fn read_npz_bytes(bytes: &[u8], what: &str) -> Result<BTreeMap<String, NpyArray>> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .map_err(|e| Error::invalid(what, format!("not an npz (zip) archive: {e}")))?;
+    let mut out = BTreeMap::new();
+    for i in 0..archive.len() {
+        let mut file = archive
+            .by_index(i)
+            .map_err(|e| Error::invalid(what, format!("unreadable entry {i}: {e}")))?;
+        let name = file.name().trim_end_matches(".npy").to_string();
+        let mut buf = Vec::with_capacity(usize::try_from(file.size()).unwrap_or(0).min(1 << 30));
+        file.read_to_end(&mut buf)
+            .map_err(|e| Error::invalid(what, format!("entry {name}: {e}")))?;
+        let array = NpyArray::parse(&buf, &format!("{what}:{name}"))?;
+        out.insert(name, array);
+    }
+    Ok(out)
+}
+
+/// Reads every array of a `.npz` file.
+pub fn read_npz(path: &std::path::Path) -> Result<BTreeMap<String, NpyArray>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    read_npz_bytes(&bytes, &path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn parses_numpy_headers_and_rejects_truncation() {
+        let a = NpyArray::parse(&npy("|u1", "(2, 3)", &[1, 2, 3, 4, 5, 6]), "a").unwrap();
+        assert_eq!(a.shape, vec![2, 3]);
+        assert_eq!(a.to_i64("a").unwrap(), vec![1, 2, 3, 4, 5, 6]);
+        let b = NpyArray::parse(&npy("<i2", "(2,)", &[0xff, 0xff, 2, 0]), "b").unwrap();
+        assert_eq!(b.to_i64("b").unwrap(), vec![-1, 2]);
+        let err = NpyArray::parse(&npy("|u1", "(2, 3)", &[1, 2]), "labels.npy").unwrap_err();
+        assert!(err.to_string().contains("labels.npy") && err.to_string().contains("truncated"));
+        assert!(NpyArray::parse(b"PK\x03\x04junk", "x").is_err());
+        let err = NpyArray::parse(&npy("|u1", "(99999999999, 99999999999)", &[]), "g").unwrap_err();
+        assert!(err.to_string().contains("too large"), "{err}");
+    }
+}

@@ -1,0 +1,187 @@
+//! The Arrow codec of one shard: columns `id` (utf8), `label` (int32) and `image` (binary, the
+//! raw little-endian pixels of one image).
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use arrow_array::{Array, BinaryArray, Int32Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use sha2::{Digest, Sha256};
+
+use super::manifest::{ImageInfo, Manifest, ShardInfo};
+use crate::storage::StoreUrl;
+use crate::{Error, Result};
+
+/// The Arrow schema every shard has.
+pub fn shard_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("label", DataType::Int32, false),
+        Field::new("image", DataType::Binary, false),
+    ]))
+}
+
+/// A shard's rows in memory.
+#[derive(Clone, Debug)]
+pub struct DecodedShard {
+    /// Sample ids.
+    pub ids: Vec<String>,
+    /// Class indices.
+    pub labels: Vec<u32>,
+    /// Pixels of every image, converted to f32, image after image.
+    pub pixels: Vec<f32>,
+    /// Pixels per image.
+    pub pixels_per_image: usize,
+}
+
+impl DecodedShard {
+    /// The pixels of one row.
+    pub fn image(&self, row: usize) -> &[f32] {
+        &self.pixels[row * self.pixels_per_image..(row + 1) * self.pixels_per_image]
+    }
+}
+
+/// Encodes rows as an Arrow IPC file.
+pub fn encode_shard(ids: &[String], labels: &[i32], images: &[Vec<u8>]) -> Result<Vec<u8>> {
+    let batch = RecordBatch::try_new(
+        shard_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(ids)),
+            Arc::new(Int32Array::from(labels.to_vec())),
+            Arc::new(BinaryArray::from_iter_values(images)),
+        ],
+    )
+    .map_err(|e| Error::Compute(format!("building a shard: {e}")))?;
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow_ipc::writer::FileWriter::try_new(&mut buf, &batch.schema())
+            .map_err(|e| Error::Compute(format!("writing a shard: {e}")))?;
+        w.write(&batch)
+            .and_then(|()| w.finish())
+            .map_err(|e| Error::Compute(format!("writing a shard: {e}")))?;
+    }
+    Ok(buf)
+}
+
+/// Decodes and checks a shard's bytes against its manifest entry; `location` names it in errors.
+pub fn decode_shard(
+    bytes: &[u8],
+    info: &ShardInfo,
+    image: &ImageInfo,
+    classes: usize,
+    location: &str,
+) -> Result<DecodedShard> {
+    let bad = |reason: String| Error::dataset(location, reason);
+    let digest = hex::encode(Sha256::digest(bytes));
+    if digest != info.sha256 {
+        return Err(bad(format!(
+            "sha256 mismatch (manifest {}, file {digest}): the shard is corrupt or was replaced",
+            info.sha256
+        )));
+    }
+    let reader = arrow_ipc::reader::FileReader::try_new(Cursor::new(bytes), None)
+        .map_err(|e| bad(format!("not an Arrow IPC file: {e}")))?;
+    let schema = reader.schema();
+    for field in shard_schema().fields() {
+        match schema.field_with_name(field.name()) {
+            Ok(f) if f.data_type() == field.data_type() => {}
+            Ok(f) => {
+                return Err(bad(format!(
+                    "column {} is {}, expected {}",
+                    field.name(),
+                    f.data_type(),
+                    field.data_type()
+                )));
+            }
+            Err(_) => return Err(bad(format!("no column {:?}", field.name()))),
+        }
+    }
+    let expect_rows = usize::try_from(info.rows).map_err(|_| bad("row count too large".into()))?;
+    let per_image = image.pixels();
+    let mut out = DecodedShard {
+        ids: Vec::with_capacity(expect_rows),
+        labels: Vec::with_capacity(expect_rows),
+        pixels: Vec::with_capacity(expect_rows.saturating_mul(per_image)),
+        pixels_per_image: per_image,
+    };
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(format!("unreadable record batch: {e}")))?;
+        let col = |name: &str| batch.column_by_name(name).ok_or_else(|| bad(format!("no column {name:?}")));
+        let ids = col("id")?
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| bad("id is not utf8".into()))?;
+        let labels = col("label")?
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .ok_or_else(|| bad("label is not int32".into()))?;
+        let images = col("image")?
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .ok_or_else(|| bad("image is not binary".into()))?;
+        for i in 0..batch.num_rows() {
+            let row = out.ids.len();
+            if row >= expect_rows {
+                return Err(bad(format!("more rows than the {expect_rows} the manifest says")));
+            }
+            if ids.is_null(i) || labels.is_null(i) || images.is_null(i) {
+                return Err(bad(format!("row {row}: null value")));
+            }
+            let label = labels.value(i);
+            let label = u32::try_from(label)
+                .ok()
+                .filter(|l| (*l as usize) < classes)
+                .ok_or_else(|| bad(format!("row {row}: label {label} is outside 0..{classes}")))?;
+            let px = images.value(i);
+            if px.len() != image.bytes() {
+                return Err(bad(format!(
+                    "row {row}: image has {} bytes, expected {} ({}x{}x{} {:?})",
+                    px.len(),
+                    image.bytes(),
+                    image.height,
+                    image.width,
+                    image.channels,
+                    image.pixel_type
+                )));
+            }
+            let before = out.pixels.len();
+            image.pixel_type.extend_f32(px, &mut out.pixels);
+            if out.pixels[before..].iter().any(|v| !v.is_finite()) {
+                return Err(bad(format!("row {row}: NaN or infinite pixel")));
+            }
+            out.ids.push(ids.value(i).to_string());
+            out.labels.push(label);
+        }
+    }
+    if out.ids.len() != expect_rows {
+        return Err(bad(format!(
+            "{} rows, but the manifest says {expect_rows}",
+            out.ids.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// Fetches and decodes one shard of a split.
+pub async fn load_shard(
+    dataset: &StoreUrl,
+    manifest: &Manifest,
+    split: &str,
+    shard: usize,
+) -> Result<DecodedShard> {
+    let info = manifest
+        .split(split, dataset.as_str())?
+        .shards
+        .get(shard)
+        .ok_or_else(|| Error::dataset(dataset.as_str(), format!("split {split} has no shard {shard}")))?;
+    let url = dataset.join(&info.file)?;
+    let bytes = url.get().await?;
+    let image = manifest.image;
+    let classes = manifest.classes.len();
+    let info = info.clone();
+    let location = url.as_str().to_string();
+    // Hashing and decoding is CPU work: keep it off the async threads.
+    tokio::task::spawn_blocking(move || decode_shard(&bytes, &info, &image, classes, &location))
+        .await
+        .map_err(|e| Error::Compute(format!("shard decoder panicked: {e}")))?
+}

@@ -1,0 +1,139 @@
+//! The one error type of `ctcluster-common`.
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the shared layer; each variant names what and where.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A field of a job spec, request or file has a bad value.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// Which field (dotted path for nested ones).
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A storage URL that cannot be used.
+    #[error("bad storage URL {url:?}: {reason}")]
+    Url {
+        /// The URL as given.
+        url: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// Nothing stored at that location.
+    #[error("not found: {location}")]
+    NotFound {
+        /// The URL that was looked up.
+        location: String,
+    },
+    /// The object store failed.
+    #[error("storage error at {location}: {source}")]
+    Storage {
+        /// The URL being read or written.
+        location: String,
+        /// The store's own error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A dataset file (manifest or shard) is malformed.
+    #[error("dataset {location}: {reason}")]
+    Dataset {
+        /// The file's URL.
+        location: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A checkpoint is incomplete or corrupt.
+    #[error("checkpoint {location}: {reason}")]
+    Checkpoint {
+        /// The checkpoint's URL.
+        location: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A tensor computation failed (a panic inside the backend, a shape mismatch).
+    #[error("compute error: {0}")]
+    Compute(String),
+    /// Local file input/output.
+    #[error("{path}: {source}")]
+    Io {
+        /// The local path.
+        path: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Shorthand for [`Error::Invalid`].
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Dataset`].
+    pub fn dataset(location: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Dataset {
+            location: location.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Checkpoint`].
+    pub fn checkpoint(location: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Checkpoint {
+            location: location.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// True for failures that may pass if tried again (network, throttling), false for bad
+    /// input that will fail the same way every time.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Storage { source, .. } => !matches!(
+                source,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::InvalidPath { .. }
+                    | object_store::Error::NotSupported { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+            ),
+            Error::Io { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_input_is_not_retryable_but_transport_failures_are() {
+        assert!(!Error::invalid("batch_size", "must be positive").is_retryable());
+        assert!(!Error::dataset("memory://x", "truncated").is_retryable());
+        let generic = Error::Storage {
+            location: "s3://b/k".into(),
+            source: object_store::Error::Generic {
+                store: "S3",
+                source: "connection reset".into(),
+            },
+        };
+        assert!(generic.is_retryable());
+        let missing = Error::Storage {
+            location: "s3://b/k".into(),
+            source: object_store::Error::NotFound {
+                path: "k".into(),
+                source: "no such key".into(),
+            },
+        };
+        assert!(!missing.is_retryable());
+    }
+}

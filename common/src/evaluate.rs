@@ -1,0 +1,147 @@
+//! Evaluating an exported model on a dataset split, locally: accuracy, loss, ROC-AUC (two
+//! classes) and the confusion matrix.
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::load_model;
+use crate::dataset::{load_manifest, load_shard};
+use crate::model::{BatchInput, eval_batch};
+use crate::storage::StoreUrl;
+use crate::{Error, Result};
+
+/// What `ctctl evaluate` reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// The split evaluated.
+    pub split: String,
+    /// Images evaluated.
+    pub samples: u64,
+    /// Fraction predicted right.
+    pub accuracy: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Area under the ROC curve of the positive class (class 1), for two-class models.
+    pub roc_auc: Option<f64>,
+    /// `confusion[true][predicted]` counts.
+    pub confusion: Vec<Vec<u64>>,
+    /// Class names.
+    pub classes: Vec<String>,
+}
+
+/// ROC-AUC from scores of the positive class (ties count half).
+pub fn roc_auc(scores: &[f32], positive: &[bool]) -> Option<f64> {
+    let pos = positive.iter().filter(|&&p| p).count() as f64;
+    let neg = positive.len() as f64 - pos;
+    if pos == 0.0 || neg == 0.0 {
+        return None;
+    }
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Mann-Whitney U with average ranks for ties.
+    let mut rank_sum_pos = 0.0;
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
+            j += 1;
+        }
+        let avg_rank = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &idx[i..=j] {
+            if positive[k] {
+                rank_sum_pos += avg_rank;
+            }
+        }
+        i = j + 1;
+    }
+    Some((rank_sum_pos - pos * (pos + 1.0) / 2.0) / (pos * neg))
+}
+
+/// Evaluates the model at `model_url` on `split` of the dataset at `dataset_url`.
+pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result<EvalReport> {
+    let (card, params) = load_model(model_url).await?;
+    let dataset = StoreUrl::parse(dataset_url)?;
+    let manifest = load_manifest(&dataset).await?;
+    let info = manifest.split(split, dataset.as_str())?;
+    let m = &card.model;
+    if (manifest.image.height as usize, manifest.image.width as usize, manifest.image.channels as usize)
+        != (m.height, m.width, m.channels)
+        || manifest.classes.len() != m.classes
+    {
+        return Err(Error::invalid(
+            "dataset",
+            format!(
+                "{dataset_url} has {}x{}x{} images in {} classes; the model takes {}x{}x{} in {}",
+                manifest.image.height,
+                manifest.image.width,
+                manifest.image.channels,
+                manifest.classes.len(),
+                m.height,
+                m.width,
+                m.channels,
+                m.classes
+            ),
+        ));
+    }
+    let classes = m.classes;
+    let mut confusion = vec![vec![0u64; classes]; classes];
+    let (mut loss, mut n) = (0.0, 0u64);
+    let mut scores = Vec::new();
+    let mut positive = Vec::new();
+    for shard in 0..info.shards.len() {
+        let data = load_shard(&dataset, &manifest, split, shard).await?;
+        let batch = BatchInput {
+            pixels: data.pixels,
+            labels: data.labels,
+            keep_mask: None,
+        };
+        let model = card.model.clone();
+        let p = params.clone();
+        let (out, batch) = tokio::task::spawn_blocking(move || {
+            let out = eval_batch(&model, &p, &batch, &burn::tensor::Device::flex());
+            (out, batch)
+        })
+        .await
+        .map_err(|e| Error::Compute(format!("evaluation panicked: {e}")))?;
+        let out = out?;
+        loss += out.loss_sum;
+        n += batch.labels.len() as u64;
+        for (row, &label) in out.probs.chunks_exact(classes).zip(&batch.labels) {
+            let pred = row
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                .0;
+            confusion[label as usize][pred] += 1;
+            if classes == 2 {
+                scores.push(row[1]);
+                positive.push(label == 1);
+            }
+        }
+    }
+    if n == 0 {
+        return Err(Error::dataset(dataset.as_str(), format!("split {split} is empty")));
+    }
+    let correct: u64 = (0..classes).map(|c| confusion[c][c]).sum();
+    Ok(EvalReport {
+        split: split.to_string(),
+        samples: n,
+        accuracy: correct as f64 / n as f64,
+        loss: loss / n as f64,
+        roc_auc: if classes == 2 { roc_auc(&scores, &positive) } else { None },
+        confusion,
+        classes: card.classes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_reference_values() {
+        assert_eq!(roc_auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]), Some(0.75));
+        assert_eq!(roc_auc(&[0.5, 0.5], &[false, true]), Some(0.5));
+        assert_eq!(roc_auc(&[0.9, 0.1], &[true, false]), Some(1.0));
+        assert_eq!(roc_auc(&[0.9], &[true]), None);
+    }
+}

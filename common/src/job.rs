@@ -1,0 +1,123 @@
+//! A job's record: its state, progress and metrics. The coordinator keeps it in memory and
+//! writes it to the object store on every change of state and at every epoch end.
+
+use serde::{Deserialize, Serialize};
+
+use crate::JobId;
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Accepted, not started.
+    Queued,
+    /// Training.
+    Running,
+    /// Finished; the model is written.
+    Succeeded,
+    /// Stopped by an error (see the message).
+    Failed,
+    /// Stopped by the user.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+
+    /// Lowercase name, as `ctctl` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Metrics of the newest epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Mean training loss over the epoch (so far, while it runs).
+    pub train_loss: Option<f64>,
+    /// Mean loss on the validation split at the last epoch end.
+    pub val_loss: Option<f64>,
+    /// Accuracy on the validation split at the last epoch end.
+    pub val_accuracy: Option<f64>,
+}
+
+/// Metrics at one epoch end.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 0-based epoch.
+    pub epoch: u32,
+    /// Step count at its end.
+    pub step: u64,
+    /// The metrics.
+    pub metrics: Metrics,
+}
+
+/// Everything known about a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The id.
+    pub id: JobId,
+    /// The spec's name.
+    pub name: String,
+    /// Life-cycle state.
+    pub state: JobState,
+    /// Why it is in that state (an error for failed jobs).
+    pub message: String,
+    /// The spec as submitted.
+    pub spec_yaml: String,
+    /// Epoch in progress (0-based).
+    pub epoch: u32,
+    /// Epochs in the job.
+    pub epochs: u32,
+    /// Steps taken.
+    pub step: u64,
+    /// Steps the job will take in all.
+    pub total_steps: u64,
+    /// Newest metrics.
+    pub metrics: Metrics,
+    /// Metrics of every finished epoch.
+    pub history: Vec<EpochMetrics>,
+    /// URL of the newest complete checkpoint.
+    pub checkpoint: Option<String>,
+    /// URL of the exported model.
+    pub model: Option<String>,
+    /// Recent training throughput.
+    pub images_per_sec: f64,
+    /// Estimated seconds to the end.
+    pub eta_seconds: f64,
+    /// Workers registered with the coordinator.
+    pub workers: u32,
+}
+
+impl JobRecord {
+    /// A fresh record for a queued job.
+    pub fn queued(id: JobId, name: String, spec_yaml: String, epochs: u32) -> Self {
+        JobRecord {
+            id,
+            name,
+            state: JobState::Queued,
+            message: String::new(),
+            spec_yaml,
+            epoch: 0,
+            epochs,
+            step: 0,
+            total_steps: 0,
+            metrics: Metrics::default(),
+            history: Vec::new(),
+            checkpoint: None,
+            model: None,
+            images_per_sec: 0.0,
+            eta_seconds: 0.0,
+            workers: 0,
+        }
+    }
+}

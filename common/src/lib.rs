@@ -1,0 +1,19 @@
+//! Domain types shared by ctcluster's coordinator, workers and `ctctl`: ids, the job spec, the
+//! dataset format and its Arrow codec, the CNN model, the optimizer, checkpoints and storage URLs.
+
+pub mod checkpoint;
+pub mod dataset;
+pub mod error;
+pub mod evaluate;
+pub mod ids;
+pub mod job;
+pub mod model;
+pub mod optim;
+pub mod rng;
+pub mod spec;
+pub mod storage;
+pub mod telemetry;
+pub mod tensor_bytes;
+
+pub use error::{Error, Result};
+pub use ids::{JobId, Step, TaskId, WorkerId};

@@ -1,0 +1,358 @@
+//! The seed CNN in burn: forward, summed cross-entropy, backward. The backend is chosen by the
+//! `Device` passed in (burn-flex by default, LibTorch where enabled).
+
+use burn::tensor::activation::{log_softmax, relu};
+use burn::tensor::module::{conv2d, max_pool2d};
+use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::seed_cnn::{HIDDEN, ModelConfig};
+use crate::rng::{KeyedRng, derive, hash_str};
+use crate::{Error, Result};
+
+/// One batch, ready for the model.
+#[derive(Clone, Debug, Default)]
+pub struct BatchInput {
+    /// Raw pixels (source units), image after image, channels x height x width.
+    pub pixels: Vec<f32>,
+    /// Class index of every image.
+    pub labels: Vec<u32>,
+    /// Dropout keep-masks (already scaled by 1/(1-p)), `HIDDEN` values per image; `None` for
+    /// no dropout.
+    pub keep_mask: Option<Vec<f32>>,
+}
+
+/// What a training task returns.
+#[derive(Clone, Debug)]
+pub struct TrainOutput {
+    /// Gradient of the summed loss, in the flat parameter layout.
+    pub grad: Vec<f32>,
+    /// Summed cross-entropy over the batch.
+    pub loss_sum: f64,
+    /// Images whose arg-max prediction equals the label.
+    pub correct: u32,
+}
+
+/// What an evaluation task returns.
+#[derive(Clone, Debug)]
+pub struct EvalOutput {
+    /// Summed cross-entropy over the batch.
+    pub loss_sum: f64,
+    /// Correct predictions.
+    pub correct: u32,
+    /// Class probabilities, `classes` values per image.
+    pub probs: Vec<f32>,
+}
+
+/// The dropout keep-mask of one sample, derived from (seed, epoch, step, sample id) so it is
+/// the same whichever worker computes it.
+pub fn dropout_keep_mask(p: f64, seed: u64, epoch: u32, step: u64, sample_id: &str) -> Vec<f32> {
+    let scale = (1.0 / (1.0 - p)) as f32;
+    let mut rng = KeyedRng::new(derive(&[seed, 0xD50, u64::from(epoch), step, hash_str(sample_id)]));
+    (0..HIDDEN)
+        .map(|_| if rng.next_f64() < p { 0.0 } else { scale })
+        .collect()
+}
+
+struct Params {
+    conv1_w: Tensor<4>,
+    conv1_b: Tensor<1>,
+    conv2_w: Tensor<4>,
+    conv2_b: Tensor<1>,
+    fc1_w: Tensor<2>,
+    fc1_b: Tensor<1>,
+    fc2_w: Tensor<2>,
+    fc2_b: Tensor<1>,
+}
+
+fn slice_tensor<const D: usize>(
+    flat: &[f32],
+    offset: &mut usize,
+    shape: &[usize],
+    device: &Device,
+    track: bool,
+) -> Tensor<D> {
+    let len: usize = shape.iter().product();
+    let data = TensorData::new(flat[*offset..*offset + len].to_vec(), shape.to_vec());
+    *offset += len;
+    let t = Tensor::<D>::from_data(data, device);
+    if track { t.require_grad() } else { t }
+}
+
+impl Params {
+    fn from_flat(cfg: &ModelConfig, flat: &[f32], device: &Device, track: bool) -> Result<Self> {
+        if flat.len() != cfg.num_params() {
+            return Err(Error::invalid(
+                "parameters",
+                format!("{} values, the model has {}", flat.len(), cfg.num_params()),
+            ));
+        }
+        let l = cfg.layout();
+        let mut o = 0;
+        Ok(Params {
+            conv1_w: slice_tensor(flat, &mut o, &l[0].shape, device, track),
+            conv1_b: slice_tensor(flat, &mut o, &l[1].shape, device, track),
+            conv2_w: slice_tensor(flat, &mut o, &l[2].shape, device, track),
+            conv2_b: slice_tensor(flat, &mut o, &l[3].shape, device, track),
+            fc1_w: slice_tensor(flat, &mut o, &l[4].shape, device, track),
+            fc1_b: slice_tensor(flat, &mut o, &l[5].shape, device, track),
+            fc2_w: slice_tensor(flat, &mut o, &l[6].shape, device, track),
+            fc2_b: slice_tensor(flat, &mut o, &l[7].shape, device, track),
+        })
+    }
+
+    fn forward(&self, cfg: &ModelConfig, x: Tensor<4>, keep: Option<Tensor<2>>) -> Tensor<2> {
+        let conv = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+        let pool = MaxPoolOptions::new([2, 2]);
+        let n = x.dims()[0];
+        let x = conv2d(x, self.conv1_w.clone(), Some(self.conv1_b.clone()), conv.clone());
+        let x = max_pool2d(relu(x), pool.clone());
+        let x = conv2d(x, self.conv2_w.clone(), Some(self.conv2_b.clone()), conv);
+        let x = max_pool2d(relu(x), pool);
+        let x: Tensor<2> = x.reshape([n, cfg.flat_features()]);
+        let x = x.matmul(self.fc1_w.clone().transpose()) + self.fc1_b.clone().unsqueeze::<2>();
+        let mut x = relu(x);
+        if let Some(keep) = keep {
+            x = x * keep;
+        }
+        x.matmul(self.fc2_w.clone().transpose()) + self.fc2_b.clone().unsqueeze::<2>()
+    }
+
+    fn grads(&self, grads: &burn::tensor::Gradients) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        let missing = |name: &str| Error::Compute(format!("no gradient for {name}"));
+        macro_rules! take {
+            ($t:expr, $name:literal) => {{
+                let g = $t.grad(grads).ok_or_else(|| missing($name))?;
+                let v = g
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .map_err(|e| Error::Compute(format!("{}: {e:?}", $name)))?;
+                out.extend_from_slice(&v);
+            }};
+        }
+        take!(self.conv1_w, "conv1.weight");
+        take!(self.conv1_b, "conv1.bias");
+        take!(self.conv2_w, "conv2.weight");
+        take!(self.conv2_b, "conv2.bias");
+        take!(self.fc1_w, "fc1.weight");
+        take!(self.fc1_b, "fc1.bias");
+        take!(self.fc2_w, "fc2.weight");
+        take!(self.fc2_b, "fc2.bias");
+        Ok(out)
+    }
+}
+
+fn check_batch(cfg: &ModelConfig, batch: &BatchInput) -> Result<usize> {
+    let n = batch.labels.len();
+    let per = cfg.channels * cfg.height * cfg.width;
+    if n == 0 || batch.pixels.len() != n * per {
+        return Err(Error::invalid(
+            "batch",
+            format!("{} pixels for {n} images of {per}", batch.pixels.len()),
+        ));
+    }
+    if let Some(bad) = batch.labels.iter().find(|&&l| l as usize >= cfg.classes) {
+        return Err(Error::invalid("batch", format!("label {bad} outside 0..{}", cfg.classes)));
+    }
+    if let Some(mask) = &batch.keep_mask
+        && mask.len() != n * HIDDEN
+    {
+        return Err(Error::invalid("batch", "dropout mask has the wrong length"));
+    }
+    Ok(n)
+}
+
+fn inputs(cfg: &ModelConfig, batch: &BatchInput, n: usize, device: &Device) -> (Tensor<4>, Tensor<2>) {
+    let (mean, inv_std) = (cfg.norm_mean, 1.0 / cfg.norm_std);
+    let pixels: Vec<f32> = batch.pixels.iter().map(|p| (p - mean) * inv_std).collect();
+    let x = Tensor::<4>::from_data(
+        TensorData::new(pixels, vec![n, cfg.channels, cfg.height, cfg.width]),
+        device,
+    );
+    let mut onehot = vec![0f32; n * cfg.classes];
+    for (i, &l) in batch.labels.iter().enumerate() {
+        onehot[i * cfg.classes + l as usize] = 1.0;
+    }
+    let y = Tensor::<2>::from_data(TensorData::new(onehot, vec![n, cfg.classes]), device);
+    (x, y)
+}
+
+fn count_correct(logits: &[f32], labels: &[u32], classes: usize) -> u32 {
+    let mut correct = 0;
+    for (row, &label) in logits.chunks_exact(classes).zip(labels) {
+        let best = row
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+            .0;
+        if best == label as usize {
+            correct += 1;
+        }
+    }
+    correct
+}
+
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(Error::Compute(format!("{what} panicked: {msg}")))
+    })
+}
+
+/// Forward and backward over one batch: the gradient of the summed cross-entropy.
+/// `device` is a plain device; autodiff is enabled on it here.
+pub fn train_batch(
+    cfg: &ModelConfig,
+    params: &[f32],
+    batch: &BatchInput,
+    device: &Device,
+) -> Result<TrainOutput> {
+    let n = check_batch(cfg, batch)?;
+    guarded("training step", || {
+        let device = device.clone().autodiff();
+        let p = Params::from_flat(cfg, params, &device, true)?;
+        let (x, y) = inputs(cfg, batch, n, &device);
+        let keep = batch.keep_mask.as_ref().map(|m| {
+            Tensor::<2>::from_data(TensorData::new(m.clone(), vec![n, HIDDEN]), &device)
+        });
+        let logits = p.forward(cfg, x, keep);
+        let loss = (log_softmax(logits.clone(), 1) * y).sum().neg();
+        let grads = loss.backward();
+        let loss_sum = loss
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::Compute(format!("loss: {e:?}")))?[0];
+        let logits = logits
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::Compute(format!("logits: {e:?}")))?;
+        Ok(TrainOutput {
+            grad: p.grads(&grads)?,
+            loss_sum: f64::from(loss_sum),
+            correct: count_correct(&logits, &batch.labels, cfg.classes),
+        })
+    })
+}
+
+/// Forward only (no dropout): loss, correct count and probabilities.
+pub fn eval_batch(
+    cfg: &ModelConfig,
+    params: &[f32],
+    batch: &BatchInput,
+    device: &Device,
+) -> Result<EvalOutput> {
+    let n = check_batch(cfg, batch)?;
+    guarded("evaluation", || {
+        let p = Params::from_flat(cfg, params, device, false)?;
+        let (x, y) = inputs(cfg, batch, n, device);
+        let logits = p.forward(cfg, x, None);
+        let log_probs = log_softmax(logits, 1);
+        let loss = (log_probs.clone() * y).sum().neg();
+        let loss_sum = loss
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::Compute(format!("loss: {e:?}")))?[0];
+        let probs: Vec<f32> = log_probs
+            .exp()
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::Compute(format!("probs: {e:?}")))?;
+        Ok(EvalOutput {
+            loss_sum: f64::from(loss_sum),
+            correct: count_correct(&probs, &batch.labels, cfg.classes),
+            probs,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::{ImageInfo, PixelType};
+
+    fn cfg() -> ModelConfig {
+        let image = ImageInfo { height: 12, width: 12, channels: 1, pixel_type: PixelType::U8 };
+        ModelConfig::seed_cnn(&image, 3, 0.0, 100.0, 50.0).unwrap()
+    }
+
+    fn batch(n: usize, seed: u64) -> BatchInput {
+        let mut rng = KeyedRng::new(seed);
+        BatchInput {
+            pixels: (0..n * 144).map(|_| rng.next_f32() * 255.0).collect(),
+            labels: (0..n).map(|i| (i % 3) as u32).collect(),
+            keep_mask: None,
+        }
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let cfg = cfg();
+        let params = cfg.init_params(3);
+        let b = batch(4, 9);
+        let dev = Device::flex();
+        let out = train_batch(&cfg, &params, &b, &dev).unwrap();
+        assert_eq!(out.grad.len(), params.len());
+        let eval = eval_batch(&cfg, &params, &b, &dev).unwrap();
+        assert!((eval.loss_sum - out.loss_sum).abs() < 1e-4, "{} vs {}", eval.loss_sum, out.loss_sum);
+        // Central differences on a few coordinates of each layer (f32: loose tolerance).
+        let layout = cfg.layout();
+        let mut offset = 0;
+        for spec in &layout {
+            let i = offset + spec.len() / 2;
+            offset += spec.len();
+            let h = 2e-3f32;
+            let mut plus = params.clone();
+            plus[i] += h;
+            let mut minus = params.clone();
+            minus[i] -= h;
+            let lp = eval_batch(&cfg, &plus, &b, &dev).unwrap().loss_sum;
+            let lm = eval_batch(&cfg, &minus, &b, &dev).unwrap().loss_sum;
+            let numeric = (lp - lm) / f64::from(2.0 * h);
+            let analytic = f64::from(out.grad[i]);
+            assert!(
+                (numeric - analytic).abs() <= 3e-2 * analytic.abs().max(0.05),
+                "{}: numeric {numeric} analytic {analytic}",
+                spec.name
+            );
+        }
+    }
+
+    #[test]
+    fn summed_gradients_of_halves_equal_the_whole() {
+        let cfg = cfg();
+        let params = cfg.init_params(5);
+        let whole = batch(6, 1);
+        let dev = Device::flex();
+        let g = train_batch(&cfg, &params, &whole, &dev).unwrap().grad;
+        let half = |r: std::ops::Range<usize>| BatchInput {
+            pixels: whole.pixels[r.start * 144..r.end * 144].to_vec(),
+            labels: whole.labels[r].to_vec(),
+            keep_mask: None,
+        };
+        let a = train_batch(&cfg, &params, &half(0..3), &dev).unwrap().grad;
+        let b = train_batch(&cfg, &params, &half(3..6), &dev).unwrap().grad;
+        for i in 0..g.len() {
+            assert!((a[i] + b[i] - g[i]).abs() <= 1e-4 * g[i].abs().max(1.0), "index {i}");
+        }
+    }
+
+    #[test]
+    fn bad_batches_are_errors_not_panics() {
+        let cfg = cfg();
+        let params = cfg.init_params(5);
+        let dev = Device::flex();
+        let mut b = batch(2, 1);
+        b.labels[1] = 7;
+        assert!(train_batch(&cfg, &params, &b, &dev).is_err());
+        assert!(train_batch(&cfg, &params[1..], &batch(2, 1), &dev).is_err());
+        let mask = dropout_keep_mask(0.5, 1, 0, 3, "a");
+        assert_eq!(mask, dropout_keep_mask(0.5, 1, 0, 3, "a"));
+        assert_ne!(mask, dropout_keep_mask(0.5, 1, 0, 4, "a"));
+        assert!(mask.iter().all(|&m| m == 0.0 || m == 2.0));
+    }
+}

@@ -1,0 +1,7 @@
+//! The CNN models: configuration and parameter layout (plain Rust), and the burn computation.
+
+mod compute;
+mod seed_cnn;
+
+pub use compute::{BatchInput, EvalOutput, TrainOutput, dropout_keep_mask, eval_batch, train_batch};
+pub use seed_cnn::{ModelConfig, ParamSpec, SEED_CNN};

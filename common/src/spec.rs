@@ -1,0 +1,360 @@
+//! The job spec: the YAML file a user submits. Every field is documented in the README; unknown
+//! fields and bad values are refused with an error naming the field.
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::StoreUrl;
+use crate::{Error, Result};
+
+/// Largest global batch accepted (a guard against a typo allocating the world).
+pub const MAX_BATCH_SIZE: u32 = 65_536;
+/// Most epochs accepted.
+pub const MAX_EPOCHS: u32 = 100_000;
+
+/// A training job as the user describes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// A human-readable name, shown by `ctctl list`.
+    pub name: String,
+    /// URL of the dataset (a prefix holding `manifest.json` and shards).
+    pub dataset: String,
+    /// The model to train.
+    #[serde(default)]
+    pub model: ModelSpec,
+    /// Samples per optimizer step (the global batch, across all workers).
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: u32,
+    /// Samples per task handed to one worker. The global batch is cut into micro-batches of this
+    /// size whatever the number of workers, which is what makes results independent of it.
+    #[serde(default = "defaults::micro_batch_size")]
+    pub micro_batch_size: u32,
+    /// Passes over the training split.
+    #[serde(default = "defaults::epochs")]
+    pub epochs: u32,
+    /// Stop after this many optimizer steps in all (counting steps before a resume), if set.
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+    /// Adam's hyper-parameters.
+    #[serde(default)]
+    pub optimizer: AdamSpec,
+    /// The seed every random choice derives from (initial weights, shuffling, dropout).
+    #[serde(default = "defaults::seed")]
+    pub seed: u64,
+    /// How the validation split is chosen.
+    #[serde(default)]
+    pub validation: ValidationSpec,
+    /// When to checkpoint and how many to keep.
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
+    /// URL under which the job writes `<job id>/checkpoints/...` and `<job id>/model.safetensors`.
+    pub output: String,
+    /// URL of a checkpoint (`.../checkpoints/step-NNNNNNNN`) to continue from.
+    #[serde(default)]
+    pub resume_from: Option<String>,
+}
+
+/// The model architecture and its options.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Architecture name; `seed-cnn` is the one built in.
+    #[serde(default = "defaults::model_name")]
+    pub name: String,
+    /// Dropout probability before the last layer (0 turns it off).
+    #[serde(default = "defaults::dropout")]
+    pub dropout: f64,
+}
+
+/// Adam's hyper-parameters (defaults are PyTorch's).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdamSpec {
+    /// Learning rate.
+    #[serde(default = "defaults::lr")]
+    pub lr: f64,
+    /// Decay of the first moment.
+    #[serde(default = "defaults::beta1")]
+    pub beta1: f64,
+    /// Decay of the second moment.
+    #[serde(default = "defaults::beta2")]
+    pub beta2: f64,
+    /// Added to the denominator for numerical stability.
+    #[serde(default = "defaults::eps")]
+    pub eps: f64,
+    /// L2 penalty added to the gradient (Adam's classic weight decay, not AdamW's).
+    #[serde(default)]
+    pub weight_decay: f64,
+}
+
+/// Which samples are held out for validation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationSpec {
+    /// Use this split of the dataset for validation (e.g. `val`) instead of carving one out.
+    #[serde(default)]
+    pub split: Option<String>,
+    /// Otherwise, the fraction of the training split held out, chosen by a hash of each sample's
+    /// id (not its position), so re-sharding never moves a sample across.
+    #[serde(default = "defaults::val_fraction")]
+    pub fraction: f64,
+}
+
+/// Checkpoint schedule and retention.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// Write a checkpoint every this many steps (and always at the end).
+    #[serde(default = "defaults::ckpt_every")]
+    pub every_steps: u64,
+    /// How many complete checkpoints to keep (the newest ones).
+    #[serde(default = "defaults::ckpt_keep")]
+    pub keep: u32,
+}
+
+mod defaults {
+    pub fn batch_size() -> u32 {
+        128
+    }
+    pub fn micro_batch_size() -> u32 {
+        32
+    }
+    pub fn epochs() -> u32 {
+        5
+    }
+    pub fn seed() -> u64 {
+        42
+    }
+    pub fn model_name() -> String {
+        crate::model::SEED_CNN.into()
+    }
+    pub fn dropout() -> f64 {
+        0.5
+    }
+    pub fn lr() -> f64 {
+        1e-3
+    }
+    pub fn beta1() -> f64 {
+        0.9
+    }
+    pub fn beta2() -> f64 {
+        0.999
+    }
+    pub fn eps() -> f64 {
+        1e-8
+    }
+    pub fn val_fraction() -> f64 {
+        0.1
+    }
+    pub fn ckpt_every() -> u64 {
+        100
+    }
+    pub fn ckpt_keep() -> u32 {
+        3
+    }
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        ModelSpec {
+            name: defaults::model_name(),
+            dropout: defaults::dropout(),
+        }
+    }
+}
+
+impl Default for AdamSpec {
+    fn default() -> Self {
+        AdamSpec {
+            lr: defaults::lr(),
+            beta1: defaults::beta1(),
+            beta2: defaults::beta2(),
+            eps: defaults::eps(),
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl Default for ValidationSpec {
+    fn default() -> Self {
+        ValidationSpec {
+            split: None,
+            fraction: defaults::val_fraction(),
+        }
+    }
+}
+
+impl Default for CheckpointSpec {
+    fn default() -> Self {
+        CheckpointSpec {
+            every_steps: defaults::ckpt_every(),
+            keep: defaults::ckpt_keep(),
+        }
+    }
+}
+
+fn check(ok: bool, field: &str, reason: impl Into<String>) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(field, reason))
+    }
+}
+
+fn check_url(field: &str, value: &str) -> Result<()> {
+    StoreUrl::parse(value).map(|_| ()).map_err(|e| Error::invalid(field, e.to_string()))
+}
+
+impl JobSpec {
+    /// Parses and validates a YAML spec.
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        if text.len() > 1 << 20 {
+            return Err(Error::invalid("spec", "larger than 1 MiB"));
+        }
+        let spec: JobSpec = serde_yaml::from_str(text).map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            Error::invalid("spec", format!("{e}{at}"))
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The spec as YAML (what checkpoints store).
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks every value; the error names the first bad field.
+    pub fn validate(&self) -> Result<()> {
+        check(
+            !self.name.trim().is_empty() && self.name.len() <= 128,
+            "name",
+            "must be 1 to 128 characters",
+        )?;
+        check_url("dataset", &self.dataset)?;
+        check_url("output", &self.output)?;
+        if let Some(r) = &self.resume_from {
+            check_url("resume_from", r)?;
+        }
+        check(
+            self.model.name == crate::model::SEED_CNN,
+            "model.name",
+            format!(
+                "unknown model {:?}; available: {}",
+                self.model.name,
+                crate::model::SEED_CNN
+            ),
+        )?;
+        check(
+            (0.0..1.0).contains(&self.model.dropout),
+            "model.dropout",
+            format!("{} is not in [0, 1)", self.model.dropout),
+        )?;
+        check(
+            (1..=MAX_BATCH_SIZE).contains(&self.batch_size),
+            "batch_size",
+            format!("{} is not in 1..={MAX_BATCH_SIZE}", self.batch_size),
+        )?;
+        check(
+            self.micro_batch_size >= 1 && self.micro_batch_size <= self.batch_size,
+            "micro_batch_size",
+            format!(
+                "{} is not in 1..=batch_size ({})",
+                self.micro_batch_size, self.batch_size
+            ),
+        )?;
+        check(
+            (1..=MAX_EPOCHS).contains(&self.epochs),
+            "epochs",
+            format!("{} is not in 1..={MAX_EPOCHS}", self.epochs),
+        )?;
+        check(self.max_steps != Some(0), "max_steps", "must be at least 1")?;
+        let o = &self.optimizer;
+        check(
+            o.lr.is_finite() && o.lr > 0.0 && o.lr < 10.0,
+            "optimizer.lr",
+            format!("{} is not in (0, 10)", o.lr),
+        )?;
+        check(
+            (0.0..1.0).contains(&o.beta1),
+            "optimizer.beta1",
+            format!("{} is not in [0, 1)", o.beta1),
+        )?;
+        check(
+            (0.0..1.0).contains(&o.beta2),
+            "optimizer.beta2",
+            format!("{} is not in [0, 1)", o.beta2),
+        )?;
+        check(
+            o.eps.is_finite() && o.eps > 0.0,
+            "optimizer.eps",
+            format!("{} is not positive", o.eps),
+        )?;
+        check(
+            o.weight_decay.is_finite() && o.weight_decay >= 0.0,
+            "optimizer.weight_decay",
+            format!("{} is negative", o.weight_decay),
+        )?;
+        check(
+            (0.0..1.0).contains(&self.validation.fraction),
+            "validation.fraction",
+            format!("{} is not in [0, 1)", self.validation.fraction),
+        )?;
+        if let Some(split) = &self.validation.split {
+            check(
+                split != "train" && !split.is_empty(),
+                "validation.split",
+                "must name a split other than train",
+            )?;
+        }
+        check(
+            self.checkpoint.every_steps >= 1,
+            "checkpoint.every_steps",
+            "must be at least 1",
+        )?;
+        check(self.checkpoint.keep >= 1, "checkpoint.keep", "must be at least 1")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "name: t\ndataset: memory://d/x\noutput: memory://d/out\n";
+
+    #[test]
+    fn minimal_spec_gets_pytorch_like_defaults() {
+        let s = JobSpec::from_yaml(MINIMAL).unwrap();
+        assert_eq!(s.batch_size, 128);
+        assert_eq!(s.optimizer.lr, 1e-3);
+        assert_eq!(s.optimizer.eps, 1e-8);
+        assert_eq!(s.model.name, "seed-cnn");
+        assert_eq!(s.validation.fraction, 0.1);
+        assert_eq!(JobSpec::from_yaml(&s.to_yaml()).unwrap(), s);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (format!("{MINIMAL}learning_rate: 0.1\n"), "learning_rate"),
+            (format!("{MINIMAL}batch_size: 0\n"), "batch_size"),
+            (format!("{MINIMAL}batch_size: -3\n"), "batch_size"),
+            (format!("{MINIMAL}optimizer:\n  lr: -1\n"), "optimizer.lr"),
+            (format!("{MINIMAL}optimizer:\n  momentum: 0.9\n"), "momentum"),
+            (format!("{MINIMAL}model:\n  name: resnet-9000\n"), "model.name"),
+            (format!("{MINIMAL}model:\n  dropout: 1.5\n"), "model.dropout"),
+            (format!("{MINIMAL}micro_batch_size: 500\n"), "micro_batch_size"),
+            ("name: t\noutput: memory://d/o\n".to_string(), "dataset"),
+            ("name: t\ndataset: ftp://x/y\noutput: memory://d/o\n".to_string(), "dataset"),
+            ("name: [unclosed\n".to_string(), "spec"),
+        ];
+        for (yaml, field) in cases {
+            let err = JobSpec::from_yaml(&yaml).unwrap_err().to_string();
+            assert!(err.contains(field), "error for {yaml:?} does not name {field}: {err}");
+        }
+    }
+}

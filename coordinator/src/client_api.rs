@@ -1,0 +1,105 @@
+//! The client service (`ctctl`'s side): submit, get, list, cancel, watch.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use ctcluster_common::JobId;
+use ctcluster_common::job::JobRecord;
+use ctcluster_proto as pb;
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::error::CoordError;
+use crate::state::{Coordinator, state_to_proto};
+
+/// Converts a job record to its wire form.
+pub fn record_to_proto(r: &JobRecord) -> pb::JobStatus {
+    pb::JobStatus {
+        id: r.id.to_string(),
+        name: r.name.clone(),
+        state: state_to_proto(r.state) as i32,
+        message: r.message.clone(),
+        epoch: r.epoch,
+        epochs: r.epochs,
+        step: r.step,
+        total_steps: r.total_steps,
+        metrics: Some(pb::JobMetrics {
+            train_loss: r.metrics.train_loss,
+            val_loss: r.metrics.val_loss,
+            val_accuracy: r.metrics.val_accuracy,
+        }),
+        checkpoint: r.checkpoint.clone().unwrap_or_default(),
+        model: r.model.clone().unwrap_or_default(),
+        images_per_sec: r.images_per_sec,
+        eta_seconds: r.eta_seconds,
+        workers: r.workers,
+    }
+}
+
+fn job_id(raw: String) -> Result<JobId, CoordError> {
+    JobId::try_from(raw).map_err(CoordError::from)
+}
+
+/// The client service.
+pub struct ClientApi {
+    coord: Arc<Coordinator>,
+}
+
+impl ClientApi {
+    /// The service over a coordinator.
+    pub fn new(coord: Arc<Coordinator>) -> Self {
+        ClientApi { coord }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobStatus, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::client_service_server::ClientService for ClientApi {
+    async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+        let id = self.coord.submit(&req.into_inner().spec_yaml).await?;
+        Ok(Response::new(pb::SubmitResponse { job_id: id.to_string() }))
+    }
+
+    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::JobStatus>, Status> {
+        let job = self.coord.job(&job_id(req.into_inner().job_id)?)?;
+        Ok(Response::new(record_to_proto(&job.record())))
+    }
+
+    async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let jobs = self.coord.list().iter().map(|j| record_to_proto(&j.record())).collect();
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::JobStatus>, Status> {
+        let job = self.coord.cancel(&job_id(req.into_inner().job_id)?)?;
+        Ok(Response::new(record_to_proto(&job.record())))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let job = self.coord.job(&job_id(req.into_inner().job_id)?)?;
+        let rx = job.subscribe();
+        let shutdown = self.coord.shutdown.clone();
+        // Sends the current record, then every change, and ends after a terminal state.
+        let stream = futures::stream::unfold((rx, true, false), move |(mut rx, first, done)| {
+            let shutdown = shutdown.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                if !first {
+                    tokio::select! {
+                        r = rx.changed() => if r.is_err() { return None },
+                        _ = shutdown.cancelled() => return None,
+                    }
+                }
+                let rec = rx.borrow_and_update().clone();
+                let terminal = rec.state.is_terminal();
+                Some((Ok(record_to_proto(&rec)), (rx, false, terminal)))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

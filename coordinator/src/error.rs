@@ -1,0 +1,94 @@
+//! The coordinator's error type, and its one mapping to gRPC status codes.
+
+use ctcluster_common::{Error as CommonError, JobId, WorkerId};
+use tonic::Status;
+
+/// Everything a coordinator request can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoordError {
+    /// From the shared layer (bad spec, bad dataset, storage).
+    #[error(transparent)]
+    Common(#[from] CommonError),
+    /// No such job.
+    #[error("no job {0}")]
+    JobNotFound(JobId),
+    /// The worker is not registered (it was dropped, or the coordinator restarted).
+    #[error("{0} is not registered; register again")]
+    WorkerNotFound(WorkerId),
+    /// A request for something that has moved on (old parameters, a finished step).
+    #[error("stale: {0}")]
+    Stale(String),
+    /// The worker speaks another protocol version.
+    #[error("protocol version {worker} is not the coordinator's {coordinator}")]
+    ProtocolMismatch {
+        /// The worker's version.
+        worker: u32,
+        /// Ours.
+        coordinator: u32,
+    },
+    /// A request field is missing or out of range.
+    #[error("invalid {field}: {reason}")]
+    BadRequest {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A task failed on every try (its error says what and where).
+    #[error("a task failed on {MAX} tries: {0}", MAX = crate::scheduler::MAX_TASK_FAILURES)]
+    TaskFailed(String),
+    /// The coordinator is shutting down.
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+}
+
+impl CoordError {
+    /// Shorthand for [`CoordError::BadRequest`].
+    pub fn bad(field: &'static str, reason: impl Into<String>) -> Self {
+        CoordError::BadRequest {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<CoordError> for Status {
+    fn from(e: CoordError) -> Status {
+        let msg = e.to_string();
+        match e {
+            CoordError::Common(c) => match c {
+                CommonError::NotFound { .. } => Status::not_found(msg),
+                CommonError::Storage { .. } => Status::unavailable(msg),
+                CommonError::Compute(_) | CommonError::Io { .. } => Status::internal(msg),
+                _ => Status::invalid_argument(msg),
+            },
+            CoordError::JobNotFound(_) | CoordError::WorkerNotFound(_) => Status::not_found(msg),
+            CoordError::Stale(_) | CoordError::ProtocolMismatch { .. } => {
+                Status::failed_precondition(msg)
+            }
+            CoordError::BadRequest { .. } => Status::invalid_argument(msg),
+            CoordError::ShuttingDown => Status::unavailable(msg),
+            CoordError::TaskFailed(_) => Status::aborted(msg),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn errors_map_to_the_codes_clients_branch_on() {
+        let code = |e: CoordError| Status::from(e).code();
+        assert_eq!(code(CommonError::invalid("batch_size", "0").into()), Code::InvalidArgument);
+        assert_eq!(code(CoordError::JobNotFound(JobId::generate())), Code::NotFound);
+        assert_eq!(code(CoordError::Stale("step 3".into())), Code::FailedPrecondition);
+        assert_eq!(
+            code(CoordError::ProtocolMismatch { worker: 0, coordinator: 1 }),
+            Code::FailedPrecondition
+        );
+        assert_eq!(code(CoordError::bad("job_id", "empty")), Code::InvalidArgument);
+    }
+}

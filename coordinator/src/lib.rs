@@ -1,0 +1,19 @@
+//! ctcluster's coordinator: job lifecycle, data plan, task scheduling, gradient all-reduce,
+//! Adam and checkpoints, served over gRPC.
+
+pub mod client_api;
+pub mod config;
+pub mod driver;
+pub mod error;
+pub mod job;
+pub mod plan;
+pub mod records;
+pub mod scheduler;
+pub mod server;
+pub mod state;
+pub mod worker_api;
+pub mod workers;
+
+pub use config::{Args, CoordinatorConfig};
+pub use error::CoordError;
+pub use server::serve;

@@ -1,0 +1,34 @@
+//! Job records in the object store: `<state_url>/jobs/<job id>.json`, written on every change of
+//! state and at every epoch end, read back when the coordinator starts.
+
+use ctcluster_common::job::JobRecord;
+use ctcluster_common::storage::StoreUrl;
+use ctcluster_common::{Error, Result};
+
+fn record_url(state: &StoreUrl, record: &JobRecord) -> Result<StoreUrl> {
+    state.join(&format!("jobs/{}.json", record.id))
+}
+
+/// Writes a job's record.
+pub async fn save(state: &StoreUrl, record: &JobRecord) -> Result<()> {
+    let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Compute(e.to_string()))?;
+    record_url(state, record)?.put(json).await
+}
+
+/// Every record under the state URL; unreadable ones are logged and skipped.
+pub async fn load_all(state: &StoreUrl) -> Result<Vec<JobRecord>> {
+    let jobs = state.join("jobs")?;
+    let mut out = Vec::new();
+    for file in jobs.list().await? {
+        if !file.ends_with(".json") || file.contains('/') {
+            continue;
+        }
+        let url = jobs.join(&file)?;
+        match url.get().await.map(|b| serde_json::from_slice::<JobRecord>(&b)) {
+            Ok(Ok(r)) => out.push(r),
+            Ok(Err(e)) => tracing::warn!(record = %url, error = %e, "skipping unreadable job record"),
+            Err(e) => tracing::warn!(record = %url, error = %e, "skipping unreadable job record"),
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,181 @@
+//! The coordinator's shared state: jobs, workers, the task queue, and the tasks it owns.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ctcluster_common::dataset::load_manifest;
+use ctcluster_common::job::{JobRecord, JobState};
+use ctcluster_common::spec::JobSpec;
+use ctcluster_common::storage::StoreUrl;
+use ctcluster_common::{Error, JobId};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::CoordinatorConfig;
+use crate::error::CoordError;
+use crate::job::JobHandle;
+use crate::scheduler::Scheduler;
+use crate::workers::WorkerRegistry;
+use crate::{driver, records};
+
+/// Everything the coordinator's services share.
+pub struct Coordinator {
+    /// Settings.
+    pub config: CoordinatorConfig,
+    /// Registered workers.
+    pub workers: WorkerRegistry,
+    /// The task queue.
+    pub scheduler: Scheduler,
+    /// Cancelled when the coordinator stops.
+    pub shutdown: CancellationToken,
+    /// Owns every task the coordinator spawns, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    jobs: Mutex<HashMap<JobId, Arc<JobHandle>>>,
+    seq: AtomicU64,
+}
+
+impl Coordinator {
+    /// A coordinator with no jobs yet.
+    pub fn new(config: CoordinatorConfig) -> Arc<Self> {
+        Arc::new(Coordinator {
+            config,
+            workers: WorkerRegistry::default(),
+            scheduler: Scheduler::default(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            jobs: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<JobHandle>>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads job records from the state URL and resumes every job that had not ended, and
+    /// starts the worker-lease reaper.
+    pub async fn start(self: &Arc<Self>) -> Result<(), CoordError> {
+        let mut recs = records::load_all(&self.config.state_url).await?;
+        recs.sort_by(|a, b| a.id.cmp(&b.id));
+        for rec in recs {
+            let spec = match JobSpec::from_yaml(&rec.spec_yaml) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(job = %rec.id, error = %e, "job record has a bad spec; skipped");
+                    continue;
+                }
+            };
+            let resume = !rec.state.is_terminal();
+            let handle = self.insert(spec, rec);
+            if resume {
+                tracing::info!(job = %handle.id, "resuming job after coordinator start");
+                self.spawn_driver(handle);
+            }
+        }
+        let me = self.clone();
+        self.tracker.spawn(async move { me.reap_workers().await });
+        Ok(())
+    }
+
+    async fn reap_workers(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.heartbeat);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for (id, w) in self.workers.expire(self.config.worker_lease) {
+                let n = self.scheduler.release_worker(id);
+                tracing::warn!(worker = %id, name = %w.name, requeued = n, "worker lease expired; dropped");
+            }
+        }
+    }
+
+    fn insert(&self, spec: JobSpec, record: JobRecord) -> Arc<JobHandle> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let handle = Arc::new(JobHandle::new(spec, record, seq));
+        self.jobs().insert(handle.id.clone(), handle.clone());
+        handle
+    }
+
+    fn spawn_driver(self: &Arc<Self>, handle: Arc<JobHandle>) {
+        let me = self.clone();
+        self.tracker.spawn(async move { driver::run(me, handle).await });
+    }
+
+    /// Validates a spec (and that its dataset and checkpoint exist), then queues the job.
+    pub async fn submit(self: &Arc<Self>, spec_yaml: &str) -> Result<JobId, CoordError> {
+        if self.shutdown.is_cancelled() {
+            return Err(CoordError::ShuttingDown);
+        }
+        let spec = JobSpec::from_yaml(spec_yaml)?;
+        let dataset = StoreUrl::parse(&spec.dataset).map_err(|e| Error::invalid("dataset", e.to_string()))?;
+        load_manifest(&dataset).await.map_err(|e| Error::invalid("dataset", e.to_string()))?;
+        if let Some(r) = &spec.resume_from {
+            let url = StoreUrl::parse(r)?;
+            ctcluster_common::checkpoint::Checkpoint::load(&url)
+                .await
+                .map_err(|e| Error::invalid("resume_from", e.to_string()))?;
+        }
+        StoreUrl::parse(&spec.output).map_err(|e| Error::invalid("output", e.to_string()))?;
+        let id = JobId::generate();
+        let record = JobRecord::queued(id.clone(), spec.name.clone(), spec_yaml.to_string(), spec.epochs);
+        records::save(&self.config.state_url, &record).await?;
+        let handle = self.insert(spec, record);
+        tracing::info!(job = %id, name = %handle.spec.name, "job submitted");
+        self.spawn_driver(handle);
+        Ok(id)
+    }
+
+    /// A job by id.
+    pub fn job(&self, id: &JobId) -> Result<Arc<JobHandle>, CoordError> {
+        self.jobs()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| CoordError::JobNotFound(id.clone()))
+    }
+
+    /// Every job, in submission order.
+    pub fn list(&self) -> Vec<Arc<JobHandle>> {
+        let mut v: Vec<_> = self.jobs().values().cloned().collect();
+        v.sort_by_key(|j| j.seq);
+        v
+    }
+
+    /// Cancels a job (no effect on one that has ended).
+    pub fn cancel(&self, id: &JobId) -> Result<Arc<JobHandle>, CoordError> {
+        let job = self.job(id)?;
+        if !job.record().state.is_terminal() {
+            job.cancel.cancel();
+        }
+        Ok(job)
+    }
+
+    /// Stops every job driver (their records stay as they are, so a restart resumes them)
+    /// and waits for the coordinator's tasks to end.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    /// True when the job's state says it has ended.
+    pub fn is_done(&self, id: &JobId) -> bool {
+        self.job(id)
+            .map(|j| j.record().state.is_terminal())
+            .unwrap_or(true)
+    }
+}
+
+/// State names as the wire has them.
+pub fn state_to_proto(s: JobState) -> ctcluster_proto::JobState {
+    use ctcluster_proto::JobState as P;
+    match s {
+        JobState::Queued => P::Queued,
+        JobState::Running => P::Running,
+        JobState::Succeeded => P::Succeeded,
+        JobState::Failed => P::Failed,
+        JobState::Cancelled => P::Cancelled,
+    }
+}

@@ -1,0 +1,195 @@
+//! The worker service: registration, heartbeats, work, parameters and results.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ctcluster_common::tensor_bytes::{extend_f32_from_le_bytes, first_non_finite};
+use ctcluster_common::{JobId, TaskId, WorkerId};
+use ctcluster_proto as pb;
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::CoordError;
+use crate::scheduler::TaskResult;
+use crate::state::Coordinator;
+
+/// How long `FetchWork` waits for a task before answering "none yet".
+const LONG_POLL: Duration = Duration::from_secs(2);
+
+fn worker_id(raw: &str) -> Result<WorkerId, CoordError> {
+    raw.parse().map_err(CoordError::from)
+}
+
+/// The worker service.
+pub struct WorkerApi {
+    coord: Arc<Coordinator>,
+}
+
+impl WorkerApi {
+    /// The service over a coordinator.
+    pub fn new(coord: Arc<Coordinator>) -> Self {
+        WorkerApi { coord }
+    }
+
+    fn live(&self, raw: &str) -> Result<WorkerId, CoordError> {
+        let id = worker_id(raw)?;
+        if self.coord.workers.touch(id) {
+            Ok(id)
+        } else {
+            Err(CoordError::WorkerNotFound(id))
+        }
+    }
+}
+
+type ParamStream = Pin<Box<dyn Stream<Item = Result<pb::TensorChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::worker_service_server::WorkerService for WorkerApi {
+    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let req = req.into_inner();
+        if req.protocol_version != pb::PROTOCOL_VERSION {
+            return Err(CoordError::ProtocolMismatch {
+                worker: req.protocol_version,
+                coordinator: pb::PROTOCOL_VERSION,
+            }
+            .into());
+        }
+        let name: String = req.name.chars().take(128).collect();
+        let device: String = req.device.chars().take(32).collect();
+        let id = self.coord.workers.register(name.clone(), device.clone());
+        tracing::info!(worker = %id, %name, %device, "worker registered");
+        Ok(Response::new(pb::RegisterResponse {
+            worker_id: id.to_string(),
+            heartbeat_interval_ms: u32::try_from(self.coord.config.heartbeat.as_millis()).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        self.live(&req.into_inner().worker_id)?;
+        Ok(Response::new(pb::HeartbeatResponse {}))
+    }
+
+    async fn fetch_work(&self, req: Request<pb::FetchWorkRequest>) -> Result<Response<pb::FetchWorkResponse>, Status> {
+        let id = self.live(&req.into_inner().worker_id)?;
+        let task = tokio::select! {
+            t = self.coord.scheduler.next_for(id, LONG_POLL) => t,
+            _ = self.coord.shutdown.cancelled() => None,
+        };
+        Ok(Response::new(pb::FetchWorkResponse { task }))
+    }
+
+    type FetchParametersStream = ParamStream;
+
+    async fn fetch_parameters(
+        &self,
+        req: Request<pb::FetchParametersRequest>,
+    ) -> Result<Response<Self::FetchParametersStream>, Status> {
+        let req = req.into_inner();
+        let job = self.coord.job(&JobId::try_from(req.job_id).map_err(CoordError::from)?)?;
+        let snap = job
+            .params()
+            .ok_or_else(|| CoordError::Stale("the job has not published parameters yet".into()))?;
+        if snap.version != req.version {
+            return Err(CoordError::Stale(format!(
+                "parameters of step {} asked for, the job is at step {}",
+                req.version, snap.version
+            ))
+            .into());
+        }
+        let total = (snap.bytes.len() / 4) as u64;
+        let chunks: Vec<Result<pb::TensorChunk, Status>> = (0..snap.bytes.len())
+            .step_by(pb::CHUNK_BYTES)
+            .map(|start| {
+                let end = (start + pb::CHUNK_BYTES).min(snap.bytes.len());
+                Ok(pb::TensorChunk {
+                    offset: (start / 4) as u64,
+                    total,
+                    data: snap.bytes.slice(start..end),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
+    async fn push_result(
+        &self,
+        req: Request<Streaming<pb::ResultChunk>>,
+    ) -> Result<Response<pb::PushResultResponse>, Status> {
+        let mut stream = req.into_inner();
+        let header = match stream.next().await {
+            Some(Ok(pb::ResultChunk { part: Some(pb::result_chunk::Part::Header(h)) })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(CoordError::bad("header", "the first message must be the result header").into()),
+        };
+        let worker = self.live(&header.worker_id)?;
+        let task = TaskId(header.task_id);
+        let Some(expected) = self.coord.scheduler.expected(task, worker) else {
+            tracing::debug!(%task, %worker, "result for a task no longer outstanding; discarded");
+            return Ok(Response::new(pb::PushResultResponse { accepted: false }));
+        };
+        if !header.error.is_empty() {
+            let error: String = header.error.chars().take(4096).collect();
+            tracing::warn!(%task, %worker, job = %expected.job, %error, "worker could not compute a task");
+            self.coord.scheduler.fail(task, worker, error);
+            return Ok(Response::new(pb::PushResultResponse { accepted: false }));
+        }
+        let reject = |reason: String| {
+            tracing::warn!(%task, %worker, job = %expected.job, %reason, "result rejected; task re-queued");
+            self.coord.scheduler.retry(task);
+            Status::from(CoordError::bad("result", reason))
+        };
+        if header.job_id != expected.job.as_str() || header.step != expected.step {
+            return Err(reject(format!(
+                "result for job {} step {}, but the task is job {} step {}",
+                header.job_id, header.step, expected.job, expected.step
+            )));
+        }
+        if header.gradient_len != expected.gradient_len || header.samples != expected.samples {
+            return Err(reject(format!(
+                "{} gradient values over {} samples, expected {} over {}",
+                header.gradient_len, header.samples, expected.gradient_len, expected.samples
+            )));
+        }
+        if !header.loss_sum.is_finite() || header.correct > header.samples {
+            return Err(reject(format!("loss {} / correct {} out of range", header.loss_sum, header.correct)));
+        }
+        let want = usize::try_from(expected.gradient_len).map_err(|_| reject("gradient too long".into()))?;
+        let mut gradient = Vec::with_capacity(want);
+        while let Some(msg) = stream.next().await {
+            match msg?.part {
+                Some(pb::result_chunk::Part::Gradient(bytes)) => {
+                    if gradient.len() + bytes.len() / 4 > want {
+                        return Err(reject(format!("more than the {want} gradient values announced")));
+                    }
+                    extend_f32_from_le_bytes(&mut gradient, &bytes, "gradient").map_err(|e| reject(e.to_string()))?;
+                }
+                _ => return Err(reject("a second header in one result".into())),
+            }
+        }
+        if gradient.len() != want {
+            return Err(reject(format!("{} gradient values, expected {want}", gradient.len())));
+        }
+        if let Some(i) = first_non_finite(&gradient) {
+            return Err(reject(format!("gradient value {i} is {} (NaN or infinite)", gradient[i])));
+        }
+        let accepted = self.coord.scheduler.complete(TaskResult {
+            task,
+            worker,
+            samples: header.samples,
+            loss_sum: header.loss_sum,
+            correct: header.correct,
+            gradient,
+        });
+        Ok(Response::new(pb::PushResultResponse { accepted }))
+    }
+
+    async fn goodbye(&self, req: Request<pb::GoodbyeRequest>) -> Result<Response<pb::GoodbyeResponse>, Status> {
+        let id = worker_id(&req.into_inner().worker_id)?;
+        if self.coord.workers.remove(id) {
+            let n = self.coord.scheduler.release_worker(id);
+            tracing::info!(worker = %id, requeued = n, "worker said goodbye");
+        }
+        Ok(Response::new(pb::GoodbyeResponse {}))
+    }
+}

@@ -1,0 +1,142 @@
+//! `ctctl`'s command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// ctcluster's command line: submit and watch training jobs, convert datasets, evaluate models.
+#[derive(Debug, Parser)]
+#[command(name = "ctctl", version, about)]
+pub struct Cli {
+    /// The coordinator's URL.
+    #[arg(long, global = true, env = "CTCTL_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    pub coordinator: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Human-readable.
+    Table,
+    /// One JSON document.
+    Json,
+}
+
+/// `ctctl`'s subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submit a job spec (YAML); prints the job id.
+    Submit {
+        /// The spec file.
+        file: PathBuf,
+        /// Then watch it until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// One job's status.
+    Status {
+        /// The job id.
+        job: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Every job the coordinator knows.
+    List {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Cancel a job.
+    Cancel {
+        /// The job id.
+        job: String,
+    },
+    /// Follow a job with a live progress bar until it ends.
+    Watch {
+        /// The job id.
+        job: String,
+    },
+    /// Create and inspect datasets.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+    /// Evaluate an exported model on a dataset split (locally, on the CPU).
+    Evaluate {
+        /// The model: a job's output folder or its `model.safetensors` URL.
+        #[arg(long)]
+        model: String,
+        /// The dataset URL.
+        #[arg(long)]
+        dataset: String,
+        /// The split to evaluate.
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Run the whole thing locally: generated data, a coordinator, two workers, a training job.
+    Demo(DemoArgs),
+}
+
+/// `ctctl dataset ...`
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// Convert a MedMNIST-style .npz (train/val/test images and labels) into a dataset.
+    FromNpz {
+        /// The .npz file.
+        file: PathBuf,
+        /// Where to write the dataset (URL or local folder).
+        #[arg(long)]
+        out: String,
+        /// Class names, comma-separated, in label order.
+        #[arg(long, value_delimiter = ',')]
+        classes: Option<Vec<String>>,
+        /// Rows per shard.
+        #[arg(long, default_value_t = 2048)]
+        shard_rows: usize,
+    },
+    /// Generate the demo's synthetic lesion dataset.
+    Synth {
+        /// Where to write it.
+        #[arg(long)]
+        out: String,
+        /// Training images.
+        #[arg(long, default_value_t = 1536)]
+        train: usize,
+        /// Test images.
+        #[arg(long, default_value_t = 256)]
+        test: usize,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 28)]
+        size: u32,
+        /// Generator seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Summarise a dataset: shape, classes, splits, class histogram.
+    Inspect {
+        /// The dataset URL.
+        url: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+}
+
+/// `ctctl demo` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Folder for the demo's data, checkpoints and job records.
+    #[arg(long, default_value = "ctcluster-demo")]
+    pub dir: PathBuf,
+    /// Workers to start.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Epochs to train.
+    #[arg(long, default_value_t = 5)]
+    pub epochs: u32,
+}

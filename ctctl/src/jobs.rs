@@ -1,0 +1,59 @@
+//! Job commands: submit, status, list, cancel.
+
+use std::path::Path;
+
+use ctcluster_proto as pb;
+
+use crate::cli::Format;
+use crate::connect::connect;
+use crate::render::{StatusJson, list_text, status_text};
+use crate::CtlError;
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// Reads a spec file and submits it; returns the job id.
+pub async fn submit(coordinator: &str, file: &Path) -> Result<String, CtlError> {
+    let spec_yaml = std::fs::read_to_string(file)
+        .map_err(|e| CtlError::Usage(format!("{}: {e}", file.display())))?;
+    submit_text(coordinator, spec_yaml).await
+}
+
+/// Submits a spec given as text; returns the job id.
+pub async fn submit_text(coordinator: &str, spec_yaml: String) -> Result<String, CtlError> {
+    let mut c = connect(coordinator).await?;
+    Ok(c.submit(pb::SubmitRequest { spec_yaml }).await?.into_inner().job_id)
+}
+
+/// One job's status.
+pub async fn get(coordinator: &str, job: &str) -> Result<pb::JobStatus, CtlError> {
+    let mut c = connect(coordinator).await?;
+    Ok(c.get_job(pb::GetJobRequest { job_id: job.to_string() }).await?.into_inner())
+}
+
+/// `ctctl status` output.
+pub async fn status(coordinator: &str, job: &str, format: Format) -> Result<String, CtlError> {
+    let s = get(coordinator, job).await?;
+    Ok(match format {
+        Format::Json => json(&StatusJson::from(&s)),
+        Format::Table => status_text(&s),
+    })
+}
+
+/// `ctctl list` output.
+pub async fn list(coordinator: &str, format: Format) -> Result<String, CtlError> {
+    let mut c = connect(coordinator).await?;
+    let jobs = c.list_jobs(pb::ListJobsRequest {}).await?.into_inner().jobs;
+    Ok(match format {
+        Format::Json => json(&jobs.iter().map(StatusJson::from).collect::<Vec<_>>()),
+        Format::Table => list_text(&jobs),
+    })
+}
+
+/// `ctctl cancel` output.
+pub async fn cancel(coordinator: &str, job: &str) -> Result<String, CtlError> {
+    let mut c = connect(coordinator).await?;
+    let s = c.cancel_job(pb::CancelJobRequest { job_id: job.to_string() }).await?.into_inner();
+    Ok(format!("cancelling {}", s.id))
+}

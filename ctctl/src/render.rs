@@ -1,0 +1,146 @@
+//! How job statuses are shown: JSON for scripts, tables for people.
+
+use ctcluster_proto as pb;
+use serde::Serialize;
+
+/// A job's status as `ctctl status -o json` prints it.
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    /// Job id.
+    pub id: String,
+    /// Spec name.
+    pub name: String,
+    /// queued, running, succeeded, failed or cancelled.
+    pub state: &'static str,
+    /// Why it is in that state.
+    pub message: String,
+    /// Epoch (0-based).
+    pub epoch: u32,
+    /// Epochs in all.
+    pub epochs: u32,
+    /// Steps taken.
+    pub step: u64,
+    /// Steps in all.
+    pub total_steps: u64,
+    /// Newest metrics.
+    pub metrics: MetricsJson,
+    /// Newest checkpoint URL.
+    pub checkpoint: Option<String>,
+    /// Exported model URL.
+    pub model: Option<String>,
+    /// Recent throughput.
+    pub images_per_sec: f64,
+    /// Seconds left.
+    pub eta_seconds: f64,
+    /// Workers in the cluster.
+    pub workers: u32,
+}
+
+/// Metrics in the JSON status.
+#[derive(Debug, Serialize)]
+pub struct MetricsJson {
+    /// Mean training loss.
+    pub train_loss: Option<f64>,
+    /// Validation loss.
+    pub val_loss: Option<f64>,
+    /// Validation accuracy.
+    pub val_accuracy: Option<f64>,
+}
+
+/// Lowercase state name.
+pub fn state_name(state: i32) -> &'static str {
+    match pb::JobState::try_from(state).unwrap_or(pb::JobState::Unspecified) {
+        pb::JobState::Queued => "queued",
+        pb::JobState::Running => "running",
+        pb::JobState::Succeeded => "succeeded",
+        pb::JobState::Failed => "failed",
+        pb::JobState::Cancelled => "cancelled",
+        pb::JobState::Unspecified => "unknown",
+    }
+}
+
+/// Whether the state is final.
+pub fn is_terminal(state: i32) -> bool {
+    matches!(state_name(state), "succeeded" | "failed" | "cancelled")
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+impl From<&pb::JobStatus> for StatusJson {
+    fn from(s: &pb::JobStatus) -> Self {
+        let m = s.metrics.clone().unwrap_or_default();
+        StatusJson {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            state: state_name(s.state),
+            message: s.message.clone(),
+            epoch: s.epoch,
+            epochs: s.epochs,
+            step: s.step,
+            total_steps: s.total_steps,
+            metrics: MetricsJson {
+                train_loss: m.train_loss,
+                val_loss: m.val_loss,
+                val_accuracy: m.val_accuracy,
+            },
+            checkpoint: non_empty(&s.checkpoint),
+            model: non_empty(&s.model),
+            images_per_sec: s.images_per_sec,
+            eta_seconds: s.eta_seconds,
+            workers: s.workers,
+        }
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+/// A multi-line human summary of one job.
+pub fn status_text(s: &pb::JobStatus) -> String {
+    let j = StatusJson::from(s);
+    let mut out = format!(
+        "job        {}  ({})\nstate      {}{}\nprogress   epoch {}/{}  step {}/{}\nmetrics    train_loss {}  val_loss {}  val_accuracy {}\nthroughput {:.0} images/s  eta {:.0}s  workers {}\n",
+        j.id,
+        j.name,
+        j.state,
+        if j.message.is_empty() { String::new() } else { format!(": {}", j.message) },
+        (j.epoch + 1).min(j.epochs.max(1)),
+        j.epochs,
+        j.step,
+        j.total_steps,
+        opt(j.metrics.train_loss, 4),
+        opt(j.metrics.val_loss, 4),
+        opt(j.metrics.val_accuracy, 4),
+        j.images_per_sec,
+        j.eta_seconds,
+        j.workers,
+    );
+    if let Some(c) = &j.checkpoint {
+        out.push_str(&format!("checkpoint {c}\n"));
+    }
+    if let Some(m) = &j.model {
+        out.push_str(&format!("model      {m}\n"));
+    }
+    out
+}
+
+/// One line per job.
+pub fn list_text(jobs: &[pb::JobStatus]) -> String {
+    let mut out = format!("{:<18} {:<10} {:>11} {:>9} {:>8}  {}\n", "ID", "STATE", "STEP", "VAL_ACC", "LOSS", "NAME");
+    for s in jobs {
+        let j = StatusJson::from(s);
+        out.push_str(&format!(
+            "{:<18} {:<10} {:>11} {:>9} {:>8}  {}\n",
+            j.id,
+            j.state,
+            format!("{}/{}", j.step, j.total_steps),
+            opt(j.metrics.val_accuracy, 4),
+            opt(j.metrics.train_loss, 4),
+            j.name
+        ));
+    }
+    out
+}

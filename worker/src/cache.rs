@@ -1,0 +1,150 @@
+//! What a worker keeps between tasks of a job: the dataset manifest, decoded shards, the model
+//! configuration and the newest parameters. Only the most recent jobs are kept.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ctcluster_common::dataset::{DecodedShard, Manifest, load_manifest, load_shard};
+use ctcluster_common::model::{BatchInput, ModelConfig, dropout_keep_mask};
+use ctcluster_common::storage::StoreUrl;
+use ctcluster_common::tensor_bytes::extend_f32_from_le_bytes;
+use ctcluster_common::Error;
+use ctcluster_proto as pb;
+use futures::StreamExt;
+use tonic::transport::Channel;
+
+use crate::WorkerError;
+
+/// Jobs whose data stays cached at once.
+const MAX_JOBS: usize = 2;
+
+struct JobCache {
+    dataset: StoreUrl,
+    manifest: Manifest,
+    model: Arc<ModelConfig>,
+    shards: HashMap<(String, u32), Arc<DecodedShard>>,
+    params: Option<(u64, Arc<Vec<f32>>)>,
+    last_used: u64,
+}
+
+/// The per-job caches of one worker.
+#[derive(Default)]
+pub struct Cache {
+    jobs: HashMap<String, JobCache>,
+    clock: u64,
+}
+
+impl Cache {
+    async fn job(&mut self, job: &pb::TaskJob) -> Result<&mut JobCache, WorkerError> {
+        self.clock += 1;
+        if !self.jobs.contains_key(&job.job_id) {
+            if self.jobs.len() >= MAX_JOBS
+                && let Some(oldest) = self.jobs.iter().min_by_key(|(_, c)| c.last_used).map(|(k, _)| k.clone())
+            {
+                self.jobs.remove(&oldest);
+            }
+            let dataset = StoreUrl::parse(&job.dataset_url)?;
+            let manifest = load_manifest(&dataset).await?;
+            let model: ModelConfig = serde_json::from_str(&job.model_json)
+                .map_err(|e| Error::invalid("model_json", e.to_string()))?;
+            model.validate()?;
+            self.jobs.insert(
+                job.job_id.clone(),
+                JobCache {
+                    dataset,
+                    manifest,
+                    model: Arc::new(model),
+                    shards: HashMap::new(),
+                    params: None,
+                    last_used: 0,
+                },
+            );
+        }
+        let entry = self.jobs.get_mut(&job.job_id).ok_or(WorkerError::ComputeGone)?;
+        entry.last_used = self.clock;
+        Ok(entry)
+    }
+
+    /// The model configuration of a task's job.
+    pub async fn model(&mut self, job: &pb::TaskJob) -> Result<Arc<ModelConfig>, WorkerError> {
+        Ok(self.job(job).await?.model.clone())
+    }
+
+    /// The parameters a task needs, fetched from the coordinator unless cached.
+    pub async fn params(
+        &mut self,
+        client: &mut pb::worker_service_client::WorkerServiceClient<Channel>,
+        job: &pb::TaskJob,
+        version: u64,
+        expected_len: u64,
+    ) -> Result<Arc<Vec<f32>>, WorkerError> {
+        let entry = self.job(job).await?;
+        if let Some((v, p)) = &entry.params
+            && *v == version
+        {
+            return Ok(p.clone());
+        }
+        let want = usize::try_from(expected_len).map_err(|_| Error::invalid("num_params", "too large"))?;
+        let mut stream = client
+            .fetch_parameters(pb::FetchParametersRequest {
+                job_id: job.job_id.clone(),
+                version,
+            })
+            .await?
+            .into_inner();
+        let mut params = Vec::with_capacity(want);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if chunk.offset != params.len() as u64 || chunk.total != expected_len {
+                return Err(Error::invalid("parameters", "chunks out of order or of another size").into());
+            }
+            extend_f32_from_le_bytes(&mut params, &chunk.data, "parameters")?;
+            if params.len() > want {
+                return Err(Error::invalid("parameters", "more values than announced").into());
+            }
+        }
+        if params.len() != want {
+            return Err(Error::invalid("parameters", format!("{} values, expected {want}", params.len())).into());
+        }
+        let params = Arc::new(params);
+        entry.params = Some((version, params.clone()));
+        Ok(params)
+    }
+
+    /// The task's samples as a batch (raw pixels, labels, dropout masks for training).
+    pub async fn batch(&mut self, task: &pb::Task, job: &pb::TaskJob) -> Result<BatchInput, WorkerError> {
+        let train = task.kind == pb::TaskKind::Train as i32;
+        let entry = self.job(job).await?;
+        let mut batch = BatchInput::default();
+        let dropout = if train && entry.model.dropout > 0.0 { Some(entry.model.dropout) } else { None };
+        let mut masks = Vec::new();
+        for sample in &task.samples {
+            let key = (job.split.clone(), sample.shard);
+            let shard = match entry.shards.get(&key) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Arc::new(load_shard(&entry.dataset, &entry.manifest, &job.split, sample.shard as usize).await?);
+                    entry.shards.insert(key, s.clone());
+                    s
+                }
+            };
+            let row = sample.row as usize;
+            if row >= shard.ids.len() {
+                return Err(Error::dataset(
+                    entry.dataset.as_str(),
+                    format!("split {} shard {} has no row {row}", job.split, sample.shard),
+                )
+                .into());
+            }
+            batch.pixels.extend_from_slice(shard.image(row));
+            batch.labels.push(shard.labels[row]);
+            if let Some(p) = dropout {
+                masks.extend(dropout_keep_mask(p, job.seed, task.epoch, task.step, &shard.ids[row]));
+            }
+        }
+        if dropout.is_some() {
+            batch.keep_mask = Some(masks);
+        }
+        Ok(batch)
+    }
+}

@@ -1,0 +1,52 @@
+//! The worker's command line and validated configuration.
+
+use clap::Parser;
+
+/// Command-line arguments of `ctcluster-worker`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ctcluster-worker", version, about = "ctcluster's GPU/CPU worker")]
+pub struct Args {
+    /// The coordinator's URL.
+    #[arg(long, env = "CT_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    pub coordinator: String,
+    /// Name shown in status tables (default: host name and process id).
+    #[arg(long, env = "CT_WORKER_NAME")]
+    pub name: Option<String>,
+    /// Compute device: `cpu` (pure-Rust burn-flex backend).
+    #[arg(long, env = "CT_DEVICE", default_value = "cpu")]
+    pub device: String,
+}
+
+/// Validated worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The coordinator's URL.
+    pub coordinator: String,
+    /// Display name.
+    pub name: String,
+    /// Device name, as given.
+    pub device: String,
+}
+
+impl TryFrom<&Args> for WorkerConfig {
+    type Error = crate::WorkerError;
+
+    fn try_from(a: &Args) -> Result<Self, Self::Error> {
+        crate::device::parse_device(&a.device)?;
+        if !(a.coordinator.starts_with("http://") || a.coordinator.starts_with("https://")) {
+            return Err(crate::WorkerError::Config(format!(
+                "--coordinator {:?} must be an http:// or https:// URL",
+                a.coordinator
+            )));
+        }
+        let name = a.name.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+            format!("{host}-{}", std::process::id())
+        });
+        Ok(WorkerConfig {
+            coordinator: a.coordinator.clone(),
+            name,
+            device: a.device.clone(),
+        })
+    }
+}

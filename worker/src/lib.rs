@@ -1,0 +1,13 @@
+//! ctcluster's worker: registers with the coordinator, streams its micro-batches' shards from
+//! object storage, preprocesses them and computes CNN gradients on a dedicated thread.
+
+mod cache;
+pub mod compute;
+pub mod config;
+pub mod device;
+mod error;
+pub mod runner;
+
+pub use config::{Args, WorkerConfig};
+pub use error::WorkerError;
+pub use runner::run_worker;

@@ -1,0 +1,36 @@
+//! `ctcluster-worker`: parse flags, work until SIGTERM or ctrl-c, say goodbye, exit.
+
+use clap::Parser;
+use ctcluster_worker::{Args, WorkerConfig, run_worker};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ctcluster_common::telemetry::init_logging("info");
+    let args = Args::parse();
+    let config = WorkerConfig::try_from(&args)?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping after the task in flight");
+        trigger.cancel();
+    });
+    run_worker(config, shutdown).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,190 @@
+//! The worker's life: connect, register, then fetch tasks, compute and push results until told
+//! to stop; reconnect with backoff when the coordinator goes away.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ctcluster_common::tensor_bytes::f32_to_le_bytes;
+use ctcluster_proto as pb;
+use pb::worker_service_client::WorkerServiceClient;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cache::Cache;
+use crate::compute::{ComputeThread, Output, Work};
+use crate::config::WorkerConfig;
+use crate::device::parse_device;
+use crate::WorkerError;
+
+/// Largest message the worker accepts.
+const MAX_MESSAGE_BYTES: usize = 8 << 20;
+
+type Client = WorkerServiceClient<Channel>;
+
+/// Runs a worker until `shutdown` is cancelled; in-flight work is finished and pushed first.
+pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    let device = parse_device(&config.device)?;
+    let compute = ComputeThread::start(device);
+    let mut cache = Cache::default();
+    let endpoint = Endpoint::from_shared(config.coordinator.clone())
+        .map_err(|e| WorkerError::Config(format!("--coordinator: {e}")))?
+        .connect_timeout(Duration::from_secs(5));
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let session = async {
+            let channel = endpoint.connect().await?;
+            let mut client = WorkerServiceClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            let reg = client
+                .register(pb::RegisterRequest {
+                    protocol_version: pb::PROTOCOL_VERSION,
+                    name: config.name.clone(),
+                    device: config.device.clone(),
+                })
+                .await?
+                .into_inner();
+            Ok::<_, WorkerError>((client, reg))
+        };
+        let (client, reg) = tokio::select! {
+            r = session => match r {
+                Ok(ok) => ok,
+                Err(WorkerError::Rpc(s)) if s.code() == tonic::Code::FailedPrecondition => {
+                    return Err(WorkerError::Rpc(s));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the coordinator");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        backoff = Duration::from_millis(100);
+        tracing::info!(worker = %reg.worker_id, "registered with the coordinator");
+        let beat = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat(
+            client.clone(),
+            reg.worker_id.clone(),
+            Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(50))),
+            beat.clone(),
+        ));
+        let result = work_loop(client.clone(), &reg.worker_id, &compute, &mut cache, &shutdown).await;
+        beat.cancel();
+        let _ = heartbeat.await;
+        match result {
+            Ok(()) => {
+                let mut c = client;
+                let bye = c.goodbye(pb::GoodbyeRequest { worker_id: reg.worker_id.clone() });
+                let _ = tokio::time::timeout(Duration::from_secs(2), bye).await;
+                tracing::info!(worker = %reg.worker_id, "worker stopped");
+                return Ok(());
+            }
+            Err(e) => tracing::warn!(error = %e, "lost the coordinator session; reconnecting"),
+        }
+    }
+}
+
+async fn heartbeat(mut client: Client, worker_id: String, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = client.heartbeat(pb::HeartbeatRequest { worker_id: worker_id.clone() }).await {
+            tracing::debug!(error = %e, "heartbeat failed");
+        }
+    }
+}
+
+async fn work_loop(
+    mut client: Client,
+    worker_id: &str,
+    compute: &ComputeThread,
+    cache: &mut Cache,
+    shutdown: &CancellationToken,
+) -> Result<(), WorkerError> {
+    loop {
+        let fetched = tokio::select! {
+            r = client.fetch_work(pb::FetchWorkRequest { worker_id: worker_id.to_string() }) => r?,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let Some(task) = fetched.into_inner().task else { continue };
+        let started = Instant::now();
+        let outcome = process(&mut client, &task, compute, cache).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let mut header = pb::ResultHeader {
+            worker_id: worker_id.to_string(),
+            job_id: task.job.as_ref().map(|j| j.job_id.clone()).unwrap_or_default(),
+            task_id: task.task_id,
+            step: task.step,
+            samples: task.samples.len() as u32,
+            compute_seconds: seconds,
+            ..Default::default()
+        };
+        let mut gradient = Vec::new();
+        match outcome {
+            Ok(Output::Train(t)) => {
+                header.loss_sum = t.loss_sum;
+                header.correct = t.correct;
+                header.gradient_len = t.grad.len() as u64;
+                gradient = t.grad;
+            }
+            Ok(Output::Eval(e)) => {
+                header.loss_sum = e.loss_sum;
+                header.correct = e.correct;
+            }
+            Err(e @ (WorkerError::Rpc(_) | WorkerError::Transport(_))) => return Err(e),
+            Err(e) => {
+                tracing::warn!(task = task.task_id, error = %e, "task failed");
+                header.error = e.to_string();
+            }
+        }
+        push(&mut client, header, &gradient).await?;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+    }
+}
+
+async fn process(
+    client: &mut Client,
+    task: &pb::Task,
+    compute: &ComputeThread,
+    cache: &mut Cache,
+) -> Result<Output, WorkerError> {
+    let job = task
+        .job
+        .as_ref()
+        .ok_or_else(|| WorkerError::Config("task without a job".into()))?;
+    let model = cache.model(job).await?;
+    let params = cache.params(client, job, task.params_version, task.num_params).await?;
+    let batch = cache.batch(task, job).await?;
+    let work = if task.kind == pb::TaskKind::Eval as i32 { Work::Eval } else { Work::Train };
+    compute.run(work, model, Arc::clone(&params), batch).await
+}
+
+async fn push(client: &mut Client, header: pb::ResultHeader, gradient: &[f32]) -> Result<(), WorkerError> {
+    let bytes = f32_to_le_bytes(gradient);
+    let mut msgs = vec![pb::ResultChunk { part: Some(pb::result_chunk::Part::Header(header)) }];
+    msgs.extend(bytes.chunks(pb::CHUNK_BYTES).map(|c| pb::ResultChunk {
+        part: Some(pb::result_chunk::Part::Gradient(bytes::Bytes::copy_from_slice(c))),
+    }));
+    match client.push_result(futures::stream::iter(msgs)).await {
+        Ok(_) => Ok(()),
+        // The coordinator refused this result (and re-queued the task): carry on.
+        Err(s) if s.code() == tonic::Code::InvalidArgument => {
+            tracing::warn!(error = %s.message(), "result refused by the coordinator");
+            Ok(())
+        }
+        Err(s) => Err(s.into()),
+    }
+}
