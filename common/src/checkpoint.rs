@@ -111,16 +111,23 @@ impl Checkpoint {
     /// Loads and verifies a checkpoint from its folder URL.
     pub async fn load(dir: &StoreUrl) -> Result<Checkpoint> {
         let loc = dir.as_str().to_string();
-        let manifest = dir.join(CHECKPOINT_MANIFEST)?.get().await.map_err(|e| match e {
-            Error::NotFound { .. } => {
-                Error::checkpoint(&loc, "no manifest.json: the checkpoint is incomplete")
-            }
-            other => other,
-        })?;
+        let manifest = dir
+            .join(CHECKPOINT_MANIFEST)?
+            .get()
+            .await
+            .map_err(|e| match e {
+                Error::NotFound { .. } => {
+                    Error::checkpoint(&loc, "no manifest.json: the checkpoint is incomplete")
+                }
+                other => other,
+            })?;
         let manifest: CheckpointManifest = serde_json::from_slice(&manifest)
             .map_err(|e| Error::checkpoint(&loc, format!("bad manifest.json: {e}")))?;
         if manifest.format != CHECKPOINT_FORMAT {
-            return Err(Error::checkpoint(&loc, format!("unknown format {:?}", manifest.format)));
+            return Err(Error::checkpoint(
+                &loc,
+                format!("unknown format {:?}", manifest.format),
+            ));
         }
         let mut files = BTreeMap::new();
         for name in ["params.bin", "adam_m1.bin", "adam_m2.bin", "state.json"] {
@@ -143,7 +150,11 @@ impl Checkpoint {
         if params.len() != state.model.num_params() {
             return Err(Error::checkpoint(
                 &loc,
-                format!("{} parameters, the model needs {}", params.len(), state.model.num_params()),
+                format!(
+                    "{} parameters, the model needs {}",
+                    params.len(),
+                    state.model.num_params()
+                ),
             ));
         }
         let adam = AdamSnapshot {
@@ -151,10 +162,19 @@ impl Checkpoint {
             moment_1: f32_from_le_bytes(&files["adam_m1.bin"], "adam_m1.bin")?,
             moment_2: f32_from_le_bytes(&files["adam_m2.bin"], "adam_m2.bin")?,
         };
-        if adam.time > 0 && (adam.moment_1.len() != params.len() || adam.moment_2.len() != params.len()) {
-            return Err(Error::checkpoint(&loc, "Adam moments do not match the parameters"));
+        if adam.time > 0
+            && (adam.moment_1.len() != params.len() || adam.moment_2.len() != params.len())
+        {
+            return Err(Error::checkpoint(
+                &loc,
+                "Adam moments do not match the parameters",
+            ));
         }
-        Ok(Checkpoint { state, params, adam })
+        Ok(Checkpoint {
+            state,
+            params,
+            adam,
+        })
     }
 
     /// The job spec the checkpoint was trained with.
@@ -210,7 +230,11 @@ pub struct ModelCard {
 
 /// Writes the final model as safetensors (PyTorch names and layouts) plus `model.json`;
 /// returns the safetensors URL.
-pub async fn export_model(job_output: &StoreUrl, card: &ModelCard, params: &[f32]) -> Result<StoreUrl> {
+pub async fn export_model(
+    job_output: &StoreUrl,
+    card: &ModelCard,
+    params: &[f32],
+) -> Result<StoreUrl> {
     let layout = card.model.layout();
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = {
         let mut offset = 0;
@@ -245,7 +269,9 @@ pub async fn export_model(job_output: &StoreUrl, card: &ModelCard, params: &[f32
 
 /// Reads a model exported by [`export_model`] from its folder (or the `.safetensors` URL).
 pub async fn load_model(url: &str) -> Result<(ModelCard, Vec<f32>)> {
-    let base = url.trim_end_matches('/').trim_end_matches("model.safetensors");
+    let base = url
+        .trim_end_matches('/')
+        .trim_end_matches("model.safetensors");
     let dir = StoreUrl::parse(base)?;
     let card: ModelCard = serde_json::from_slice(&dir.join("model.json")?.get().await?)
         .map_err(|e| Error::invalid("model.json", e.to_string()))?;
@@ -261,7 +287,12 @@ pub async fn load_model(url: &str) -> Result<(ModelCard, Vec<f32>)> {
         if t.shape() != p.shape.as_slice() || t.dtype() != safetensors::Dtype::F32 {
             return Err(Error::invalid(
                 "model.safetensors",
-                format!("{} has shape {:?}, expected {:?} f32", p.name, t.shape(), p.shape),
+                format!(
+                    "{} has shape {:?}, expected {:?} f32",
+                    p.name,
+                    t.shape(),
+                    p.shape
+                ),
             ));
         }
         crate::tensor_bytes::extend_f32_from_le_bytes(&mut params, t.data(), p.name)?;
@@ -275,7 +306,12 @@ mod tests {
     use crate::dataset::{ImageInfo, PixelType};
 
     fn sample() -> Checkpoint {
-        let image = ImageInfo { height: 12, width: 12, channels: 1, pixel_type: PixelType::U8 };
+        let image = ImageInfo {
+            height: 12,
+            width: 12,
+            channels: 1,
+            pixel_type: PixelType::U8,
+        };
         let model = ModelConfig::seed_cnn(&image, 2, 0.5, 0.0, 1.0).unwrap();
         let params = model.init_params(1);
         let n = params.len();
@@ -291,7 +327,11 @@ mod tests {
                 adam_time: 7,
             },
             params,
-            adam: AdamSnapshot { time: 7, moment_1: vec![0.5; n], moment_2: vec![0.25; n] },
+            adam: AdamSnapshot {
+                time: 7,
+                moment_1: vec![0.5; n],
+                moment_2: vec![0.25; n],
+            },
         }
     }
 
@@ -315,7 +355,10 @@ mod tests {
         let bytes = params.get().await.unwrap();
         params.put(bytes.slice(..bytes.len() / 2)).await.unwrap();
         let err = Checkpoint::load(&dirs[1]).await.unwrap_err().to_string();
-        assert!(err.contains("params.bin") && err.contains("step-0000000009"), "{err}");
+        assert!(
+            err.contains("params.bin") && err.contains("step-0000000009"),
+            "{err}"
+        );
         // A folder without a manifest is not complete.
         let half = out.join("checkpoints/step-0000000010/params.bin").unwrap();
         half.put(vec![0u8; 8]).await.unwrap();
@@ -337,7 +380,19 @@ mod tests {
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let mut names = st.names();
         names.sort();
-        assert_eq!(names, ["conv1.bias", "conv1.weight", "conv2.bias", "conv2.weight", "fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]);
+        assert_eq!(
+            names,
+            [
+                "conv1.bias",
+                "conv1.weight",
+                "conv2.bias",
+                "conv2.weight",
+                "fc1.bias",
+                "fc1.weight",
+                "fc2.bias",
+                "fc2.weight"
+            ]
+        );
         assert_eq!(st.tensor("fc1.weight").unwrap().shape(), [64, 64]);
         let (card2, params) = load_model(url.as_str()).await.unwrap();
         assert_eq!(card2, card);

@@ -63,8 +63,11 @@ pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result
     let manifest = load_manifest(&dataset).await?;
     let info = manifest.split(split, dataset.as_str())?;
     let m = &card.model;
-    if (manifest.image.height as usize, manifest.image.width as usize, manifest.image.channels as usize)
-        != (m.height, m.width, m.channels)
+    if (
+        manifest.image.height as usize,
+        manifest.image.width as usize,
+        manifest.image.channels as usize,
+    ) != (m.height, m.width, m.channels)
         || manifest.classes.len() != m.classes
     {
         return Err(Error::invalid(
@@ -109,7 +112,10 @@ pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result
             let pred = row
                 .iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                )
                 .0;
             confusion[label as usize][pred] += 1;
             if classes == 2 {
@@ -119,7 +125,10 @@ pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result
         }
     }
     if n == 0 {
-        return Err(Error::dataset(dataset.as_str(), format!("split {split} is empty")));
+        return Err(Error::dataset(
+            dataset.as_str(),
+            format!("split {split} is empty"),
+        ));
     }
     let correct: u64 = (0..classes).map(|c| confusion[c][c]).sum();
     Ok(EvalReport {
@@ -127,7 +136,11 @@ pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result
         samples: n,
         accuracy: correct as f64 / n as f64,
         loss: loss / n as f64,
-        roc_auc: if classes == 2 { roc_auc(&scores, &positive) } else { None },
+        roc_auc: if classes == 2 {
+            roc_auc(&scores, &positive)
+        } else {
+            None
+        },
         confusion,
         classes: card.classes,
     })
@@ -139,7 +152,10 @@ mod tests {
 
     #[test]
     fn auc_reference_values() {
-        assert_eq!(roc_auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]), Some(0.75));
+        assert_eq!(
+            roc_auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]),
+            Some(0.75)
+        );
         assert_eq!(roc_auc(&[0.5, 0.5], &[false, true]), Some(0.5));
         assert_eq!(roc_auc(&[0.9, 0.1], &[true, false]), Some(1.0));
         assert_eq!(roc_auc(&[0.9], &[true]), None);

@@ -41,7 +41,8 @@ impl FlatAdam {
             .with_beta_2(spec.beta2 as f32)
             .with_epsilon(spec.eps as f32);
         if spec.weight_decay > 0.0 {
-            config = config.with_weight_decay(Some(WeightDecayConfig::new(spec.weight_decay as f32)));
+            config =
+                config.with_weight_decay(Some(WeightDecayConfig::new(spec.weight_decay as f32)));
         }
         FlatAdam {
             adam: config.build(),
@@ -61,7 +62,8 @@ impl FlatAdam {
             let n = snap.moment_1.len();
             let m1 = Tensor::<1>::from_data(TensorData::new(snap.moment_1, vec![n]), &opt.device);
             let m2 = Tensor::<1>::from_data(TensorData::new(snap.moment_2, vec![n]), &opt.device);
-            let time = usize::try_from(snap.time).map_err(|_| Error::invalid("adam state", "time too large"))?;
+            let time = usize::try_from(snap.time)
+                .map_err(|_| Error::invalid("adam state", "time too large"))?;
             opt.state = Some(AdamState::new(AdaptiveMomentumState::new(time, m1, m2)));
         }
         Ok(opt)
@@ -79,7 +81,10 @@ impl FlatAdam {
         if let Some(state) = &self.state
             && state.momentum.moment_1.dims()[0] != n
         {
-            return Err(Error::invalid("adam state", "does not match the parameter count"));
+            return Err(Error::invalid(
+                "adam state",
+                "does not match the parameter count",
+            ));
         }
         let p = Tensor::<1>::from_data(TensorData::new(params, vec![n]), &self.device);
         let g = Tensor::<1>::from_data(TensorData::new(grad, vec![n]), &self.device);
@@ -91,7 +96,11 @@ impl FlatAdam {
     /// The state as plain vectors (empty before the first step).
     pub fn snapshot(&self) -> Result<AdamSnapshot> {
         match &self.state {
-            None => Ok(AdamSnapshot { time: 0, moment_1: vec![], moment_2: vec![] }),
+            None => Ok(AdamSnapshot {
+                time: 0,
+                moment_1: vec![],
+                moment_2: vec![],
+            }),
             Some(s) => Ok(AdamSnapshot {
                 time: s.momentum.time as u64,
                 moment_1: to_vec(s.momentum.moment_1.clone(), "moment_1")?,
@@ -125,7 +134,11 @@ mod tests {
 
     #[test]
     fn matches_pytorch_formula_and_resumes_exactly() {
-        let spec = AdamSpec { lr: 0.01, weight_decay: 0.01, ..AdamSpec::default() };
+        let spec = AdamSpec {
+            lr: 0.01,
+            weight_decay: 0.01,
+            ..AdamSpec::default()
+        };
         let p0 = vec![0.5f32, -1.0, 2.0, 0.0];
         let grads: Vec<Vec<f32>> = (0..5)
             .map(|t| vec![0.1 * t as f32, -0.3, 1.0 / (t as f32 + 1.0), 1e-3])
@@ -138,7 +151,10 @@ mod tests {
         let want = reference(
             &spec,
             p0.iter().map(|&x| f64::from(x)).collect(),
-            &grads.iter().map(|g| g.iter().map(|&x| f64::from(x)).collect()).collect::<Vec<_>>(),
+            &grads
+                .iter()
+                .map(|g| g.iter().map(|&x| f64::from(x)).collect())
+                .collect::<Vec<_>>(),
         );
         for (a, b) in p.iter().zip(&want) {
             assert!((f64::from(*a) - b).abs() < 1e-5, "{a} vs {b}");

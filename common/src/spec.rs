@@ -202,7 +202,9 @@ fn check(ok: bool, field: &str, reason: impl Into<String>) -> Result<()> {
 }
 
 fn check_url(field: &str, value: &str) -> Result<()> {
-    StoreUrl::parse(value).map(|_| ()).map_err(|e| Error::invalid(field, e.to_string()))
+    StoreUrl::parse(value)
+        .map(|_| ())
+        .map_err(|e| Error::invalid(field, e.to_string()))
 }
 
 impl JobSpec {
@@ -315,7 +317,11 @@ impl JobSpec {
             "checkpoint.every_steps",
             "must be at least 1",
         )?;
-        check(self.checkpoint.keep >= 1, "checkpoint.keep", "must be at least 1")?;
+        check(
+            self.checkpoint.keep >= 1,
+            "checkpoint.keep",
+            "must be at least 1",
+        )?;
         Ok(())
     }
 }
@@ -344,17 +350,35 @@ mod tests {
             (format!("{MINIMAL}batch_size: 0\n"), "batch_size"),
             (format!("{MINIMAL}batch_size: -3\n"), "batch_size"),
             (format!("{MINIMAL}optimizer:\n  lr: -1\n"), "optimizer.lr"),
-            (format!("{MINIMAL}optimizer:\n  momentum: 0.9\n"), "momentum"),
-            (format!("{MINIMAL}model:\n  name: resnet-9000\n"), "model.name"),
-            (format!("{MINIMAL}model:\n  dropout: 1.5\n"), "model.dropout"),
-            (format!("{MINIMAL}micro_batch_size: 500\n"), "micro_batch_size"),
+            (
+                format!("{MINIMAL}optimizer:\n  momentum: 0.9\n"),
+                "momentum",
+            ),
+            (
+                format!("{MINIMAL}model:\n  name: resnet-9000\n"),
+                "model.name",
+            ),
+            (
+                format!("{MINIMAL}model:\n  dropout: 1.5\n"),
+                "model.dropout",
+            ),
+            (
+                format!("{MINIMAL}micro_batch_size: 500\n"),
+                "micro_batch_size",
+            ),
             ("name: t\noutput: memory://d/o\n".to_string(), "dataset"),
-            ("name: t\ndataset: ftp://x/y\noutput: memory://d/o\n".to_string(), "dataset"),
+            (
+                "name: t\ndataset: ftp://x/y\noutput: memory://d/o\n".to_string(),
+                "dataset",
+            ),
             ("name: [unclosed\n".to_string(), "spec"),
         ];
         for (yaml, field) in cases {
             let err = JobSpec::from_yaml(&yaml).unwrap_err().to_string();
-            assert!(err.contains(field), "error for {yaml:?} does not name {field}: {err}");
+            assert!(
+                err.contains(field),
+                "error for {yaml:?} does not name {field}: {err}"
+            );
         }
     }
 }

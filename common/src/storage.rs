@@ -94,11 +94,19 @@ impl StoreUrl {
                     return Err(bad("file URLs take no host: use file:///absolute/path"));
                 }
                 let prefix = Path::from_url_path(url.path()).map_err(|e| bad(&e.to_string()))?;
-                (Self::cached(&key, || Ok(Arc::new(object_store::local::LocalFileSystem::new())))?, prefix)
+                (
+                    Self::cached(&key, || {
+                        Ok(Arc::new(object_store::local::LocalFileSystem::new()))
+                    })?,
+                    prefix,
+                )
             }
             "memory" => {
                 let prefix = Path::from_url_path(url.path()).map_err(|e| bad(&e.to_string()))?;
-                (Self::cached(&key, || Ok(Arc::new(object_store::memory::InMemory::new())))?, prefix)
+                (
+                    Self::cached(&key, || Ok(Arc::new(object_store::memory::InMemory::new())))?,
+                    prefix,
+                )
             }
             "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" => {
                 if host.is_empty() {
@@ -183,7 +191,11 @@ impl StoreUrl {
             prefix = prefix.clone().join(part);
         }
         let mut url = self.url.clone();
-        let path = format!("{}/{}", url.path().trim_end_matches('/'), rel.trim_matches('/'));
+        let path = format!(
+            "{}/{}",
+            url.path().trim_end_matches('/'),
+            rel.trim_matches('/')
+        );
         url.set_path(&path);
         Ok(StoreUrl {
             url,
@@ -251,9 +263,12 @@ impl StoreUrl {
         let mut out: Vec<String> = metas
             .into_iter()
             .filter_map(|m| {
-                m.location
-                    .prefix_match(&self.prefix)
-                    .map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"))
+                m.location.prefix_match(&self.prefix).map(|parts| {
+                    parts
+                        .map(|p| p.as_ref().to_string())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
             })
             .collect();
         out.sort();
@@ -288,8 +303,13 @@ mod tests {
     #[test]
     fn bad_urls_are_refused_with_the_reason() {
         let err = StoreUrl::parse("ftp://host/x").unwrap_err().to_string();
-        assert!(err.contains("unknown scheme") && err.contains("ftp"), "{err}");
-        let err = StoreUrl::parse("file:///data/../etc").unwrap_err().to_string();
+        assert!(
+            err.contains("unknown scheme") && err.contains("ftp"),
+            "{err}"
+        );
+        let err = StoreUrl::parse("file:///data/../etc")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(".."), "{err}");
         let root = StoreUrl::parse("memory://t/root").unwrap();
         assert!(root.join("../escape").is_err());

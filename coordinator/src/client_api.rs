@@ -56,29 +56,51 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobStatus, Status>> + Se
 
 #[tonic::async_trait]
 impl pb::client_service_server::ClientService for ClientApi {
-    async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+    async fn submit(
+        &self,
+        req: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
         let id = self.coord.submit(&req.into_inner().spec_yaml).await?;
-        Ok(Response::new(pb::SubmitResponse { job_id: id.to_string() }))
+        Ok(Response::new(pb::SubmitResponse {
+            job_id: id.to_string(),
+        }))
     }
 
-    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::JobStatus>, Status> {
+    async fn get_job(
+        &self,
+        req: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::JobStatus>, Status> {
         let job = self.coord.job(&job_id(req.into_inner().job_id)?)?;
         Ok(Response::new(record_to_proto(&job.record())))
     }
 
-    async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let jobs = self.coord.list().iter().map(|j| record_to_proto(&j.record())).collect();
+    async fn list_jobs(
+        &self,
+        _: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let jobs = self
+            .coord
+            .list()
+            .iter()
+            .map(|j| record_to_proto(&j.record()))
+            .collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
-    async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::JobStatus>, Status> {
+    async fn cancel_job(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::JobStatus>, Status> {
         let job = self.coord.cancel(&job_id(req.into_inner().job_id)?)?;
         Ok(Response::new(record_to_proto(&job.record())))
     }
 
     type WatchStream = WatchStream;
 
-    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let job = self.coord.job(&job_id(req.into_inner().job_id)?)?;
         let rx = job.subscribe();
         let shutdown = self.coord.shutdown.clone();

@@ -9,7 +9,11 @@ use ctcluster_common::{Error, Result};
 
 /// Command-line arguments of `ctcluster-coordinator`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ctcluster-coordinator", version, about = "ctcluster's gRPC coordinator")]
+#[command(
+    name = "ctcluster-coordinator",
+    version,
+    about = "ctcluster's gRPC coordinator"
+)]
 pub struct Args {
     /// Address to listen on.
     #[arg(long, env = "CT_LISTEN", default_value = "127.0.0.1:50051")]

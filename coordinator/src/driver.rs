@@ -82,7 +82,11 @@ struct Progress {
     state: TrainingState,
 }
 
-async fn plan_for(spec: &JobSpec, dataset: &StoreUrl, manifest: &Manifest) -> Result<DataPlan, Stop> {
+async fn plan_for(
+    spec: &JobSpec,
+    dataset: &StoreUrl,
+    manifest: &Manifest,
+) -> Result<DataPlan, Stop> {
     if let Some(split) = &spec.validation.split {
         manifest.split(split, dataset.as_str())?;
         return Ok(DataPlan::with_split(manifest, split));
@@ -95,7 +99,11 @@ async fn plan_for(spec: &JobSpec, dataset: &StoreUrl, manifest: &Manifest) -> Re
         }
     } else {
         let train = &manifest.splits["train"];
-        ids = train.shards.iter().map(|s| vec![String::new(); s.rows as usize]).collect();
+        ids = train
+            .shards
+            .iter()
+            .map(|s| vec![String::new(); s.rows as usize])
+            .collect();
     }
     Ok(DataPlan::by_id(&ids, spec.validation.fraction))
 }
@@ -112,10 +120,22 @@ fn compatible(spec: &JobSpec, old: &JobSpec) -> Result<(), Error> {
         }
     };
     same("dataset", spec.dataset.clone(), old.dataset.clone())?;
-    same("batch_size", spec.batch_size.to_string(), old.batch_size.to_string())?;
-    same("micro_batch_size", spec.micro_batch_size.to_string(), old.micro_batch_size.to_string())?;
+    same(
+        "batch_size",
+        spec.batch_size.to_string(),
+        old.batch_size.to_string(),
+    )?;
+    same(
+        "micro_batch_size",
+        spec.micro_batch_size.to_string(),
+        old.micro_batch_size.to_string(),
+    )?;
     same("seed", spec.seed.to_string(), old.seed.to_string())?;
-    same("validation", format!("{:?}", spec.validation), format!("{:?}", old.validation))?;
+    same(
+        "validation",
+        format!("{:?}", spec.validation),
+        format!("{:?}", old.validation),
+    )?;
     Ok(())
 }
 
@@ -164,7 +184,11 @@ async fn start_point(
     };
     compatible(spec, &ck.spec()?)?;
     if &ck.state.model != model {
-        return Err(Error::invalid("resume_from", "the checkpoint is of another model or input shape").into());
+        return Err(Error::invalid(
+            "resume_from",
+            "the checkpoint is of another model or input shape",
+        )
+        .into());
     }
     tracing::info!(job = %job.id, checkpoint = %dir, step = ck.state.step.0, "resuming from checkpoint");
     job.update(|r| r.checkpoint = Some(dir.to_string()));
@@ -188,7 +212,11 @@ fn task_job(job: &JobHandle, model_json: &str, split: &str) -> pb::TaskJob {
 }
 
 /// Hands tasks out and waits for every result; returns them in the order given.
-async fn run_round(coord: &Coordinator, job: &JobHandle, tasks: Vec<pb::Task>) -> Result<Vec<TaskResult>, Stop> {
+async fn run_round(
+    coord: &Coordinator,
+    job: &JobHandle,
+    tasks: Vec<pb::Task>,
+) -> Result<Vec<TaskResult>, Stop> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let ids = coord.scheduler.submit(&job.id, tasks, &tx);
     drop(tx);
@@ -213,9 +241,17 @@ async fn run_round(coord: &Coordinator, job: &JobHandle, tasks: Vec<pb::Task>) -
 
 /// Sums gradients in task order, divides by the batch size and applies Adam; off the async
 /// threads.
-async fn reduce_and_step(progress: Progress, results: Vec<TaskResult>, batch: u32) -> Result<Progress, Stop> {
+async fn reduce_and_step(
+    progress: Progress,
+    results: Vec<TaskResult>,
+    batch: u32,
+) -> Result<Progress, Stop> {
     let out = tokio::task::spawn_blocking(move || {
-        let Progress { params, mut adam, state } = progress;
+        let Progress {
+            params,
+            mut adam,
+            state,
+        } = progress;
         let mut sum = vec![0f32; params.len()];
         for r in &results {
             for (s, g) in sum.iter_mut().zip(&r.gradient) {
@@ -227,22 +263,26 @@ async fn reduce_and_step(progress: Progress, results: Vec<TaskResult>, batch: u3
             *s /= b;
         }
         let params = adam.step(params, sum)?;
-        Ok::<_, Error>(Progress { params, adam, state })
+        Ok::<_, Error>(Progress {
+            params,
+            adam,
+            state,
+        })
     })
     .await
     .map_err(|e| Error::Compute(format!("reduce panicked: {e}")))??;
     Ok(out)
 }
 
-async fn checkpoint(
-    job: &JobHandle,
-    p: &Progress,
-    job_output: &StoreUrl,
-) -> Result<(), Stop> {
+async fn checkpoint(job: &JobHandle, p: &Progress, job_output: &StoreUrl) -> Result<(), Stop> {
     let ck = Checkpoint {
         state: p.state.clone(),
         params: p.params.clone(),
-        adam: p.adam.snapshot().unwrap_or(AdamSnapshot { time: 0, moment_1: vec![], moment_2: vec![] }),
+        adam: p.adam.snapshot().unwrap_or(AdamSnapshot {
+            time: 0,
+            moment_1: vec![],
+            moment_2: vec![],
+        }),
     };
     let url = ck.write(job_output).await?;
     apply_retention(job_output, job.spec.checkpoint.keep as usize).await?;
@@ -294,7 +334,11 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
     let manifest = load_manifest(&dataset).await?;
     let plan = plan_for(spec, &dataset, &manifest).await?;
     if plan.train.samples.is_empty() {
-        return Err(Error::invalid("dataset", "no training samples after the validation hold-out").into());
+        return Err(Error::invalid(
+            "dataset",
+            "no training samples after the validation hold-out",
+        )
+        .into());
     }
     let stats = manifest.pixel_stats;
     let model = ModelConfig::seed_cnn(
@@ -302,7 +346,11 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
         manifest.classes.len(),
         spec.model.dropout,
         stats.mean as f32,
-        if stats.std > 0.0 { stats.std as f32 } else { 1.0 },
+        if stats.std > 0.0 {
+            stats.std as f32
+        } else {
+            1.0
+        },
     )?;
     let model_json = serde_json::to_string(&model).map_err(|e| Error::Compute(e.to_string()))?;
     let job_output = StoreUrl::parse(&spec.output)?.join(job.id.as_str())?;
@@ -358,7 +406,8 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
             job.update(|r| {
                 r.step = p.state.step.0;
                 r.epoch = epoch;
-                r.metrics.train_loss = Some(p.state.epoch_loss_sum / p.state.epoch_samples.max(1) as f64);
+                r.metrics.train_loss =
+                    Some(p.state.epoch_loss_sum / p.state.epoch_samples.max(1) as f64);
                 r.images_per_sec = ips;
                 r.eta_seconds = rate.eta(total_steps.saturating_sub(p.state.step.0));
                 r.workers = workers;
@@ -378,7 +427,11 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
                 r.metrics.val_accuracy = Some(acc);
             }
             let metrics = r.metrics;
-            r.history.push(EpochMetrics { epoch, step: p.state.step.0, metrics });
+            r.history.push(EpochMetrics {
+                epoch,
+                step: p.state.step.0,
+                metrics,
+            });
         });
         if let Some((loss, acc)) = val {
             tracing::info!(job = %job.id, epoch, train_loss, val_loss = loss, val_accuracy = acc, "epoch done");

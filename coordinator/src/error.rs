@@ -82,13 +82,28 @@ mod tests {
     #[test]
     fn errors_map_to_the_codes_clients_branch_on() {
         let code = |e: CoordError| Status::from(e).code();
-        assert_eq!(code(CommonError::invalid("batch_size", "0").into()), Code::InvalidArgument);
-        assert_eq!(code(CoordError::JobNotFound(JobId::generate())), Code::NotFound);
-        assert_eq!(code(CoordError::Stale("step 3".into())), Code::FailedPrecondition);
         assert_eq!(
-            code(CoordError::ProtocolMismatch { worker: 0, coordinator: 1 }),
+            code(CommonError::invalid("batch_size", "0").into()),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(CoordError::JobNotFound(JobId::generate())),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(CoordError::Stale("step 3".into())),
             Code::FailedPrecondition
         );
-        assert_eq!(code(CoordError::bad("job_id", "empty")), Code::InvalidArgument);
+        assert_eq!(
+            code(CoordError::ProtocolMismatch {
+                worker: 0,
+                coordinator: 1
+            }),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(CoordError::bad("job_id", "empty")),
+            Code::InvalidArgument
+        );
     }
 }

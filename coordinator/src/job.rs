@@ -73,6 +73,9 @@ impl JobHandle {
 
     /// The newest parameters, if training has started.
     pub fn params(&self) -> Option<Arc<ParamsSnapshot>> {
-        self.params.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.params
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }

@@ -122,7 +122,8 @@ mod tests {
     use super::*;
 
     fn spec(batch: u32, micro: u32) -> JobSpec {
-        let mut s = JobSpec::from_yaml("name: t\ndataset: memory://a/b\noutput: memory://a/c\n").unwrap();
+        let mut s =
+            JobSpec::from_yaml("name: t\ndataset: memory://a/b\noutput: memory://a/c\n").unwrap();
         s.batch_size = batch;
         s.micro_batch_size = micro;
         s
@@ -150,7 +151,10 @@ mod tests {
             v.sort();
             v
         };
-        assert_eq!(ids_of(&plan, &ids), ids_of(&DataPlan::by_id(&reordered, 0.2), &reordered));
+        assert_eq!(
+            ids_of(&plan, &ids),
+            ids_of(&DataPlan::by_id(&reordered, 0.2), &reordered)
+        );
 
         let s = spec(64, 16);
         let order = plan.epoch_order(1, 0);
@@ -162,7 +166,12 @@ mod tests {
             seen.extend(mbs.into_iter().flatten());
         }
         let mut got: Vec<(u32, u32)> = seen.iter().map(|r| (r.shard, r.row)).collect();
-        let mut want: Vec<(u32, u32)> = plan.train.samples.iter().map(|r| (r.shard, r.row)).collect();
+        let mut want: Vec<(u32, u32)> = plan
+            .train
+            .samples
+            .iter()
+            .map(|r| (r.shard, r.row))
+            .collect();
         got.sort_unstable();
         want.sort_unstable();
         assert_eq!(got, want);

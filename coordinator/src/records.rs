@@ -24,9 +24,15 @@ pub async fn load_all(state: &StoreUrl) -> Result<Vec<JobRecord>> {
             continue;
         }
         let url = jobs.join(&file)?;
-        match url.get().await.map(|b| serde_json::from_slice::<JobRecord>(&b)) {
+        match url
+            .get()
+            .await
+            .map(|b| serde_json::from_slice::<JobRecord>(&b))
+        {
             Ok(Ok(r)) => out.push(r),
-            Ok(Err(e)) => tracing::warn!(record = %url, error = %e, "skipping unreadable job record"),
+            Ok(Err(e)) => {
+                tracing::warn!(record = %url, error = %e, "skipping unreadable job record")
+            }
             Err(e) => tracing::warn!(record = %url, error = %e, "skipping unreadable job record"),
         }
     }

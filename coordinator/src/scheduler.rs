@@ -162,7 +162,9 @@ impl Scheduler {
     /// [`MAX_TASK_FAILURES`] times, then its job gets the error.
     pub fn fail(&self, task: TaskId, worker: WorkerId, error: String) {
         let mut g = self.lock();
-        let Some(p) = g.pending.get_mut(&task) else { return };
+        let Some(p) = g.pending.get_mut(&task) else {
+            return;
+        };
         if !matches!(p.assigned, Some((w, _)) if w == worker) {
             return;
         }
@@ -246,7 +248,10 @@ mod tests {
         assert_eq!(s.release_worker(a), 1);
         let again = s.next_for(b, Duration::from_millis(10)).await.unwrap();
         assert_eq!(again.task_id, ids[0].0, "the lost task goes first");
-        assert!(s.expected(ids[0], a).is_none(), "the old holder's result is not expected");
+        assert!(
+            s.expected(ids[0], a).is_none(),
+            "the old holder's result is not expected"
+        );
         let exp = s.expected(ids[0], b).unwrap();
         assert_eq!((exp.step, exp.gradient_len, exp.samples), (1, 10, 1));
         let result = |worker| TaskResult {
@@ -260,6 +265,8 @@ mod tests {
         assert!(s.complete(result(b)));
         assert!(!s.complete(result(a)), "a late duplicate is discarded");
         assert_eq!(rx.recv().await.unwrap().unwrap().worker, b);
+        s.forget_job(&job);
+        assert!(s.next_for(a, Duration::from_millis(10)).await.is_none());
         // A task that keeps failing reaches its job as an error.
         let ids = s.submit(&job, vec![task(2)], &tx);
         for _ in 0..MAX_TASK_FAILURES {
@@ -268,7 +275,6 @@ mod tests {
         }
         assert_eq!(rx.recv().await.unwrap().unwrap_err(), "corrupt shard");
         assert!(s.expected(ids[0], a).is_none());
-        s.forget_job(&job);
         assert!(s.next_for(a, Duration::from_millis(10)).await.is_none());
     }
 }

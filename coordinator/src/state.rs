@@ -101,7 +101,8 @@ impl Coordinator {
 
     fn spawn_driver(self: &Arc<Self>, handle: Arc<JobHandle>) {
         let me = self.clone();
-        self.tracker.spawn(async move { driver::run(me, handle).await });
+        self.tracker
+            .spawn(async move { driver::run(me, handle).await });
     }
 
     /// Validates a spec (and that its dataset and checkpoint exist), then queues the job.
@@ -110,8 +111,23 @@ impl Coordinator {
             return Err(CoordError::ShuttingDown);
         }
         let spec = JobSpec::from_yaml(spec_yaml)?;
-        let dataset = StoreUrl::parse(&spec.dataset).map_err(|e| Error::invalid("dataset", e.to_string()))?;
-        load_manifest(&dataset).await.map_err(|e| Error::invalid("dataset", e.to_string()))?;
+        let dataset =
+            StoreUrl::parse(&spec.dataset).map_err(|e| Error::invalid("dataset", e.to_string()))?;
+        let manifest = load_manifest(&dataset)
+            .await
+            .map_err(|e| Error::invalid("dataset", e.to_string()))?;
+        if let Some(split) = &spec.validation.split {
+            manifest
+                .split(split, dataset.as_str())
+                .map_err(|e| Error::invalid("validation.split", e.to_string()))?;
+        }
+        ctcluster_common::model::ModelConfig::seed_cnn(
+            &manifest.image,
+            manifest.classes.len(),
+            spec.model.dropout,
+            0.0,
+            1.0,
+        )?;
         if let Some(r) = &spec.resume_from {
             let url = StoreUrl::parse(r)?;
             ctcluster_common::checkpoint::Checkpoint::load(&url)
@@ -120,7 +136,12 @@ impl Coordinator {
         }
         StoreUrl::parse(&spec.output).map_err(|e| Error::invalid("output", e.to_string()))?;
         let id = JobId::generate();
-        let record = JobRecord::queued(id.clone(), spec.name.clone(), spec_yaml.to_string(), spec.epochs);
+        let record = JobRecord::queued(
+            id.clone(),
+            spec.name.clone(),
+            spec_yaml.to_string(),
+            spec.epochs,
+        );
         records::save(&self.config.state_url, &record).await?;
         let handle = self.insert(spec, record);
         tracing::info!(job = %id, name = %handle.spec.name, "job submitted");

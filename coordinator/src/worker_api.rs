@@ -46,7 +46,10 @@ type ParamStream = Pin<Box<dyn Stream<Item = Result<pb::TensorChunk, Status>> + 
 
 #[tonic::async_trait]
 impl pb::worker_service_server::WorkerService for WorkerApi {
-    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         let req = req.into_inner();
         if req.protocol_version != pb::PROTOCOL_VERSION {
             return Err(CoordError::ProtocolMismatch {
@@ -61,16 +64,23 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         tracing::info!(worker = %id, %name, %device, "worker registered");
         Ok(Response::new(pb::RegisterResponse {
             worker_id: id.to_string(),
-            heartbeat_interval_ms: u32::try_from(self.coord.config.heartbeat.as_millis()).unwrap_or(u32::MAX),
+            heartbeat_interval_ms: u32::try_from(self.coord.config.heartbeat.as_millis())
+                .unwrap_or(u32::MAX),
         }))
     }
 
-    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         self.live(&req.into_inner().worker_id)?;
         Ok(Response::new(pb::HeartbeatResponse {}))
     }
 
-    async fn fetch_work(&self, req: Request<pb::FetchWorkRequest>) -> Result<Response<pb::FetchWorkResponse>, Status> {
+    async fn fetch_work(
+        &self,
+        req: Request<pb::FetchWorkRequest>,
+    ) -> Result<Response<pb::FetchWorkResponse>, Status> {
         let id = self.live(&req.into_inner().worker_id)?;
         let task = tokio::select! {
             t = self.coord.scheduler.next_for(id, LONG_POLL) => t,
@@ -86,7 +96,9 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         req: Request<pb::FetchParametersRequest>,
     ) -> Result<Response<Self::FetchParametersStream>, Status> {
         let req = req.into_inner();
-        let job = self.coord.job(&JobId::try_from(req.job_id).map_err(CoordError::from)?)?;
+        let job = self
+            .coord
+            .job(&JobId::try_from(req.job_id).map_err(CoordError::from)?)?;
         let snap = job
             .params()
             .ok_or_else(|| CoordError::Stale("the job has not published parameters yet".into()))?;
@@ -118,9 +130,17 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
     ) -> Result<Response<pb::PushResultResponse>, Status> {
         let mut stream = req.into_inner();
         let header = match stream.next().await {
-            Some(Ok(pb::ResultChunk { part: Some(pb::result_chunk::Part::Header(h)) })) => h,
+            Some(Ok(pb::ResultChunk {
+                part: Some(pb::result_chunk::Part::Header(h)),
+            })) => h,
             Some(Err(e)) => return Err(e),
-            _ => return Err(CoordError::bad("header", "the first message must be the result header").into()),
+            _ => {
+                return Err(CoordError::bad(
+                    "header",
+                    "the first message must be the result header",
+                )
+                .into());
+            }
         };
         let worker = self.live(&header.worker_id)?;
         let task = TaskId(header.task_id);
@@ -152,26 +172,39 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             )));
         }
         if !header.loss_sum.is_finite() || header.correct > header.samples {
-            return Err(reject(format!("loss {} / correct {} out of range", header.loss_sum, header.correct)));
+            return Err(reject(format!(
+                "loss {} / correct {} out of range",
+                header.loss_sum, header.correct
+            )));
         }
-        let want = usize::try_from(expected.gradient_len).map_err(|_| reject("gradient too long".into()))?;
+        let want = usize::try_from(expected.gradient_len)
+            .map_err(|_| reject("gradient too long".into()))?;
         let mut gradient = Vec::with_capacity(want);
         while let Some(msg) = stream.next().await {
             match msg?.part {
                 Some(pb::result_chunk::Part::Gradient(bytes)) => {
                     if gradient.len() + bytes.len() / 4 > want {
-                        return Err(reject(format!("more than the {want} gradient values announced")));
+                        return Err(reject(format!(
+                            "more than the {want} gradient values announced"
+                        )));
                     }
-                    extend_f32_from_le_bytes(&mut gradient, &bytes, "gradient").map_err(|e| reject(e.to_string()))?;
+                    extend_f32_from_le_bytes(&mut gradient, &bytes, "gradient")
+                        .map_err(|e| reject(e.to_string()))?;
                 }
                 _ => return Err(reject("a second header in one result".into())),
             }
         }
         if gradient.len() != want {
-            return Err(reject(format!("{} gradient values, expected {want}", gradient.len())));
+            return Err(reject(format!(
+                "{} gradient values, expected {want}",
+                gradient.len()
+            )));
         }
         if let Some(i) = first_non_finite(&gradient) {
-            return Err(reject(format!("gradient value {i} is {} (NaN or infinite)", gradient[i])));
+            return Err(reject(format!(
+                "gradient value {i} is {} (NaN or infinite)",
+                gradient[i]
+            )));
         }
         let accepted = self.coord.scheduler.complete(TaskResult {
             task,
@@ -184,7 +217,10 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         Ok(Response::new(pb::PushResultResponse { accepted }))
     }
 
-    async fn goodbye(&self, req: Request<pb::GoodbyeRequest>) -> Result<Response<pb::GoodbyeResponse>, Status> {
+    async fn goodbye(
+        &self,
+        req: Request<pb::GoodbyeRequest>,
+    ) -> Result<Response<pb::GoodbyeResponse>, Status> {
         let id = worker_id(&req.into_inner().worker_id)?;
         if self.coord.workers.remove(id) {
             let n = self.coord.scheduler.release_worker(id);

@@ -9,7 +9,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(name = "ctctl", version, about)]
 pub struct Cli {
     /// The coordinator's URL.
-    #[arg(long, global = true, env = "CTCTL_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "CTCTL_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub coordinator: String,
     /// What to do.
     #[command(subcommand)]

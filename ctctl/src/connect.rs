@@ -12,9 +12,9 @@ pub async fn connect(url: &str) -> Result<ClientServiceClient<Channel>, CtlError
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| CtlError::Usage(format!("--coordinator {url:?}: {e}")))?
         .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| CtlError::Connect { url: url.to_string(), reason: e.to_string() })?;
+    let channel = endpoint.connect().await.map_err(|e| CtlError::Connect {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })?;
     Ok(ClientServiceClient::new(channel))
 }

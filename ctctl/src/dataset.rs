@@ -2,12 +2,14 @@
 
 use std::path::Path;
 
-use ctcluster_common::dataset::{Manifest, SynthOptions, convert_npz, load_manifest, write_synthetic};
+use ctcluster_common::dataset::{
+    Manifest, SynthOptions, convert_npz, load_manifest, write_synthetic,
+};
 use ctcluster_common::evaluate::EvalReport;
 use ctcluster_common::storage::StoreUrl;
 
-use crate::cli::Format;
 use crate::CtlError;
+use crate::cli::Format;
 
 /// A dataset summary: shape, classes, rows per split and class.
 pub fn describe(url: &str, m: &Manifest) -> String {
@@ -41,7 +43,12 @@ pub fn describe(url: &str, m: &Manifest) -> String {
 }
 
 /// `ctctl dataset from-npz`.
-pub async fn from_npz(file: &Path, out: &str, classes: Option<Vec<String>>, shard_rows: usize) -> Result<String, CtlError> {
+pub async fn from_npz(
+    file: &Path,
+    out: &str,
+    classes: Option<Vec<String>>,
+    shard_rows: usize,
+) -> Result<String, CtlError> {
     let url = StoreUrl::parse(out)?;
     let m = convert_npz(file, &url, classes, shard_rows).await?;
     Ok(describe(url.as_str(), &m))

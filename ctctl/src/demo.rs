@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ctcluster_common::dataset::{SynthOptions, write_synthetic, MANIFEST_FILE};
+use ctcluster_common::dataset::{MANIFEST_FILE, SynthOptions, write_synthetic};
 use ctcluster_common::evaluate::evaluate;
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_coordinator::CoordinatorConfig;
@@ -41,8 +41,12 @@ pub async fn run(args: &DemoArgs) -> Result<String, CtlError> {
     if args.workers == 0 {
         return Err(CtlError::Usage("--workers must be at least 1".into()));
     }
-    std::fs::create_dir_all(&args.dir).map_err(|e| CtlError::Usage(format!("{}: {e}", args.dir.display())))?;
-    let dir = args.dir.canonicalize().map_err(|e| CtlError::Usage(format!("{}: {e}", args.dir.display())))?;
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| CtlError::Usage(format!("{}: {e}", args.dir.display())))?;
+    let dir = args
+        .dir
+        .canonicalize()
+        .map_err(|e| CtlError::Usage(format!("{}: {e}", args.dir.display())))?;
     let data = StoreUrl::parse(&dir.join("data").display().to_string())?;
     let output = StoreUrl::parse(&dir.join("output").display().to_string())?;
     let state = StoreUrl::parse(&dir.join("state").display().to_string())?;
@@ -51,7 +55,9 @@ pub async fn run(args: &DemoArgs) -> Result<String, CtlError> {
         write_synthetic(&data, SynthOptions::default()).await?;
     }
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(demo_err)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(demo_err)?;
     let addr = listener.local_addr().map_err(demo_err)?;
     let url = format!("http://{addr}");
     let stop_coordinator = CancellationToken::new();
@@ -61,7 +67,9 @@ pub async fn run(args: &DemoArgs) -> Result<String, CtlError> {
         let stop = stop_coordinator.clone();
         let config = CoordinatorConfig::local(state);
         tasks.spawn(async move {
-            if let Err(e) = ctcluster_coordinator::serve(listener, config, stop.cancelled_owned()).await {
+            if let Err(e) =
+                ctcluster_coordinator::serve(listener, config, stop.cancelled_owned()).await
+            {
                 eprintln!("coordinator: {e}");
             }
         });

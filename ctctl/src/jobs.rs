@@ -4,10 +4,10 @@ use std::path::Path;
 
 use ctcluster_proto as pb;
 
+use crate::CtlError;
 use crate::cli::Format;
 use crate::connect::connect;
 use crate::render::{StatusJson, list_text, status_text};
-use crate::CtlError;
 
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
@@ -23,13 +23,20 @@ pub async fn submit(coordinator: &str, file: &Path) -> Result<String, CtlError> 
 /// Submits a spec given as text; returns the job id.
 pub async fn submit_text(coordinator: &str, spec_yaml: String) -> Result<String, CtlError> {
     let mut c = connect(coordinator).await?;
-    Ok(c.submit(pb::SubmitRequest { spec_yaml }).await?.into_inner().job_id)
+    Ok(c.submit(pb::SubmitRequest { spec_yaml })
+        .await?
+        .into_inner()
+        .job_id)
 }
 
 /// One job's status.
 pub async fn get(coordinator: &str, job: &str) -> Result<pb::JobStatus, CtlError> {
     let mut c = connect(coordinator).await?;
-    Ok(c.get_job(pb::GetJobRequest { job_id: job.to_string() }).await?.into_inner())
+    Ok(c.get_job(pb::GetJobRequest {
+        job_id: job.to_string(),
+    })
+    .await?
+    .into_inner())
 }
 
 /// `ctctl status` output.
@@ -54,6 +61,11 @@ pub async fn list(coordinator: &str, format: Format) -> Result<String, CtlError>
 /// `ctctl cancel` output.
 pub async fn cancel(coordinator: &str, job: &str) -> Result<String, CtlError> {
     let mut c = connect(coordinator).await?;
-    let s = c.cancel_job(pb::CancelJobRequest { job_id: job.to_string() }).await?.into_inner();
+    let s = c
+        .cancel_job(pb::CancelJobRequest {
+            job_id: job.to_string(),
+        })
+        .await?
+        .into_inner();
     Ok(format!("cancelling {}", s.id))
 }

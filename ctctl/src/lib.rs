@@ -19,7 +19,10 @@ use ctcluster_common::dataset::SynthOptions;
 pub async fn run(cli: Cli) -> Result<String, CtlError> {
     let c = &cli.coordinator;
     match cli.command {
-        Command::Submit { file, watch: follow } => {
+        Command::Submit {
+            file,
+            watch: follow,
+        } => {
             let id = jobs::submit(c, &file).await?;
             if !follow {
                 return Ok(id);
@@ -30,7 +33,11 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
             if render::state_name(s.state) == "succeeded" {
                 Ok(text)
             } else {
-                Err(CtlError::JobDidNotSucceed { id, state: render::state_name(s.state).into(), message: s.message })
+                Err(CtlError::JobDidNotSucceed {
+                    id,
+                    state: render::state_name(s.state).into(),
+                    message: s.message,
+                })
             }
         }
         Command::Status { job, output } => jobs::status(c, &job, output).await,
@@ -38,15 +45,38 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
         Command::Cancel { job } => jobs::cancel(c, &job).await,
         Command::Watch { job } => Ok(render::status_text(&watch::watch(c, &job).await?)),
         Command::Dataset(d) => match d {
-            DatasetCommand::FromNpz { file, out, classes, shard_rows } => {
-                dataset::from_npz(&file, &out, classes, shard_rows).await
-            }
-            DatasetCommand::Synth { out, train, test, size, seed } => {
-                dataset::synth(&out, SynthOptions { train, test, size, seed }).await
+            DatasetCommand::FromNpz {
+                file,
+                out,
+                classes,
+                shard_rows,
+            } => dataset::from_npz(&file, &out, classes, shard_rows).await,
+            DatasetCommand::Synth {
+                out,
+                train,
+                test,
+                size,
+                seed,
+            } => {
+                dataset::synth(
+                    &out,
+                    SynthOptions {
+                        train,
+                        test,
+                        size,
+                        seed,
+                    },
+                )
+                .await
             }
             DatasetCommand::Inspect { url, output } => dataset::inspect(&url, output).await,
         },
-        Command::Evaluate { model, dataset: ds, split, output } => {
+        Command::Evaluate {
+            model,
+            dataset: ds,
+            split,
+            output,
+        } => {
             let r = ctcluster_common::evaluate::evaluate(&model, &ds, &split).await?;
             Ok(match output {
                 Format::Json => serde_json::to_string_pretty(&r).unwrap_or_default(),

@@ -106,7 +106,11 @@ pub fn status_text(s: &pb::JobStatus) -> String {
         j.id,
         j.name,
         j.state,
-        if j.message.is_empty() { String::new() } else { format!(": {}", j.message) },
+        if j.message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", j.message)
+        },
         (j.epoch + 1).min(j.epochs.max(1)),
         j.epochs,
         j.step,
@@ -129,7 +133,10 @@ pub fn status_text(s: &pb::JobStatus) -> String {
 
 /// One line per job.
 pub fn list_text(jobs: &[pb::JobStatus]) -> String {
-    let mut out = format!("{:<18} {:<10} {:>11} {:>9} {:>8}  {}\n", "ID", "STATE", "STEP", "VAL_ACC", "LOSS", "NAME");
+    let mut out = format!(
+        "{:<18} {:<10} {:>11} {:>9} {:>8}  {}\n",
+        "ID", "STATE", "STEP", "VAL_ACC", "LOSS", "NAME"
+    );
     for s in jobs {
         let j = StatusJson::from(s);
         out.push_str(&format!(

@@ -7,9 +7,9 @@ use ctcluster_proto as pb;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::CtlError;
 use crate::connect::connect;
 use crate::render::{StatusJson, is_terminal, state_name};
-use crate::CtlError;
 
 fn message(s: &pb::JobStatus) -> String {
     let j = StatusJson::from(s);
@@ -40,7 +40,13 @@ pub async fn watch(coordinator: &str, job: &str) -> Result<pb::JobStatus, CtlErr
     loop {
         let stream = async {
             let mut c = connect(coordinator).await?;
-            Ok::<_, CtlError>(c.watch(pb::WatchRequest { job_id: job.to_string() }).await?.into_inner())
+            Ok::<_, CtlError>(
+                c.watch(pb::WatchRequest {
+                    job_id: job.to_string(),
+                })
+                .await?
+                .into_inner(),
+            )
         };
         let mut stream = match stream.await {
             Ok(s) => s,
@@ -65,8 +71,18 @@ pub async fn watch(coordinator: &str, job: &str) -> Result<pb::JobStatus, CtlErr
             bar.set_length(s.total_steps);
             bar.set_position(s.step);
             bar.set_message(message(&s));
-            if plain && (s.epoch != last_epoch || last_line.elapsed() > Duration::from_secs(10) || is_terminal(s.state)) {
-                println!("{} step {}/{} {}", state_name(s.state), s.step, s.total_steps, message(&s));
+            if plain
+                && (s.epoch != last_epoch
+                    || last_line.elapsed() > Duration::from_secs(10)
+                    || is_terminal(s.state))
+            {
+                println!(
+                    "{} step {}/{} {}",
+                    state_name(s.state),
+                    s.step,
+                    s.total_steps,
+                    message(&s)
+                );
                 last_line = Instant::now();
                 last_epoch = s.epoch;
             }

@@ -1,1 +1,195 @@
+//! Test harness for ctcluster's end-to-end tests: an in-process cluster (a real coordinator and
+//! real workers talking gRPC over loopback) that tests can grow, shrink and query, plus helpers
+//! to find the shared real data and the built binaries.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ctcluster_common::storage::StoreUrl;
+use ctcluster_coordinator::CoordinatorConfig;
+use ctcluster_proto as pb;
+use ctcluster_worker::WorkerConfig;
+use pb::client_service_client::ClientServiceClient;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
+
+/// The longest any test waits for a job.
+pub const JOB_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A coordinator and workers running in this process, on loopback.
+pub struct Cluster {
+    /// The coordinator's URL.
+    pub url: String,
+    stop_coordinator: CancellationToken,
+    workers: Vec<CancellationToken>,
+    tasks: TaskTracker,
+}
+
+impl Cluster {
+    /// Starts a coordinator (job records under `state`) and `workers` workers.
+    pub async fn start(state: &str, workers: usize) -> Cluster {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let stop_coordinator = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let config = CoordinatorConfig::local(StoreUrl::parse(state).expect("state url"));
+        let stop = stop_coordinator.clone();
+        tasks.spawn(async move {
+            ctcluster_coordinator::serve(listener, config, stop.cancelled_owned())
+                .await
+                .expect("coordinator");
+        });
+        let mut cluster = Cluster {
+            url,
+            stop_coordinator,
+            workers: Vec::new(),
+            tasks,
+        };
+        for _ in 0..workers {
+            cluster.add_worker();
+        }
+        cluster
+    }
+
+    /// Starts one more worker; returns its index.
+    pub fn add_worker(&mut self) -> usize {
+        let token = CancellationToken::new();
+        let config = WorkerConfig {
+            coordinator: self.url.clone(),
+            name: format!("test-worker-{}", self.workers.len()),
+            device: "cpu".into(),
+        };
+        let stop = token.clone();
+        self.tasks.spawn(async move {
+            ctcluster_worker::run_worker(config, stop)
+                .await
+                .expect("worker");
+        });
+        self.workers.push(token);
+        self.workers.len() - 1
+    }
+
+    /// A client for the coordinator.
+    pub async fn client(&self) -> ClientServiceClient<Channel> {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            ClientServiceClient::connect(self.url.clone()),
+        )
+        .await
+        .expect("connect timeout")
+        .expect("connect")
+    }
+
+    /// Submits a spec; returns the job id or the coordinator's refusal.
+    pub async fn submit(&self, spec: &str) -> Result<String, tonic::Status> {
+        let mut c = self.client().await;
+        Ok(c.submit(pb::SubmitRequest {
+            spec_yaml: spec.into(),
+        })
+        .await?
+        .into_inner()
+        .job_id)
+    }
+
+    /// Waits (bounded) until a job has ended; returns its final status.
+    pub async fn wait(&self, job: &str) -> pb::JobStatus {
+        let mut c = self.client().await;
+        let deadline = tokio::time::Instant::now() + JOB_TIMEOUT;
+        let mut stream = c
+            .watch(pb::WatchRequest { job_id: job.into() })
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut last = None;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.message()).await {
+                Ok(Ok(Some(s))) => last = Some(s),
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => panic!("watch stream failed: {e}"),
+                Err(_) => panic!("job {job} did not end within {JOB_TIMEOUT:?}"),
+            }
+        }
+        last.expect("at least one status")
+    }
+
+    /// Submits a spec and waits for the job to succeed; panics with its message otherwise.
+    pub async fn run(&self, spec: &str) -> pb::JobStatus {
+        let id = self.submit(spec).await.expect("submit");
+        let s = self.wait(&id).await;
+        assert_eq!(
+            s.state,
+            pb::JobState::Succeeded as i32,
+            "job {id} did not succeed: {}",
+            s.message
+        );
+        s
+    }
+
+    /// Stops everything and waits for it.
+    pub async fn stop(self) {
+        for w in &self.workers {
+            w.cancel();
+        }
+        self.stop_coordinator.cancel();
+        self.tasks.close();
+        tokio::time::timeout(Duration::from_secs(30), self.tasks.wait())
+            .await
+            .expect("cluster did not stop in time");
+    }
+}
+
+/// `../shared/data` from the repository root, if present.
+pub fn shared_data() -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("../shared/data");
+    dir.is_dir().then(|| dir.canonicalize().unwrap_or(dir))
+}
+
+/// The folder holding the workspace's built binaries (`ctctl`, `ctcluster-coordinator`, ...).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test binary>
+    exe.parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// A built binary of the workspace; panics with the command to build it if missing.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (.ci/run does)",
+        path.display()
+    );
+    path
+}
+
+/// A minimal job spec over a dataset, writing to `output`.
+pub fn spec(name: &str, dataset: &str, output: &str, extra: &str) -> String {
+    format!("name: {name}\ndataset: {dataset}\noutput: {output}\n{extra}")
+}
+
+/// Reads the final checkpoint of a finished job.
+pub async fn final_checkpoint(status: &pb::JobStatus) -> ctcluster_common::checkpoint::Checkpoint {
+    let url = StoreUrl::parse(&status.checkpoint).expect("checkpoint url");
+    ctcluster_common::checkpoint::Checkpoint::load(&url)
+        .await
+        .expect("load checkpoint")
+}
+
+/// Relative L2 distance between two vectors.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}

@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ctcluster_common::Error;
 use ctcluster_common::dataset::{DecodedShard, Manifest, load_manifest, load_shard};
 use ctcluster_common::model::{BatchInput, ModelConfig, dropout_keep_mask};
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_common::tensor_bytes::extend_f32_from_le_bytes;
-use ctcluster_common::Error;
 use ctcluster_proto as pb;
 use futures::StreamExt;
 use tonic::transport::Channel;
@@ -39,7 +39,11 @@ impl Cache {
         self.clock += 1;
         if !self.jobs.contains_key(&job.job_id) {
             if self.jobs.len() >= MAX_JOBS
-                && let Some(oldest) = self.jobs.iter().min_by_key(|(_, c)| c.last_used).map(|(k, _)| k.clone())
+                && let Some(oldest) = self
+                    .jobs
+                    .iter()
+                    .min_by_key(|(_, c)| c.last_used)
+                    .map(|(k, _)| k.clone())
             {
                 self.jobs.remove(&oldest);
             }
@@ -60,7 +64,10 @@ impl Cache {
                 },
             );
         }
-        let entry = self.jobs.get_mut(&job.job_id).ok_or(WorkerError::ComputeGone)?;
+        let entry = self
+            .jobs
+            .get_mut(&job.job_id)
+            .ok_or(WorkerError::ComputeGone)?;
         entry.last_used = self.clock;
         Ok(entry)
     }
@@ -84,7 +91,8 @@ impl Cache {
         {
             return Ok(p.clone());
         }
-        let want = usize::try_from(expected_len).map_err(|_| Error::invalid("num_params", "too large"))?;
+        let want =
+            usize::try_from(expected_len).map_err(|_| Error::invalid("num_params", "too large"))?;
         let mut stream = client
             .fetch_parameters(pb::FetchParametersRequest {
                 job_id: job.job_id.clone(),
@@ -96,7 +104,9 @@ impl Cache {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             if chunk.offset != params.len() as u64 || chunk.total != expected_len {
-                return Err(Error::invalid("parameters", "chunks out of order or of another size").into());
+                return Err(
+                    Error::invalid("parameters", "chunks out of order or of another size").into(),
+                );
             }
             extend_f32_from_le_bytes(&mut params, &chunk.data, "parameters")?;
             if params.len() > want {
@@ -104,7 +114,11 @@ impl Cache {
             }
         }
         if params.len() != want {
-            return Err(Error::invalid("parameters", format!("{} values, expected {want}", params.len())).into());
+            return Err(Error::invalid(
+                "parameters",
+                format!("{} values, expected {want}", params.len()),
+            )
+            .into());
         }
         let params = Arc::new(params);
         entry.params = Some((version, params.clone()));
@@ -112,18 +126,34 @@ impl Cache {
     }
 
     /// The task's samples as a batch (raw pixels, labels, dropout masks for training).
-    pub async fn batch(&mut self, task: &pb::Task, job: &pb::TaskJob) -> Result<BatchInput, WorkerError> {
+    pub async fn batch(
+        &mut self,
+        task: &pb::Task,
+        job: &pb::TaskJob,
+    ) -> Result<BatchInput, WorkerError> {
         let train = task.kind == pb::TaskKind::Train as i32;
         let entry = self.job(job).await?;
         let mut batch = BatchInput::default();
-        let dropout = if train && entry.model.dropout > 0.0 { Some(entry.model.dropout) } else { None };
+        let dropout = if train && entry.model.dropout > 0.0 {
+            Some(entry.model.dropout)
+        } else {
+            None
+        };
         let mut masks = Vec::new();
         for sample in &task.samples {
             let key = (job.split.clone(), sample.shard);
             let shard = match entry.shards.get(&key) {
                 Some(s) => s.clone(),
                 None => {
-                    let s = Arc::new(load_shard(&entry.dataset, &entry.manifest, &job.split, sample.shard as usize).await?);
+                    let s = Arc::new(
+                        load_shard(
+                            &entry.dataset,
+                            &entry.manifest,
+                            &job.split,
+                            sample.shard as usize,
+                        )
+                        .await?,
+                    );
                     entry.shards.insert(key, s.clone());
                     s
                 }
@@ -132,14 +162,23 @@ impl Cache {
             if row >= shard.ids.len() {
                 return Err(Error::dataset(
                     entry.dataset.as_str(),
-                    format!("split {} shard {} has no row {row}", job.split, sample.shard),
+                    format!(
+                        "split {} shard {} has no row {row}",
+                        job.split, sample.shard
+                    ),
                 )
                 .into());
             }
             batch.pixels.extend_from_slice(shard.image(row));
             batch.labels.push(shard.labels[row]);
             if let Some(p) = dropout {
-                masks.extend(dropout_keep_mask(p, job.seed, task.epoch, task.step, &shard.ids[row]));
+                masks.extend(dropout_keep_mask(
+                    p,
+                    job.seed,
+                    task.epoch,
+                    task.step,
+                    &shard.ids[row],
+                ));
             }
         }
         if dropout.is_some() {

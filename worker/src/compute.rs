@@ -5,7 +5,9 @@ use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 
 use burn::tensor::Device;
-use ctcluster_common::model::{BatchInput, EvalOutput, ModelConfig, TrainOutput, eval_batch, train_batch};
+use ctcluster_common::model::{
+    BatchInput, EvalOutput, ModelConfig, TrainOutput, eval_batch, train_batch,
+};
 use tokio::sync::oneshot;
 
 use crate::WorkerError;
@@ -49,14 +51,19 @@ impl ComputeThread {
             .spawn(move || {
                 for req in rx {
                     let out = match req.work {
-                        Work::Train => train_batch(&req.model, &req.params, &req.batch, &device).map(Output::Train),
-                        Work::Eval => eval_batch(&req.model, &req.params, &req.batch, &device).map(Output::Eval),
+                        Work::Train => train_batch(&req.model, &req.params, &req.batch, &device)
+                            .map(Output::Train),
+                        Work::Eval => eval_batch(&req.model, &req.params, &req.batch, &device)
+                            .map(Output::Eval),
                     };
                     let _ = req.reply.send(out);
                 }
             })
             .ok();
-        ComputeThread { tx: Some(tx), handle }
+        ComputeThread {
+            tx: Some(tx),
+            handle,
+        }
     }
 
     /// Runs one computation and waits for it without blocking the runtime.
@@ -71,7 +78,13 @@ impl ComputeThread {
         self.tx
             .as_ref()
             .ok_or(WorkerError::ComputeGone)?
-            .send(Request { work, model, params, batch, reply })
+            .send(Request {
+                work,
+                model,
+                params,
+                batch,
+                reply,
+            })
             .map_err(|_| WorkerError::ComputeGone)?;
         Ok(rx.await.map_err(|_| WorkerError::ComputeGone)??)
     }

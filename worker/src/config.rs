@@ -4,7 +4,11 @@ use clap::Parser;
 
 /// Command-line arguments of `ctcluster-worker`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ctcluster-worker", version, about = "ctcluster's GPU/CPU worker")]
+#[command(
+    name = "ctcluster-worker",
+    version,
+    about = "ctcluster's GPU/CPU worker"
+)]
 pub struct Args {
     /// The coordinator's URL.
     #[arg(long, env = "CT_COORDINATOR", default_value = "http://127.0.0.1:50051")]

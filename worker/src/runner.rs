@@ -10,11 +10,11 @@ use pb::worker_service_client::WorkerServiceClient;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::WorkerError;
 use crate::cache::Cache;
 use crate::compute::{ComputeThread, Output, Work};
 use crate::config::WorkerConfig;
 use crate::device::parse_device;
-use crate::WorkerError;
 
 /// Largest message the worker accepts.
 const MAX_MESSAGE_BYTES: usize = 8 << 20;
@@ -22,7 +22,10 @@ const MAX_MESSAGE_BYTES: usize = 8 << 20;
 type Client = WorkerServiceClient<Channel>;
 
 /// Runs a worker until `shutdown` is cancelled; in-flight work is finished and pushed first.
-pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+pub async fn run_worker(
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
     let device = parse_device(&config.device)?;
     let compute = ComputeThread::start(device);
     let mut cache = Cache::default();
@@ -76,13 +79,22 @@ pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> Re
             Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(50))),
             beat.clone(),
         ));
-        let result = work_loop(client.clone(), &reg.worker_id, &compute, &mut cache, &shutdown).await;
+        let result = work_loop(
+            client.clone(),
+            &reg.worker_id,
+            &compute,
+            &mut cache,
+            &shutdown,
+        )
+        .await;
         beat.cancel();
         let _ = heartbeat.await;
         match result {
             Ok(()) => {
                 let mut c = client;
-                let bye = c.goodbye(pb::GoodbyeRequest { worker_id: reg.worker_id.clone() });
+                let bye = c.goodbye(pb::GoodbyeRequest {
+                    worker_id: reg.worker_id.clone(),
+                });
                 let _ = tokio::time::timeout(Duration::from_secs(2), bye).await;
                 tracing::info!(worker = %reg.worker_id, "worker stopped");
                 return Ok(());
@@ -92,14 +104,24 @@ pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> Re
     }
 }
 
-async fn heartbeat(mut client: Client, worker_id: String, every: Duration, stop: CancellationToken) {
+async fn heartbeat(
+    mut client: Client,
+    worker_id: String,
+    every: Duration,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = client.heartbeat(pb::HeartbeatRequest { worker_id: worker_id.clone() }).await {
+        if let Err(e) = client
+            .heartbeat(pb::HeartbeatRequest {
+                worker_id: worker_id.clone(),
+            })
+            .await
+        {
             tracing::debug!(error = %e, "heartbeat failed");
         }
     }
@@ -117,13 +139,19 @@ async fn work_loop(
             r = client.fetch_work(pb::FetchWorkRequest { worker_id: worker_id.to_string() }) => r?,
             _ = shutdown.cancelled() => return Ok(()),
         };
-        let Some(task) = fetched.into_inner().task else { continue };
+        let Some(task) = fetched.into_inner().task else {
+            continue;
+        };
         let started = Instant::now();
         let outcome = process(&mut client, &task, compute, cache).await;
         let seconds = started.elapsed().as_secs_f64();
         let mut header = pb::ResultHeader {
             worker_id: worker_id.to_string(),
-            job_id: task.job.as_ref().map(|j| j.job_id.clone()).unwrap_or_default(),
+            job_id: task
+                .job
+                .as_ref()
+                .map(|j| j.job_id.clone())
+                .unwrap_or_default(),
             task_id: task.task_id,
             step: task.step,
             samples: task.samples.len() as u32,
@@ -166,17 +194,31 @@ async fn process(
         .as_ref()
         .ok_or_else(|| WorkerError::Config("task without a job".into()))?;
     let model = cache.model(job).await?;
-    let params = cache.params(client, job, task.params_version, task.num_params).await?;
+    let params = cache
+        .params(client, job, task.params_version, task.num_params)
+        .await?;
     let batch = cache.batch(task, job).await?;
-    let work = if task.kind == pb::TaskKind::Eval as i32 { Work::Eval } else { Work::Train };
+    let work = if task.kind == pb::TaskKind::Eval as i32 {
+        Work::Eval
+    } else {
+        Work::Train
+    };
     compute.run(work, model, Arc::clone(&params), batch).await
 }
 
-async fn push(client: &mut Client, header: pb::ResultHeader, gradient: &[f32]) -> Result<(), WorkerError> {
+async fn push(
+    client: &mut Client,
+    header: pb::ResultHeader,
+    gradient: &[f32],
+) -> Result<(), WorkerError> {
     let bytes = f32_to_le_bytes(gradient);
-    let mut msgs = vec![pb::ResultChunk { part: Some(pb::result_chunk::Part::Header(header)) }];
+    let mut msgs = vec![pb::ResultChunk {
+        part: Some(pb::result_chunk::Part::Header(header)),
+    }];
     msgs.extend(bytes.chunks(pb::CHUNK_BYTES).map(|c| pb::ResultChunk {
-        part: Some(pb::result_chunk::Part::Gradient(bytes::Bytes::copy_from_slice(c))),
+        part: Some(pb::result_chunk::Part::Gradient(
+            bytes::Bytes::copy_from_slice(c),
+        )),
     }));
     match client.push_result(futures::stream::iter(msgs)).await {
         Ok(_) => Ok(()),

@@ -186,15 +186,22 @@ impl Manifest {
                     && shard.file != ".."
                     && shard.file != ".";
                 if !safe {
-                    return bad(format!("split {name}: bad shard file name {:?}", shard.file));
+                    return bad(format!(
+                        "split {name}: bad shard file name {:?}",
+                        shard.file
+                    ));
                 }
-                if shard.sha256.len() != 64 || !shard.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                if shard.sha256.len() != 64 || !shard.sha256.bytes().all(|b| b.is_ascii_hexdigit())
+                {
                     return bad(format!("shard {}: sha256 is not 64 hex digits", shard.file));
                 }
                 if shard.per_class.len() != self.classes.len()
                     || shard.per_class.iter().sum::<u64>() != shard.rows
                 {
-                    return bad(format!("shard {}: per_class does not add up to rows", shard.file));
+                    return bad(format!(
+                        "shard {}: per_class does not add up to rows",
+                        shard.file
+                    ));
                 }
                 rows += shard.rows;
             }

@@ -37,8 +37,14 @@ impl NpyArray {
         Ok(match self.descr.as_str() {
             "|u1" | "u1" | "|b1" => d.iter().map(|&b| i64::from(b)).collect(),
             "|i1" | "i1" => d.iter().map(|&b| i64::from(b as i8)).collect(),
-            "<u2" => d.chunks_exact(2).map(|b| i64::from(u16::from_le_bytes([b[0], b[1]]))).collect(),
-            "<i2" => d.chunks_exact(2).map(|b| i64::from(i16::from_le_bytes([b[0], b[1]]))).collect(),
+            "<u2" => d
+                .chunks_exact(2)
+                .map(|b| i64::from(u16::from_le_bytes([b[0], b[1]])))
+                .collect(),
+            "<i2" => d
+                .chunks_exact(2)
+                .map(|b| i64::from(i16::from_le_bytes([b[0], b[1]])))
+                .collect(),
             "<u4" => d
                 .chunks_exact(4)
                 .map(|b| i64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
@@ -52,14 +58,18 @@ impl NpyArray {
                 .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
                 .collect(),
             other => {
-                return Err(Error::invalid(what, format!("dtype {other} is not an integer type")));
+                return Err(Error::invalid(
+                    what,
+                    format!("dtype {other} is not an integer type"),
+                ));
             }
         })
     }
 
     /// Parses one `.npy` file; `what` names it in errors.
     pub fn parse(bytes: &[u8], what: &str) -> Result<NpyArray> {
-        let bad = |reason: &str| Error::invalid(what, format!("not a readable .npy array: {reason}"));
+        let bad =
+            |reason: &str| Error::invalid(what, format!("not a readable .npy array: {reason}"));
         if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
             return Err(bad("missing the \\x93NUMPY magic"));
         }
@@ -98,9 +108,13 @@ impl NpyArray {
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| s.parse::<usize>().map_err(|_| bad(&format!("bad dimension {s:?}"))))
+            .map(|s| {
+                s.parse::<usize>()
+                    .map_err(|_| bad(&format!("bad dimension {s:?}")))
+            })
             .collect::<Result<Vec<_>>>()?;
-        let item = Self::item_size(&descr).ok_or_else(|| bad(&format!("unsupported dtype {descr}")))?;
+        let item =
+            Self::item_size(&descr).ok_or_else(|| bad(&format!("unsupported dtype {descr}")))?;
         let elements = shape
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
@@ -109,7 +123,10 @@ impl NpyArray {
         let data = &bytes[start + header_len..];
         let need = elements as usize * item;
         if data.len() < need {
-            return Err(bad(&format!("data truncated: {} of {need} bytes", data.len())));
+            return Err(bad(&format!(
+                "data truncated: {} of {need} bytes",
+                data.len()
+            )));
         }
         Ok(NpyArray {
             shape,
@@ -152,7 +169,8 @@ mod tests {
     use super::*;
 
     fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }

@@ -106,7 +106,11 @@ pub fn decode_shard(
     };
     for batch in reader {
         let batch = batch.map_err(|e| bad(format!("unreadable record batch: {e}")))?;
-        let col = |name: &str| batch.column_by_name(name).ok_or_else(|| bad(format!("no column {name:?}")));
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| bad(format!("no column {name:?}")))
+        };
         let ids = col("id")?
             .as_any()
             .downcast_ref::<StringArray>()
@@ -122,7 +126,9 @@ pub fn decode_shard(
         for i in 0..batch.num_rows() {
             let row = out.ids.len();
             if row >= expect_rows {
-                return Err(bad(format!("more rows than the {expect_rows} the manifest says")));
+                return Err(bad(format!(
+                    "more rows than the {expect_rows} the manifest says"
+                )));
             }
             if ids.is_null(i) || labels.is_null(i) || images.is_null(i) {
                 return Err(bad(format!("row {row}: null value")));
@@ -173,7 +179,12 @@ pub async fn load_shard(
         .split(split, dataset.as_str())?
         .shards
         .get(shard)
-        .ok_or_else(|| Error::dataset(dataset.as_str(), format!("split {split} has no shard {shard}")))?;
+        .ok_or_else(|| {
+            Error::dataset(
+                dataset.as_str(),
+                format!("split {split} has no shard {shard}"),
+            )
+        })?;
     let url = dataset.join(&info.file)?;
     let bytes = url.get().await?;
     let image = manifest.image;

@@ -3,9 +3,9 @@
 
 use super::manifest::{ImageInfo, Manifest, PixelType};
 use super::writer::DatasetWriter;
+use crate::Result;
 use crate::rng::{KeyedRng, derive};
 use crate::storage::StoreUrl;
-use crate::Result;
 
 /// What to generate.
 #[derive(Clone, Copy, Debug)]
@@ -33,13 +33,23 @@ impl Default for SynthOptions {
 
 fn render(size: u32, lesion: bool, rng: &mut KeyedRng) -> Vec<u8> {
     let s = size as f32;
-    let (cx, cy) = (s / 2.0 + (rng.next_f32() - 0.5) * s * 0.1, s / 2.0 + (rng.next_f32() - 0.5) * s * 0.1);
-    let (ax, ay) = (s * (0.30 + rng.next_f32() * 0.1), s * (0.25 + rng.next_f32() * 0.1));
+    let (cx, cy) = (
+        s / 2.0 + (rng.next_f32() - 0.5) * s * 0.1,
+        s / 2.0 + (rng.next_f32() - 0.5) * s * 0.1,
+    );
+    let (ax, ay) = (
+        s * (0.30 + rng.next_f32() * 0.1),
+        s * (0.25 + rng.next_f32() * 0.1),
+    );
     let organ = 90.0 + rng.next_f32() * 40.0;
     let (lx, ly, lr) = {
         let angle = rng.next_f32() * std::f32::consts::TAU;
         let dist = rng.next_f32() * 0.5;
-        (cx + angle.cos() * ax * dist, cy + angle.sin() * ay * dist, s * (0.06 + rng.next_f32() * 0.05))
+        (
+            cx + angle.cos() * ax * dist,
+            cy + angle.sin() * ay * dist,
+            s * (0.06 + rng.next_f32() * 0.05),
+        )
     };
     let mut out = Vec::with_capacity((size * size) as usize);
     for y in 0..size {
@@ -72,7 +82,8 @@ pub async fn write_synthetic(out: &StoreUrl, opts: SynthOptions) -> Result<Manif
             let mut rng = KeyedRng::new(derive(&[opts.seed, key, i as u64]));
             let lesion = rng.next_u64() % 2 == 1;
             let pixels = render(opts.size, lesion, &mut rng);
-            w.add(split, format!("{split}-{i:06}"), u32::from(lesion), pixels).await?;
+            w.add(split, format!("{split}-{i:06}"), u32::from(lesion), pixels)
+                .await?;
         }
     }
     w.finish().await
@@ -86,7 +97,12 @@ mod tests {
     #[tokio::test]
     async fn synthetic_dataset_round_trips_through_the_codec() {
         let out = StoreUrl::parse("memory://synth-test/ds").unwrap();
-        let opts = SynthOptions { train: 600, test: 10, size: 16, seed: 1 };
+        let opts = SynthOptions {
+            train: 600,
+            test: 10,
+            size: 16,
+            seed: 1,
+        };
         let written = write_synthetic(&out, opts).await.unwrap();
         let read = load_manifest(&out).await.unwrap();
         assert_eq!(written, read);
@@ -100,6 +116,9 @@ mod tests {
         assert_eq!(shard.image(3).len(), 256);
         // Rewriting gives the same bytes: ingest is idempotent.
         let again = StoreUrl::parse("memory://synth-test/ds2").unwrap();
-        assert_eq!(write_synthetic(&again, opts).await.unwrap().splits, written.splits);
+        assert_eq!(
+            write_synthetic(&again, opts).await.unwrap().splits,
+            written.splits
+        );
     }
 }

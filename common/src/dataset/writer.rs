@@ -71,11 +71,21 @@ impl DatasetWriter {
     }
 
     /// Adds one image (raw little-endian pixels of the declared type) to a split.
-    pub async fn add(&mut self, split: &str, id: String, label: u32, pixels: Vec<u8>) -> Result<()> {
+    pub async fn add(
+        &mut self,
+        split: &str,
+        id: String,
+        label: u32,
+        pixels: Vec<u8>,
+    ) -> Result<()> {
         if pixels.len() != self.image.bytes() {
             return Err(Error::invalid(
                 "image",
-                format!("{id}: {} bytes, expected {}", pixels.len(), self.image.bytes()),
+                format!(
+                    "{id}: {} bytes, expected {}",
+                    pixels.len(),
+                    self.image.bytes()
+                ),
             ));
         }
         if label as usize >= self.classes.len() {
@@ -111,7 +121,12 @@ impl DatasetWriter {
         Ok(())
     }
 
-    async fn flush(out: &StoreUrl, split: &str, p: &mut PendingSplit, classes: usize) -> Result<()> {
+    async fn flush(
+        out: &StoreUrl,
+        split: &str,
+        p: &mut PendingSplit,
+        classes: usize,
+    ) -> Result<()> {
         if p.ids.is_empty() {
             return Ok(());
         }
@@ -199,7 +214,12 @@ pub async fn convert_npz(
         "<u2" => PixelType::U16,
         "<i2" => PixelType::I16,
         "<f4" => PixelType::F32,
-        other => return Err(Error::invalid(&what, format!("pixel dtype {other} not supported"))),
+        other => {
+            return Err(Error::invalid(
+                &what,
+                format!("pixel dtype {other} not supported"),
+            ));
+        }
     };
     let dim = |v: usize| u32::try_from(v).map_err(|_| Error::invalid(&what, "image too large"));
     let image = ImageInfo {
@@ -235,7 +255,10 @@ pub async fn convert_npz(
             ));
         }
         if let Some(bad) = labels.iter().find(|&&l| l < 0) {
-            return Err(Error::invalid(&what, format!("{split}: negative label {bad}")));
+            return Err(Error::invalid(
+                &what,
+                format!("{split}: negative label {bad}"),
+            ));
         }
         max_label = max_label.max(labels.iter().copied().max().unwrap_or(0));
         splits.push((split, images, labels));
@@ -245,20 +268,31 @@ pub async fn convert_npz(
             if (max_label as usize) >= names.len() {
                 return Err(Error::invalid(
                     "classes",
-                    format!("{} names given but labels go up to {max_label}", names.len()),
+                    format!(
+                        "{} names given but labels go up to {max_label}",
+                        names.len()
+                    ),
                 ));
             }
             names
         }
         None => (0..=max_label.max(1)).map(|i| i.to_string()).collect(),
     };
-    let mut writer = DatasetWriter::new(out.clone(), image, classes, shard_rows, format!("npz:{what}"))?;
+    let mut writer = DatasetWriter::new(
+        out.clone(),
+        image,
+        classes,
+        shard_rows,
+        format!("npz:{what}"),
+    )?;
     let per_image = image.bytes();
     for (split, images, labels) in splits {
         for (i, label) in labels.iter().enumerate() {
             let pixels = images.data[i * per_image..(i + 1) * per_image].to_vec();
             let label = u32::try_from(*label).map_err(|_| Error::invalid("label", "too large"))?;
-            writer.add(split, format!("{split}-{i:06}"), label, pixels).await?;
+            writer
+                .add(split, format!("{split}-{i:06}"), label, pixels)
+                .await?;
         }
     }
     writer.finish().await

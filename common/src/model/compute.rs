@@ -48,7 +48,13 @@ pub struct EvalOutput {
 /// the same whichever worker computes it.
 pub fn dropout_keep_mask(p: f64, seed: u64, epoch: u32, step: u64, sample_id: &str) -> Vec<f32> {
     let scale = (1.0 / (1.0 - p)) as f32;
-    let mut rng = KeyedRng::new(derive(&[seed, 0xD50, u64::from(epoch), step, hash_str(sample_id)]));
+    let mut rng = KeyedRng::new(derive(&[
+        seed,
+        0xD50,
+        u64::from(epoch),
+        step,
+        hash_str(sample_id),
+    ]));
     (0..HIDDEN)
         .map(|_| if rng.next_f64() < p { 0.0 } else { scale })
         .collect()
@@ -105,7 +111,12 @@ impl Params {
         let conv = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
         let pool = MaxPoolOptions::new([2, 2]);
         let n = x.dims()[0];
-        let x = conv2d(x, self.conv1_w.clone(), Some(self.conv1_b.clone()), conv.clone());
+        let x = conv2d(
+            x,
+            self.conv1_w.clone(),
+            Some(self.conv1_b.clone()),
+            conv.clone(),
+        );
         let x = max_pool2d(relu(x), pool.clone());
         let x = conv2d(x, self.conv2_w.clone(), Some(self.conv2_b.clone()), conv);
         let x = max_pool2d(relu(x), pool);
@@ -153,7 +164,10 @@ fn check_batch(cfg: &ModelConfig, batch: &BatchInput) -> Result<usize> {
         ));
     }
     if let Some(bad) = batch.labels.iter().find(|&&l| l as usize >= cfg.classes) {
-        return Err(Error::invalid("batch", format!("label {bad} outside 0..{}", cfg.classes)));
+        return Err(Error::invalid(
+            "batch",
+            format!("label {bad} outside 0..{}", cfg.classes),
+        ));
     }
     if let Some(mask) = &batch.keep_mask
         && mask.len() != n * HIDDEN
@@ -163,7 +177,12 @@ fn check_batch(cfg: &ModelConfig, batch: &BatchInput) -> Result<usize> {
     Ok(n)
 }
 
-fn inputs(cfg: &ModelConfig, batch: &BatchInput, n: usize, device: &Device) -> (Tensor<4>, Tensor<2>) {
+fn inputs(
+    cfg: &ModelConfig,
+    batch: &BatchInput,
+    n: usize,
+    device: &Device,
+) -> (Tensor<4>, Tensor<2>) {
     let (mean, inv_std) = (cfg.norm_mean, 1.0 / cfg.norm_std);
     let pixels: Vec<f32> = batch.pixels.iter().map(|p| (p - mean) * inv_std).collect();
     let x = Tensor::<4>::from_data(
@@ -184,7 +203,10 @@ fn count_correct(logits: &[f32], labels: &[u32], classes: usize) -> u32 {
         let best = row
             .iter()
             .enumerate()
-            .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+            )
             .0;
         if best == label as usize {
             correct += 1;
@@ -217,9 +239,10 @@ pub fn train_batch(
         let device = device.clone().autodiff();
         let p = Params::from_flat(cfg, params, &device, true)?;
         let (x, y) = inputs(cfg, batch, n, &device);
-        let keep = batch.keep_mask.as_ref().map(|m| {
-            Tensor::<2>::from_data(TensorData::new(m.clone(), vec![n, HIDDEN]), &device)
-        });
+        let keep = batch
+            .keep_mask
+            .as_ref()
+            .map(|m| Tensor::<2>::from_data(TensorData::new(m.clone(), vec![n, HIDDEN]), &device));
         let logits = p.forward(cfg, x, keep);
         let loss = (log_softmax(logits.clone(), 1) * y).sum().neg();
         let grads = loss.backward();
@@ -276,7 +299,12 @@ mod tests {
     use crate::dataset::{ImageInfo, PixelType};
 
     fn cfg() -> ModelConfig {
-        let image = ImageInfo { height: 12, width: 12, channels: 1, pixel_type: PixelType::U8 };
+        let image = ImageInfo {
+            height: 12,
+            width: 12,
+            channels: 1,
+            pixel_type: PixelType::U8,
+        };
         ModelConfig::seed_cnn(&image, 3, 0.0, 100.0, 50.0).unwrap()
     }
 
@@ -298,7 +326,12 @@ mod tests {
         let out = train_batch(&cfg, &params, &b, &dev).unwrap();
         assert_eq!(out.grad.len(), params.len());
         let eval = eval_batch(&cfg, &params, &b, &dev).unwrap();
-        assert!((eval.loss_sum - out.loss_sum).abs() < 1e-4, "{} vs {}", eval.loss_sum, out.loss_sum);
+        assert!(
+            (eval.loss_sum - out.loss_sum).abs() < 1e-4,
+            "{} vs {}",
+            eval.loss_sum,
+            out.loss_sum
+        );
         // Central differences on a few coordinates of each layer (f32: loose tolerance).
         let layout = cfg.layout();
         let mut offset = 0;
@@ -337,7 +370,10 @@ mod tests {
         let a = train_batch(&cfg, &params, &half(0..3), &dev).unwrap().grad;
         let b = train_batch(&cfg, &params, &half(3..6), &dev).unwrap().grad;
         for i in 0..g.len() {
-            assert!((a[i] + b[i] - g[i]).abs() <= 1e-4 * g[i].abs().max(1.0), "index {i}");
+            assert!(
+                (a[i] + b[i] - g[i]).abs() <= 1e-4 * g[i].abs().max(1.0),
+                "index {i}"
+            );
         }
     }
 

@@ -97,7 +97,10 @@ impl ModelConfig {
     /// Checks the configuration can be built.
     pub fn validate(&self) -> Result<()> {
         if self.name != SEED_CNN {
-            return Err(Error::invalid("model.name", format!("unknown model {:?}", self.name)));
+            return Err(Error::invalid(
+                "model.name",
+                format!("unknown model {:?}", self.name),
+            ));
         }
         if self.feature_side(self.height) == 0 || self.feature_side(self.width) == 0 {
             return Err(Error::invalid(
@@ -109,10 +112,16 @@ impl ModelConfig {
             ));
         }
         if self.channels == 0 || self.classes < 2 || !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::invalid("model", "channels, classes or dropout out of range"));
+            return Err(Error::invalid(
+                "model",
+                "channels, classes or dropout out of range",
+            ));
         }
         if !(self.norm_std.is_finite() && self.norm_std > 0.0 && self.norm_mean.is_finite()) {
-            return Err(Error::invalid("model", "normalisation must be finite with std > 0"));
+            return Err(Error::invalid(
+                "model",
+                "normalisation must be finite with std > 0",
+            ));
         }
         Ok(())
     }
@@ -131,7 +140,11 @@ impl ModelConfig {
         let c = self.channels;
         let f = self.flat_features();
         let k = self.classes;
-        let p = |name, shape: Vec<usize>, fan_in| ParamSpec { name, shape, fan_in };
+        let p = |name, shape: Vec<usize>, fan_in| ParamSpec {
+            name,
+            shape,
+            fan_in,
+        };
         vec![
             p("conv1.weight", vec![CONV1, c, 3, 3], c * 9),
             p("conv1.bias", vec![CONV1], c * 9),
@@ -169,7 +182,12 @@ mod tests {
 
     #[test]
     fn layout_matches_the_pytorch_model_on_28x28() {
-        let image = ImageInfo { height: 28, width: 28, channels: 1, pixel_type: PixelType::U8 };
+        let image = ImageInfo {
+            height: 28,
+            width: 28,
+            channels: 1,
+            pixel_type: PixelType::U8,
+        };
         let cfg = ModelConfig::seed_cnn(&image, 2, 0.5, 0.0, 1.0).unwrap();
         // 28 -> conv 26 -> pool 13 -> conv 11 -> pool 5: 64*5*5 = 1600 features.
         assert_eq!(cfg.flat_features(), 1600);
@@ -180,7 +198,11 @@ mod tests {
         assert_ne!(p, cfg.init_params(2));
         let bound = 1.0 / 3.0; // conv1: fan_in 9
         assert!(p[..320].iter().all(|v| v.abs() <= bound));
-        let tiny = ImageInfo { height: 8, width: 8, ..image };
+        let tiny = ImageInfo {
+            height: 8,
+            width: 8,
+            ..image
+        };
         assert!(ModelConfig::seed_cnn(&tiny, 2, 0.5, 0.0, 1.0).is_err());
     }
 }

@@ -1,0 +1,280 @@
+//! Bad input gets a clear error naming what and where, and the coordinator keeps serving.
+
+use std::time::Duration;
+
+use ctcluster_common::dataset::{SynthOptions, load_manifest, write_synthetic};
+use ctcluster_common::storage::StoreUrl;
+use ctcluster_common::tensor_bytes::f32_to_le_bytes;
+use ctcluster_proto as pb;
+use ctcluster_tests::{Cluster, spec};
+use pb::worker_service_client::WorkerServiceClient;
+use tonic::Code;
+
+async fn dataset(name: &str) -> StoreUrl {
+    let ds = StoreUrl::parse(&format!("memory://{name}/ds")).unwrap();
+    write_synthetic(
+        &ds,
+        SynthOptions {
+            train: 300,
+            test: 8,
+            size: 28,
+            seed: 1,
+        },
+    )
+    .await
+    .unwrap();
+    ds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_and_missing_datasets_are_refused_at_submit() {
+    let ds = dataset("bad-spec").await;
+    let cluster = Cluster::start("memory://bad-spec/state", 1).await;
+    let out = "memory://bad-spec/out";
+    let cases = [
+        (
+            spec("x", ds.as_str(), out, "learning_rate: 0.1\n"),
+            "learning_rate",
+        ),
+        (spec("x", ds.as_str(), out, "batch_size: 0\n"), "batch_size"),
+        (
+            spec("x", ds.as_str(), out, "optimizer:\n  lr: -1\n"),
+            "optimizer.lr",
+        ),
+        (
+            spec("x", ds.as_str(), out, "model:\n  name: resnet-9000\n"),
+            "model.name",
+        ),
+        ("name: x\ndataset: [unclosed\n".to_string(), "spec"),
+        (
+            spec("x", "memory://bad-spec/no-such-dataset", out, ""),
+            "no-such-dataset",
+        ),
+        (spec("x", "ftp://host/data", out, ""), "unknown scheme"),
+        (spec("x", "file:///data/../etc/passwd", out, ""), ".."),
+        (
+            spec(
+                "x",
+                ds.as_str(),
+                out,
+                "validation:\n  split: nope\n  fraction: 0.1\n",
+            ),
+            "nope",
+        ),
+        (
+            spec(
+                "x",
+                ds.as_str(),
+                out,
+                "resume_from: memory://bad-spec/out/none/checkpoints/step-0000000001\n",
+            ),
+            "resume_from",
+        ),
+    ];
+    for (yaml, needle) in &cases {
+        let err = cluster.submit(yaml).await.expect_err(yaml);
+        assert_eq!(err.code(), Code::InvalidArgument, "{yaml}: {err:?}");
+        assert!(
+            err.message().contains(needle),
+            "error for {yaml:?} does not name {needle:?}: {}",
+            err.message()
+        );
+    }
+    // The missing dataset's error says what was not found.
+    let err = cluster.submit(&cases[5].0).await.unwrap_err();
+    assert!(
+        err.message().contains("manifest.json not found"),
+        "{}",
+        err.message()
+    );
+    // And the coordinator still runs the next job.
+    let ok = cluster
+        .run(&spec(
+            "good",
+            ds.as_str(),
+            out,
+            "epochs: 1\nbatch_size: 64\n",
+        ))
+        .await;
+    assert_eq!(ok.step, 5);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_shard_fails_its_job_with_the_file_named() {
+    let ds = dataset("corrupt").await;
+    let manifest = load_manifest(&ds).await.unwrap();
+    let shard = ds.join(&manifest.splits["train"].shards[0].file).unwrap();
+    shard.put(b"ARROW1 but not really".to_vec()).await.unwrap();
+    let cluster = Cluster::start("memory://corrupt/state", 1).await;
+    let id = cluster
+        .submit(&spec(
+            "corrupt",
+            ds.as_str(),
+            "memory://corrupt/out",
+            "epochs: 1\n",
+        ))
+        .await
+        .unwrap();
+    let s = cluster.wait(&id).await;
+    assert_eq!(s.state, pb::JobState::Failed as i32);
+    assert!(
+        s.message.contains("train-00000.arrow") && s.message.contains("sha256"),
+        "{}",
+        s.message
+    );
+    // With the split given, the coordinator does not read the shard itself: the workers do,
+    // report the error, and the job fails after the retries, naming the file.
+    let id = cluster
+        .submit(&spec(
+            "corrupt-2",
+            ds.as_str(),
+            "memory://corrupt/out",
+            "epochs: 1\nvalidation:\n  split: test\n",
+        ))
+        .await
+        .unwrap();
+    let s = cluster.wait(&id).await;
+    assert_eq!(s.state, pb::JobState::Failed as i32);
+    assert!(s.message.contains("train-00000.arrow"), "{}", s.message);
+    // The coordinator keeps serving: a clean dataset trains.
+    let good = dataset("corrupt-good").await;
+    cluster
+        .run(&spec(
+            "fine",
+            good.as_str(),
+            "memory://corrupt/out",
+            "epochs: 1\n",
+        ))
+        .await;
+    cluster.stop().await;
+}
+
+async fn fetch_task(w: &mut WorkerServiceClient<tonic::transport::Channel>, id: &str) -> pb::Task {
+    for _ in 0..20 {
+        let t = w
+            .fetch_work(pb::FetchWorkRequest {
+                worker_id: id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(t) = t.task {
+            return t;
+        }
+    }
+    panic!("no task handed out");
+}
+
+async fn push(
+    w: &mut WorkerServiceClient<tonic::transport::Channel>,
+    header: pb::ResultHeader,
+    gradient: &[f32],
+) -> Result<bool, tonic::Status> {
+    let msgs = vec![
+        pb::ResultChunk {
+            part: Some(pb::result_chunk::Part::Header(header)),
+        },
+        pb::ResultChunk {
+            part: Some(pb::result_chunk::Part::Gradient(
+                f32_to_le_bytes(gradient).into(),
+            )),
+        },
+    ];
+    Ok(w.push_result(futures::stream::iter(msgs))
+        .await?
+        .into_inner()
+        .accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_gradients_are_rejected_and_the_job_goes_on() {
+    let ds = dataset("bad-grad").await;
+    let mut cluster = Cluster::start("memory://bad-grad/state", 0).await;
+    let mut w = WorkerServiceClient::connect(cluster.url.clone())
+        .await
+        .unwrap();
+    let old = w
+        .register(pb::RegisterRequest {
+            protocol_version: 999,
+            name: "old".into(),
+            device: "cpu".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(old.code(), Code::FailedPrecondition);
+    assert!(
+        old.message().contains("protocol version 999"),
+        "{}",
+        old.message()
+    );
+    let id = w
+        .register(pb::RegisterRequest {
+            protocol_version: pb::PROTOCOL_VERSION,
+            name: "rogue".into(),
+            device: "cpu".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    let job = cluster
+        .submit(&spec(
+            "bad-grad",
+            ds.as_str(),
+            "memory://bad-grad/out",
+            "epochs: 1\nbatch_size: 64\nmodel:\n  dropout: 0\n",
+        ))
+        .await
+        .unwrap();
+    let header = |t: &pb::Task, len: u64, step: u64| pb::ResultHeader {
+        worker_id: id.clone(),
+        job_id: job.clone(),
+        task_id: t.task_id,
+        step,
+        samples: t.samples.len() as u32,
+        loss_sum: 1.0,
+        correct: 0,
+        gradient_len: len,
+        ..Default::default()
+    };
+    let t = fetch_task(&mut w, &id).await;
+    let n = t.num_params;
+    let err = push(&mut w, header(&t, 3, t.step), &[0.0; 3])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("gradient values"),
+        "{}",
+        err.message()
+    );
+    let t = fetch_task(&mut w, &id).await;
+    let mut nan = vec![0.0f32; n as usize];
+    nan[17] = f32::NAN;
+    let err = push(&mut w, header(&t, n, t.step), &nan).await.unwrap_err();
+    assert!(
+        err.message().contains("value 17") && err.message().contains("NaN"),
+        "{}",
+        err.message()
+    );
+    let t = fetch_task(&mut w, &id).await;
+    let err = push(&mut w, header(&t, n, t.step + 7), &vec![0.0; n as usize])
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("step"), "{}", err.message());
+    // A real worker joins; the rogue one says goodbye; every rejected task is computed again.
+    w.goodbye(pb::GoodbyeRequest {
+        worker_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    cluster.add_worker();
+    let s = tokio::time::timeout(Duration::from_secs(300), cluster.wait(&job))
+        .await
+        .unwrap();
+    assert_eq!(s.state, pb::JobState::Succeeded as i32, "{}", s.message);
+    let m = s.metrics.unwrap();
+    assert!(m.train_loss.unwrap().is_finite() && m.val_loss.unwrap().is_finite());
+    cluster.stop().await;
+}

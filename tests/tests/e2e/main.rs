@@ -1,0 +1,7 @@
+//! End-to-end tests: real gRPC over loopback, real data, real processes.
+
+mod bad_input;
+mod exactness;
+mod learning;
+mod processes;
+mod resume;

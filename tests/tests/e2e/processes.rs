@@ -1,0 +1,243 @@
+//! The real binaries as a user runs them: an S3-compatible server (s3s-fs), the coordinator and
+//! two workers as processes, and `ctctl` for everything a user types.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ctcluster_tests::binary;
+
+const KEY: &str = "ctcluster-test";
+const SECRET: &str = "ctcluster-test-secret";
+
+/// A child process killed when dropped (so a failing test leaves nothing running).
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn s3_env(cmd: &mut Command, s3_port: u16) -> &mut Command {
+    cmd.env("AWS_ACCESS_KEY_ID", KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{s3_port}"))
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env("RUST_LOG", "warn")
+}
+
+fn ctctl(s3_port: u16, coordinator: &str, args: &[&str]) -> String {
+    let mut cmd = Command::new(binary("ctctl"));
+    s3_env(&mut cmd, s3_port)
+        .env("CTCTL_COORDINATOR", coordinator)
+        .args(args);
+    let out = cmd.output().expect("run ctctl");
+    assert!(
+        out.status.success(),
+        "ctctl {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn spawn(s3_port: u16, bin: &str, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(binary(bin));
+    s3_env(&mut cmd, s3_port).args(args).stdout(Stdio::null());
+    Proc(cmd.spawn().unwrap_or_else(|e| panic!("start {bin}: {e}")))
+}
+
+fn sigterm_and_wait(p: &mut Proc, what: &str) {
+    let pid = p.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = p.0.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "{what} exited with {status} after SIGTERM"
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_s3(root: &Path) -> (Proc, u16) {
+    std::fs::create_dir_all(root.join("bucket")).unwrap();
+    let port = free_port();
+    let s3s = Command::new("s3s-fs")
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", KEY, "--secret-key", SECRET])
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("s3s-fs is not installed: cargo install s3s-fs --version 0.14.1 --features binary --locked");
+    let p = Proc(s3s);
+    wait_for_port(port, "s3s-fs");
+    (p, port)
+}
+
+#[test]
+fn binaries_train_from_s3_and_ctctl_reports_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_s3, s3_port) = start_s3(&tmp.path().join("s3"));
+    let port = free_port();
+    let coordinator = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let none = "http://127.0.0.1:1";
+
+    let summary = ctctl(
+        s3_port,
+        none,
+        &[
+            "dataset",
+            "synth",
+            "--out",
+            "s3://bucket/ds",
+            "--train",
+            "600",
+            "--test",
+            "64",
+        ],
+    );
+    assert!(
+        summary.contains("train") && summary.contains("600 rows"),
+        "{summary}"
+    );
+    assert!(
+        tmp.path().join("s3/bucket/ds/manifest.json").is_file(),
+        "the dataset is in the S3 server's folder"
+    );
+
+    let state_args = [
+        "--listen",
+        &listen,
+        "--state-url",
+        "s3://bucket/state",
+        "--worker-lease-ms",
+        "3000",
+    ];
+    let mut coord = spawn(s3_port, "ctcluster-coordinator", &state_args);
+    wait_for_port(port, "coordinator");
+    let mut workers: Vec<Proc> = (0..2)
+        .map(|i| {
+            spawn(
+                s3_port,
+                "ctcluster-worker",
+                &["--coordinator", &coordinator, "--name", &format!("w{i}")],
+            )
+        })
+        .collect();
+
+    let spec = tmp.path().join("job.yaml");
+    std::fs::write(
+        &spec,
+        "name: s3-job\ndataset: s3://bucket/ds\noutput: s3://bucket/out\nbatch_size: 64\nepochs: 2\ncheckpoint:\n  every_steps: 4\n  keep: 2\n",
+    )
+    .unwrap();
+    let id = ctctl(s3_port, &coordinator, &["submit", spec.to_str().unwrap()])
+        .trim()
+        .to_string();
+    assert!(id.starts_with("job-"), "{id}");
+    let watched = ctctl(s3_port, &coordinator, &["watch", &id]);
+    assert!(watched.contains("succeeded"), "{watched}");
+
+    let json: serde_json::Value = serde_json::from_str(&ctctl(
+        s3_port,
+        &coordinator,
+        &["status", &id, "-o", "json"],
+    ))
+    .unwrap();
+    assert_eq!(json["id"], id.as_str());
+    assert_eq!(json["state"], "succeeded");
+    assert_eq!(json["epoch"], 1);
+    assert_eq!(json["step"], json["total_steps"]);
+    assert!(json["step"].as_u64().unwrap() >= 2 * 8, "{json}");
+    for m in ["train_loss", "val_loss", "val_accuracy"] {
+        assert!(
+            json["metrics"][m].as_f64().unwrap().is_finite(),
+            "metrics.{m}: {json}"
+        );
+    }
+    let checkpoint = json["checkpoint"].as_str().unwrap();
+    assert!(
+        checkpoint.starts_with(&format!("s3://bucket/out/{id}/checkpoints/step-")),
+        "{checkpoint}"
+    );
+    let model = json["model"].as_str().unwrap();
+    assert!(
+        tmp.path()
+            .join(format!("s3/bucket/out/{id}/model.safetensors"))
+            .is_file()
+    );
+    assert!(ctctl(s3_port, &coordinator, &["list"]).contains(&id));
+
+    let eval: serde_json::Value = serde_json::from_str(&ctctl(
+        s3_port,
+        none,
+        &[
+            "evaluate",
+            "--model",
+            model,
+            "--dataset",
+            "s3://bucket/ds",
+            "-o",
+            "json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(eval["samples"], 64);
+    assert!(eval["accuracy"].as_f64().unwrap() > 0.5, "{eval}");
+
+    // Workers and coordinator stop cleanly on SIGTERM.
+    for (i, w) in workers.iter_mut().enumerate() {
+        sigterm_and_wait(w, &format!("worker {i}"));
+    }
+    sigterm_and_wait(&mut coord, "coordinator");
+
+    // A restarted coordinator still knows the job: its record lives in the object store.
+    let _coord = spawn(s3_port, "ctcluster-coordinator", &state_args);
+    wait_for_port(port, "restarted coordinator");
+    let json: serde_json::Value = serde_json::from_str(&ctctl(
+        s3_port,
+        &coordinator,
+        &["status", &id, "-o", "json"],
+    ))
+    .unwrap();
+    assert_eq!(json["state"], "succeeded");
+    assert_eq!(json["checkpoint"].as_str().unwrap(), checkpoint);
+}
