@@ -13,7 +13,7 @@ pub fn f32_to_le_bytes(values: &[f32]) -> Vec<u8> {
 
 /// Decodes little-endian bytes into floats, appending to `out`; the length must be a multiple of 4.
 pub fn extend_f32_from_le_bytes(out: &mut Vec<f32>, bytes: &[u8], what: &str) -> Result<(), Error> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(Error::invalid(
             what,
             format!("{} bytes is not a whole number of f32 values", bytes.len()),

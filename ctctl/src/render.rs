@@ -70,7 +70,7 @@ fn non_empty(s: &str) -> Option<String> {
 
 impl From<&pb::JobStatus> for StatusJson {
     fn from(s: &pb::JobStatus) -> Self {
-        let m = s.metrics.clone().unwrap_or_default();
+        let m = s.metrics.unwrap_or_default();
         StatusJson {
             id: s.id.clone(),
             name: s.name.clone(),
