@@ -8,13 +8,15 @@
 use std::time::Instant;
 
 use burn::tensor::Device;
-use ctcluster_common::dataset::{SynthOptions, convert_npz, load_manifest, load_shard, write_synthetic};
+use ctcluster_common::dataset::{
+    SynthOptions, convert_npz, load_manifest, load_shard, write_synthetic,
+};
 use ctcluster_common::model::{BatchInput, ModelConfig, train_batch};
 use ctcluster_common::optim::FlatAdam;
 use ctcluster_common::spec::AdamSpec;
 use ctcluster_common::storage::StoreUrl;
-use ctcluster_tests::{Cluster, shared_data, spec};
 use ctcluster_proto as pb;
+use ctcluster_tests::{Cluster, shared_data, spec};
 
 const BATCH: usize = 128;
 const MICRO: usize = 32;
@@ -28,10 +30,27 @@ struct Row {
 async fn dataset() -> (StoreUrl, String) {
     let ds = StoreUrl::parse("memory://bench/ds").unwrap();
     if let Some(data) = shared_data() {
-        convert_npz(&data.join("pneumoniamnist/pneumoniamnist.npz"), &ds, None, 2048).await.unwrap();
+        convert_npz(
+            &data.join("pneumoniamnist/pneumoniamnist.npz"),
+            &ds,
+            None,
+            2048,
+        )
+        .await
+        .unwrap();
         (ds, "PneumoniaMNIST train split (4708 x 28x28 u8)".into())
     } else {
-        write_synthetic(&ds, SynthOptions { train: 4096, test: 16, size: 28, seed: 1 }).await.unwrap();
+        write_synthetic(
+            &ds,
+            SynthOptions {
+                train: 4096,
+                test: 16,
+                size: 28,
+                seed: 1,
+            },
+        )
+        .await
+        .unwrap();
         (ds, "synthetic 28x28 (../shared/data absent)".into())
     }
 }
@@ -41,7 +60,14 @@ async fn single_process(ds: &StoreUrl, steps: u64, micro: usize) -> f64 {
     let manifest = load_manifest(ds).await.unwrap();
     let shard = load_shard(ds, &manifest, "train", 0).await.unwrap();
     let s = manifest.pixel_stats;
-    let model = ModelConfig::seed_cnn(&manifest.image, manifest.classes.len(), 0.5, s.mean as f32, s.std as f32).unwrap();
+    let model = ModelConfig::seed_cnn(
+        &manifest.image,
+        manifest.classes.len(),
+        0.5,
+        s.mean as f32,
+        s.std as f32,
+    )
+    .unwrap();
     let per = model.channels * model.height * model.width;
     tokio::task::spawn_blocking(move || {
         let device = Device::flex();
@@ -90,7 +116,11 @@ async fn distributed(ds: &StoreUrl, workers: usize, steps: u64) -> f64 {
         .await
         .unwrap();
     let mut client = cluster.client().await;
-    let mut stream = client.watch(pb::WatchRequest { job_id: job }).await.unwrap().into_inner();
+    let mut stream = client
+        .watch(pb::WatchRequest { job_id: job })
+        .await
+        .unwrap()
+        .into_inner();
     let (mut t0, mut t1) = (None, None);
     while let Some(s) = stream.message().await.unwrap() {
         if s.step >= WARMUP && t0.is_none() {
@@ -115,10 +145,18 @@ async fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(40u64);
     let (ds, what) = dataset().await;
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mut rows = vec![
-        Row { setup: format!("single process, batch {BATCH} as 4 x {MICRO}, no network"), images_per_sec: single_process(&ds, steps, MICRO).await },
-        Row { setup: format!("single process, batch {BATCH} in one pass, no network"), images_per_sec: single_process(&ds, steps, BATCH).await },
+        Row {
+            setup: format!("single process, batch {BATCH} as 4 x {MICRO}, no network"),
+            images_per_sec: single_process(&ds, steps, MICRO).await,
+        },
+        Row {
+            setup: format!("single process, batch {BATCH} in one pass, no network"),
+            images_per_sec: single_process(&ds, steps, BATCH).await,
+        },
     ];
     for workers in [1, 2] {
         rows.push(Row {
@@ -131,7 +169,12 @@ async fn main() {
     println!("| setup | images/s | vs single process (4 x {MICRO}) |");
     println!("|---|---:|---:|");
     for r in &rows {
-        println!("| {} | {:.0} | {:.2}x |", r.setup, r.images_per_sec, r.images_per_sec / base);
+        println!(
+            "| {} | {:.0} | {:.2}x |",
+            r.setup,
+            r.images_per_sec,
+            r.images_per_sec / base
+        );
     }
     let json = serde_json::json!({
         "benchmark": "step_throughput",

@@ -3,5 +3,6 @@
 mod bad_input;
 mod exactness;
 mod learning;
+mod lifecycle;
 mod processes;
 mod resume;

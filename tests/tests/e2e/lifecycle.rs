@@ -1,0 +1,136 @@
+//! Job life cycle: cancel, and a coordinator restart that resumes a running job exactly.
+
+use std::time::Duration;
+
+use ctcluster_common::dataset::{SynthOptions, write_synthetic};
+use ctcluster_common::storage::StoreUrl;
+use ctcluster_proto as pb;
+use ctcluster_tests::{Cluster, final_checkpoint, spec};
+
+async fn wait_for_step(cluster: &Cluster, job: &str, step: u64) {
+    let mut c = cluster.client().await;
+    let mut stream = c
+        .watch(pb::WatchRequest { job_id: job.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(s) = stream.message().await.unwrap() {
+            if s.step >= step {
+                return;
+            }
+        }
+        panic!("job ended before step {step}");
+    })
+    .await
+    .expect("step not reached in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_job_and_the_next_one_runs() {
+    let ds = StoreUrl::parse("memory://cancel/ds").unwrap();
+    write_synthetic(
+        &ds,
+        SynthOptions {
+            train: 400,
+            test: 8,
+            size: 28,
+            seed: 2,
+        },
+    )
+    .await
+    .unwrap();
+    let cluster = Cluster::start("memory://cancel/state", 1).await;
+    let id = cluster
+        .submit(&spec(
+            "long",
+            ds.as_str(),
+            "memory://cancel/out",
+            "epochs: 1000\nbatch_size: 32\n",
+        ))
+        .await
+        .unwrap();
+    wait_for_step(&cluster, &id, 3).await;
+    let mut c = cluster.client().await;
+    c.cancel_job(pb::CancelJobRequest { job_id: id.clone() })
+        .await
+        .unwrap();
+    let s = cluster.wait(&id).await;
+    assert_eq!(s.state, pb::JobState::Cancelled as i32);
+    let missing = c
+        .cancel_job(pb::CancelJobRequest {
+            job_id: "job-000000000000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    cluster
+        .run(&spec(
+            "next",
+            ds.as_str(),
+            "memory://cancel/out",
+            "epochs: 1\n",
+        ))
+        .await;
+    let jobs = c
+        .list_jobs(pb::ListJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs[0].id, id, "listed in submission order");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_coordinator_resumes_the_job_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().display().to_string();
+    let ds = StoreUrl::parse(&format!("{root}/ds")).unwrap();
+    write_synthetic(
+        &ds,
+        SynthOptions {
+            train: 1200,
+            test: 8,
+            size: 28,
+            seed: 4,
+        },
+    )
+    .await
+    .unwrap();
+    let job_spec = |out: &str| {
+        spec(
+            "restart",
+            ds.as_str(),
+            out,
+            "batch_size: 128\nepochs: 3\nseed: 5\ncheckpoint:\n  every_steps: 5\n  keep: 2\n",
+        )
+    };
+    let state = format!("{root}/state");
+    let first = Cluster::start(&state, 2).await;
+    let id = first
+        .submit(&job_spec(&format!("{root}/out")))
+        .await
+        .unwrap();
+    wait_for_step(&first, &id, 12).await;
+    first.stop().await;
+
+    let second = Cluster::start(&state, 2).await;
+    let resumed = second.wait(&id).await;
+    assert_eq!(
+        resumed.state,
+        pb::JobState::Succeeded as i32,
+        "{}",
+        resumed.message
+    );
+    let straight = second.run(&job_spec(&format!("{root}/straight"))).await;
+    second.stop().await;
+    let (a, b) = (
+        final_checkpoint(&resumed).await,
+        final_checkpoint(&straight).await,
+    );
+    assert_eq!(a.state.step, b.state.step);
+    assert!(a.params == b.params, "parameters differ after the restart");
+    assert!(a.adam == b.adam, "Adam state differs after the restart");
+}
