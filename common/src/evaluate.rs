@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::load_model;
 use crate::dataset::{load_manifest, load_shard};
-use crate::model::{BatchInput, eval_batch};
+use crate::model::{BatchInput, argmax, eval_batch};
 use crate::storage::StoreUrl;
 use crate::{Error, Result};
 
@@ -109,14 +109,7 @@ pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result
         loss += out.loss_sum;
         n += batch.labels.len() as u64;
         for (row, &label) in out.probs.chunks_exact(classes).zip(&batch.labels) {
-            let pred = row
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                )
-                .0;
+            let pred = argmax(row);
             confusion[label as usize][pred] += 1;
             if classes == 2 {
                 scores.push(row[1]);

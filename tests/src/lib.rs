@@ -94,8 +94,19 @@ impl Cluster {
         .job_id)
     }
 
+    /// Waits (bounded) until a job has taken at least `step` steps.
+    pub async fn wait_for_step(&self, job: &str, step: u64) {
+        self.watch_until(job, |s| s.step >= step).await;
+    }
+
     /// Waits (bounded) until a job has ended; returns its final status.
     pub async fn wait(&self, job: &str) -> pb::JobStatus {
+        self.watch_until(job, |_| false).await
+    }
+
+    /// Follows a job's status stream until `done` says so or the job ends; returns the last
+    /// status seen.
+    async fn watch_until(&self, job: &str, done: impl Fn(&pb::JobStatus) -> bool) -> pb::JobStatus {
         let mut c = self.client().await;
         let deadline = tokio::time::Instant::now() + JOB_TIMEOUT;
         let mut stream = c
@@ -106,7 +117,13 @@ impl Cluster {
         let mut last = None;
         loop {
             match tokio::time::timeout_at(deadline, stream.message()).await {
-                Ok(Ok(Some(s))) => last = Some(s),
+                Ok(Ok(Some(s))) => {
+                    let stop = done(&s);
+                    last = Some(s);
+                    if stop {
+                        break;
+                    }
+                }
                 Ok(Ok(None)) => break,
                 Ok(Err(e)) => panic!("watch stream failed: {e}"),
                 Err(_) => panic!("job {job} did not end within {JOB_TIMEOUT:?}"),

@@ -197,18 +197,22 @@ fn inputs(
     (x, y)
 }
 
+/// The index of the largest score (the first one on ties): the predicted class.
+pub fn argmax(scores: &[f32]) -> usize {
+    scores
+        .iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+        )
+        .0
+}
+
 fn count_correct(logits: &[f32], labels: &[u32], classes: usize) -> u32 {
     let mut correct = 0;
     for (row, &label) in logits.chunks_exact(classes).zip(labels) {
-        let best = row
-            .iter()
-            .enumerate()
-            .fold(
-                (0, f32::NEG_INFINITY),
-                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-            )
-            .0;
-        if best == label as usize {
+        if argmax(row) == label as usize {
             correct += 1;
         }
     }

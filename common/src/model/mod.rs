@@ -4,6 +4,6 @@ mod compute;
 mod seed_cnn;
 
 pub use compute::{
-    BatchInput, EvalOutput, TrainOutput, dropout_keep_mask, eval_batch, train_batch,
+    BatchInput, EvalOutput, TrainOutput, argmax, dropout_keep_mask, eval_batch, train_batch,
 };
 pub use seed_cnn::{ModelConfig, ParamSpec, SEED_CNN};

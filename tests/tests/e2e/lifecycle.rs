@@ -1,30 +1,9 @@
 //! Job life cycle: cancel, and a coordinator restart that resumes a running job exactly.
 
-use std::time::Duration;
-
 use ctcluster_common::dataset::{SynthOptions, write_synthetic};
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_proto as pb;
 use ctcluster_tests::{Cluster, final_checkpoint, spec};
-
-async fn wait_for_step(cluster: &Cluster, job: &str, step: u64) {
-    let mut c = cluster.client().await;
-    let mut stream = c
-        .watch(pb::WatchRequest { job_id: job.into() })
-        .await
-        .unwrap()
-        .into_inner();
-    tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(s) = stream.message().await.unwrap() {
-            if s.step >= step {
-                return;
-            }
-        }
-        panic!("job ended before step {step}");
-    })
-    .await
-    .expect("step not reached in time");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_job_and_the_next_one_runs() {
@@ -50,7 +29,7 @@ async fn cancel_stops_a_job_and_the_next_one_runs() {
         ))
         .await
         .unwrap();
-    wait_for_step(&cluster, &id, 3).await;
+    cluster.wait_for_step(&id, 3).await;
     let mut c = cluster.client().await;
     c.cancel_job(pb::CancelJobRequest { job_id: id.clone() })
         .await
@@ -113,7 +92,7 @@ async fn a_restarted_coordinator_resumes_the_job_exactly() {
         .submit(&job_spec(&format!("{root}/out")))
         .await
         .unwrap();
-    wait_for_step(&first, &id, 12).await;
+    first.wait_for_step(&id, 12).await;
     first.stop().await;
 
     let second = Cluster::start(&state, 2).await;
