@@ -139,12 +139,19 @@ fn compatible(spec: &JobSpec, old: &JobSpec) -> Result<(), Error> {
     Ok(())
 }
 
-/// The newest checkpoint that loads; broken ones are skipped with a warning naming them.
-async fn newest_checkpoint(job_output: &StoreUrl) -> Result<Option<(Checkpoint, StoreUrl)>, Error> {
+/// The newest checkpoint that loads; broken ones are skipped with a warning naming them, which
+/// also goes into the job's status message.
+async fn newest_checkpoint(
+    job: &JobHandle,
+    job_output: &StoreUrl,
+) -> Result<Option<(Checkpoint, StoreUrl)>, Error> {
     for dir in list_complete(job_output).await?.into_iter().rev() {
         match Checkpoint::load(&dir).await {
             Ok(c) => return Ok(Some((c, dir))),
-            Err(e) => tracing::warn!(checkpoint = %dir, error = %e, "skipping a bad checkpoint"),
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "skipping a bad checkpoint");
+                job.update(|r| r.message = format!("skipped a bad checkpoint: {e}"));
+            }
         }
     }
     Ok(None)
@@ -156,7 +163,7 @@ async fn start_point(
     job_output: &StoreUrl,
 ) -> Result<Progress, Stop> {
     let spec = &job.spec;
-    let resumed = match newest_checkpoint(job_output).await? {
+    let resumed = match newest_checkpoint(job, job_output).await? {
         Some(found) => Some(found),
         None => match &spec.resume_from {
             Some(url) => {
@@ -324,10 +331,7 @@ async fn evaluate(
 
 async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Stop> {
     let spec = &job.spec;
-    job.update(|r| {
-        r.state = JobState::Running;
-        r.message.clear();
-    });
+    job.update(|r| r.state = JobState::Running);
     records::save(&coord.config.state_url, &job.record()).await?;
 
     let dataset = StoreUrl::parse(&spec.dataset)?;
