@@ -99,6 +99,9 @@ pub struct JobRecord {
     pub eta_seconds: f64,
     /// Workers registered with the coordinator.
     pub workers: u32,
+    /// Results refused (wrong shape, stale step, NaN/Inf) and computed again.
+    #[serde(default)]
+    pub rejected_results: u64,
 }
 
 impl JobRecord {
@@ -121,6 +124,7 @@ impl JobRecord {
             images_per_sec: 0.0,
             eta_seconds: 0.0,
             workers: 0,
+            rejected_results: 0,
         }
     }
 }

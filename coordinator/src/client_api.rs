@@ -33,6 +33,7 @@ pub fn record_to_proto(r: &JobRecord) -> pb::JobStatus {
         images_per_sec: r.images_per_sec,
         eta_seconds: r.eta_seconds,
         workers: r.workers,
+        rejected_results: r.rejected_results,
     }
 }
 

@@ -157,6 +157,9 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let reject = |reason: String| {
             tracing::warn!(%task, %worker, job = %expected.job, %reason, "result rejected; task re-queued");
             self.coord.scheduler.retry(task);
+            if let Ok(job) = self.coord.job(&expected.job) {
+                job.update(|r| r.rejected_results += 1);
+            }
             Status::from(CoordError::bad("result", reason))
         };
         if header.job_id != expected.job.as_str() || header.step != expected.step {

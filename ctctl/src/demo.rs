@@ -79,6 +79,7 @@ pub async fn run(args: &DemoArgs) -> Result<String, CtlError> {
             coordinator: url.clone(),
             name: format!("demo-worker-{i}"),
             device: "cpu".into(),
+            faults: Default::default(),
         };
         let stop = stop_workers.clone();
         tasks.spawn(async move {

@@ -34,6 +34,8 @@ pub struct StatusJson {
     pub eta_seconds: f64,
     /// Workers in the cluster.
     pub workers: u32,
+    /// Results refused and computed again.
+    pub rejected_results: u64,
 }
 
 /// Metrics in the JSON status.
@@ -90,6 +92,7 @@ impl From<&pb::JobStatus> for StatusJson {
             images_per_sec: s.images_per_sec,
             eta_seconds: s.eta_seconds,
             workers: s.workers,
+            rejected_results: s.rejected_results,
         }
     }
 }

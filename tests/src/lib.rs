@@ -8,7 +8,7 @@ use std::time::Duration;
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_coordinator::CoordinatorConfig;
 use ctcluster_proto as pb;
-use ctcluster_worker::WorkerConfig;
+use ctcluster_worker::{Faults, WorkerConfig};
 use pb::client_service_client::ClientServiceClient;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -56,11 +56,17 @@ impl Cluster {
 
     /// Starts one more worker; returns its index.
     pub fn add_worker(&mut self) -> usize {
+        self.add_worker_with(Faults::default())
+    }
+
+    /// Starts one more worker with deliberate faults; returns its index.
+    pub fn add_worker_with(&mut self, faults: Faults) -> usize {
         let token = CancellationToken::new();
         let config = WorkerConfig {
             coordinator: self.url.clone(),
             name: format!("test-worker-{}", self.workers.len()),
             device: "cpu".into(),
+            faults,
         };
         let stop = token.clone();
         self.tasks.spawn(async move {

@@ -19,6 +19,16 @@ pub struct Args {
     /// Compute device: `cpu` (pure-Rust burn-flex backend).
     #[arg(long, env = "CT_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// Fault injection for tests (off by default): replace every Nth training gradient with NaN.
+    #[arg(long, env = "CT_FAULT_NAN_EVERY", hide = true)]
+    pub fault_nan_every: Option<u64>,
+}
+
+/// Deliberate faults, for testing how the cluster copes. All off by default.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Every Nth training result carries a NaN gradient.
+    pub nan_every: Option<u64>,
 }
 
 /// Validated worker settings.
@@ -30,6 +40,8 @@ pub struct WorkerConfig {
     pub name: String,
     /// Device name, as given.
     pub device: String,
+    /// Deliberate faults (tests only).
+    pub faults: Faults,
 }
 
 impl TryFrom<&Args> for WorkerConfig {
@@ -47,10 +59,18 @@ impl TryFrom<&Args> for WorkerConfig {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
             format!("{host}-{}", std::process::id())
         });
+        if a.fault_nan_every == Some(0) {
+            return Err(crate::WorkerError::Config(
+                "--fault-nan-every must be at least 1".into(),
+            ));
+        }
         Ok(WorkerConfig {
             coordinator: a.coordinator.clone(),
             name,
             device: a.device.clone(),
+            faults: Faults {
+                nan_every: a.fault_nan_every,
+            },
         })
     }
 }

@@ -8,6 +8,6 @@ pub mod device;
 mod error;
 pub mod runner;
 
-pub use config::{Args, WorkerConfig};
+pub use config::{Args, Faults, WorkerConfig};
 pub use error::WorkerError;
 pub use runner::run_worker;

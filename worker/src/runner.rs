@@ -84,6 +84,7 @@ pub async fn run_worker(
             &reg.worker_id,
             &compute,
             &mut cache,
+            &config,
             &shutdown,
         )
         .await;
@@ -132,8 +133,10 @@ async fn work_loop(
     worker_id: &str,
     compute: &ComputeThread,
     cache: &mut Cache,
+    config: &WorkerConfig,
     shutdown: &CancellationToken,
 ) -> Result<(), WorkerError> {
+    let mut trained = 0u64;
     loop {
         let fetched = tokio::select! {
             r = client.fetch_work(pb::FetchWorkRequest { worker_id: worker_id.to_string() }) => r?,
@@ -165,6 +168,17 @@ async fn work_loop(
                 header.correct = t.correct;
                 header.gradient_len = t.grad.len() as u64;
                 gradient = t.grad;
+                trained += 1;
+                if let Some(n) = config.faults.nan_every
+                    && trained.is_multiple_of(n)
+                    && let Some(g) = gradient.first_mut()
+                {
+                    tracing::warn!(
+                        task = task.task_id,
+                        "fault injection: sending a NaN gradient"
+                    );
+                    *g = f32::NAN;
+                }
             }
             Ok(Output::Eval(e)) => {
                 header.loss_sum = e.loss_sum;

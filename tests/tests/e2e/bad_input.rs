@@ -276,5 +276,9 @@ async fn wrong_gradients_are_rejected_and_the_job_goes_on() {
     assert_eq!(s.state, pb::JobState::Succeeded as i32, "{}", s.message);
     let m = s.metrics.unwrap();
     assert!(m.train_loss.unwrap().is_finite() && m.val_loss.unwrap().is_finite());
+    assert_eq!(
+        s.rejected_results, 3,
+        "the wrong-length, NaN and stale-step pushes"
+    );
     cluster.stop().await;
 }

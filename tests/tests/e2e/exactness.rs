@@ -2,19 +2,29 @@
 
 use ctcluster_common::dataset::{SynthOptions, write_synthetic};
 use ctcluster_common::storage::StoreUrl;
+use ctcluster_proto as pb;
 use ctcluster_tests::{Cluster, final_checkpoint, rel_l2, spec};
+use ctcluster_worker::Faults;
 
 async fn params_after_20_steps(workers: usize, dataset: &str, dropout: f64) -> Vec<f32> {
-    let cluster = Cluster::start(
-        &format!("memory://exact-state-{workers}-{dropout}/s"),
-        workers,
-    )
-    .await;
+    let state = format!("memory://exact-state-{workers}-{dropout}/s");
+    let cluster = Cluster::start(&state, workers).await;
+    run_20_steps(cluster, dataset, &format!("{workers}-{dropout}"), dropout)
+        .await
+        .0
+}
+
+async fn run_20_steps(
+    cluster: Cluster,
+    dataset: &str,
+    tag: &str,
+    dropout: f64,
+) -> (Vec<f32>, pb::JobStatus) {
     let status = cluster
         .run(&spec(
             "exactness",
             dataset,
-            &format!("memory://exact-out-{workers}-{dropout}/o"),
+            &format!("memory://exact-out-{tag}/o"),
             &format!(
                 "batch_size: 128\nmicro_batch_size: 32\nmax_steps: 20\nepochs: 3\nseed: 11\nmodel:\n  dropout: {dropout}\n"
             ),
@@ -22,7 +32,7 @@ async fn params_after_20_steps(workers: usize, dataset: &str, dropout: f64) -> V
         .await;
     cluster.stop().await;
     assert_eq!(status.step, 20);
-    final_checkpoint(&status).await.params
+    (final_checkpoint(&status).await.params, status)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,4 +65,30 @@ async fn one_two_and_three_workers_give_identical_parameters() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nan_gradients_are_rejected_recomputed_and_change_nothing() {
+    let ds = StoreUrl::parse("memory://exact-nan/ds").unwrap();
+    let opts = SynthOptions {
+        train: 1200,
+        test: 16,
+        size: 28,
+        seed: 3,
+    };
+    write_synthetic(&ds, opts).await.unwrap();
+    let clean = params_after_20_steps(1, ds.as_str(), 0.5).await;
+    let mut cluster = Cluster::start("memory://exact-nan/state", 0).await;
+    cluster.add_worker_with(Faults { nan_every: Some(2) });
+    cluster.add_worker();
+    let (faulty, status) = run_20_steps(cluster, ds.as_str(), "nan", 0.5).await;
+    assert!(
+        status.rejected_results >= 5,
+        "NaN pushes rejected: {}",
+        status.rejected_results
+    );
+    assert!(
+        faulty == clean,
+        "a job with NaN pushes ended with other parameters"
+    );
 }
