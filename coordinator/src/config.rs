@@ -22,10 +22,10 @@ pub struct Args {
     #[arg(long, env = "CT_STATE_URL", default_value = "./ctcluster-state")]
     pub state_url: String,
     /// How often workers send heartbeats, in milliseconds.
-    #[arg(long, env = "CT_HEARTBEAT_MS", default_value_t = 1000)]
+    #[arg(long, env = "CT_HEARTBEAT_MS", default_value_t = 500)]
     pub heartbeat_ms: u64,
     /// A worker silent for this long (milliseconds) is dropped and its tasks handed to others.
-    #[arg(long, env = "CT_WORKER_LEASE_MS", default_value_t = 5000)]
+    #[arg(long, env = "CT_WORKER_LEASE_MS", default_value_t = 3000)]
     pub worker_lease_ms: u64,
 }
 

@@ -6,7 +6,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ctcluster_tests::binary;
+use ctcluster_proto as pb;
+use ctcluster_tests::{binary, final_checkpoint};
+use pb::client_service_client::ClientServiceClient;
+use tonic::transport::Channel;
 
 const KEY: &str = "ctcluster-test";
 const SECRET: &str = "ctcluster-test-secret";
@@ -94,6 +97,11 @@ fn sigterm_and_wait(p: &mut Proc, what: &str) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn sigkill(p: &mut Proc) {
+    p.0.kill().unwrap();
+    p.0.wait().unwrap();
 }
 
 fn start_s3(root: &Path) -> (Proc, u16) {
@@ -240,4 +248,145 @@ fn binaries_train_from_s3_and_ctctl_reports_json() {
     .unwrap();
     assert_eq!(json["state"], "succeeded");
     assert_eq!(json["checkpoint"].as_str().unwrap(), checkpoint);
+}
+
+fn local(cmd: &str, args: &[&str]) -> Proc {
+    let mut c = Command::new(binary(cmd));
+    c.args(args).env("RUST_LOG", "warn").stdout(Stdio::null());
+    Proc(c.spawn().unwrap())
+}
+
+async fn status(client: &mut ClientServiceClient<Channel>, id: &str) -> pb::JobStatus {
+    client
+        .get_job(pb::GetJobRequest { job_id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn wait_step(
+    client: &mut ClientServiceClient<Channel>,
+    id: &str,
+    step: u64,
+) -> pb::JobStatus {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let s = status(client, id).await;
+        if s.step >= step || s.state > pb::JobState::Running as i32 {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} stuck at step {}",
+            s.step
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_workers_lose_nothing_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().display().to_string();
+    let out = ctctl(
+        0,
+        "http://127.0.0.1:1",
+        &[
+            "dataset",
+            "synth",
+            "--out",
+            &format!("{root}/ds"),
+            "--train",
+            "640",
+            "--test",
+            "8",
+        ],
+    );
+    assert!(out.contains("640 rows"), "{out}");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _coord = local(
+        "ctcluster-coordinator",
+        &[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--state-url",
+            &format!("{root}/state"),
+            "--heartbeat-ms",
+            "200",
+            "--worker-lease-ms",
+            "1000",
+        ],
+    );
+    wait_for_port(port, "coordinator");
+    let worker = |name: &str| local("ctcluster-worker", &["--coordinator", &url, "--name", name]);
+    let mut workers = vec![worker("w0"), worker("w1")];
+    let mut client = ClientServiceClient::connect(url.clone()).await.unwrap();
+    let spec = |out: &str| {
+        format!(
+            "name: chaos\ndataset: {root}/ds\noutput: {root}/{out}\nbatch_size: 32\nmicro_batch_size: 8\nepochs: 2\nseed: 3\nvalidation:\n  fraction: 0.1\n"
+        )
+    };
+    let submitter = client.clone();
+    let submit = |yaml: String| {
+        let mut c = submitter.clone();
+        async move {
+            c.submit(pb::SubmitRequest { spec_yaml: yaml })
+                .await
+                .unwrap()
+                .into_inner()
+                .job_id
+        }
+    };
+    let id = submit(spec("killed")).await;
+    // Kill a worker mid-step three times, each time starting a replacement.
+    let mut recoveries = Vec::new();
+    for (k, at) in [6u64, 14, 22].into_iter().enumerate() {
+        wait_step(&mut client, &id, at).await;
+        let victim = k % workers.len();
+        sigkill(&mut workers[victim]);
+        let killed = Instant::now();
+        let before = status(&mut client, &id).await.step;
+        workers[victim] = worker(&format!("replacement-{k}"));
+        wait_step(&mut client, &id, before + 2).await;
+        recoveries.push(killed.elapsed());
+    }
+    let mut c = client.clone();
+    let mut stream = c
+        .watch(pb::WatchRequest { job_id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut killed_run = None;
+    while let Some(s) = stream.message().await.unwrap() {
+        killed_run = Some(s);
+    }
+    let killed_run = killed_run.unwrap();
+    assert_eq!(
+        killed_run.state,
+        pb::JobState::Succeeded as i32,
+        "{}",
+        killed_run.message
+    );
+    eprintln!("worker SIGKILL: time from kill to two more steps done: {recoveries:?}");
+
+    let calm = submit(spec("calm")).await;
+    let mut stream = c
+        .watch(pb::WatchRequest { job_id: calm })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut calm_run = None;
+    while let Some(s) = stream.message().await.unwrap() {
+        calm_run = Some(s);
+    }
+    let calm_run = calm_run.unwrap();
+    assert_eq!(calm_run.state, pb::JobState::Succeeded as i32);
+    assert_eq!(killed_run.step, calm_run.step);
+    let (a, b) = (
+        final_checkpoint(&killed_run).await,
+        final_checkpoint(&calm_run).await,
+    );
+    assert!(a.params == b.params, "killing workers changed the result");
+    assert!(a.adam == b.adam);
 }
