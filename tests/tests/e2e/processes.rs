@@ -320,7 +320,7 @@ async fn sigkilled_workers_lose_nothing_and_change_nothing() {
     );
     wait_for_port(port, "coordinator");
     let worker = |name: &str| local("ctcluster-worker", &["--coordinator", &url, "--name", name]);
-    let mut workers = vec![worker("w0"), worker("w1")];
+    let mut workers = [worker("w0"), worker("w1")];
     let mut client = ClientServiceClient::connect(url.clone()).await.unwrap();
     let spec = |out: &str| {
         format!(
