@@ -19,6 +19,8 @@ pub enum JobState {
     Failed,
     /// Stopped by the user.
     Cancelled,
+    /// Started, but fewer workers than `min_workers` are registered; resumes by itself.
+    Waiting,
 }
 
 impl JobState {
@@ -38,6 +40,7 @@ impl JobState {
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
+            JobState::Waiting => "waiting",
         }
     }
 }

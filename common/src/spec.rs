@@ -35,6 +35,9 @@ pub struct JobSpec {
     /// Stop after this many optimizer steps in all (counting steps before a resume), if set.
     #[serde(default)]
     pub max_steps: Option<u64>,
+    /// The job waits (state `waiting`) while fewer workers than this are registered.
+    #[serde(default = "defaults::min_workers")]
+    pub min_workers: u32,
     /// Adam's hyper-parameters.
     #[serde(default)]
     pub optimizer: AdamSpec,
@@ -121,6 +124,9 @@ mod defaults {
     }
     pub fn epochs() -> u32 {
         5
+    }
+    pub fn min_workers() -> u32 {
+        1
     }
     pub fn seed() -> u64 {
         42
@@ -274,6 +280,11 @@ impl JobSpec {
             format!("{} is not in 1..={MAX_EPOCHS}", self.epochs),
         )?;
         check(self.max_steps != Some(0), "max_steps", "must be at least 1")?;
+        check(
+            (1..=10_000).contains(&self.min_workers),
+            "min_workers",
+            format!("{} is not in 1..=10000", self.min_workers),
+        )?;
         let o = &self.optimizer;
         check(
             o.lr.is_finite() && o.lr > 0.0 && o.lr < 10.0,

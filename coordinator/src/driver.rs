@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ctcluster_common::checkpoint::{
     Checkpoint, ModelCard, TrainingState, apply_retention, export_model, list_complete,
@@ -379,6 +379,7 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
             if p.state.step.0 >= total_steps {
                 break 'epochs;
             }
+            wait_for_workers(coord, job).await;
             let started = Instant::now();
             let step = p.state.step.0;
             let tasks: Vec<pb::Task> = plan
@@ -458,6 +459,34 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
     let url = export_model(&job_output, &card, &p.params).await?;
     job.update(|r| r.model = Some(url.to_string()));
     Ok(())
+}
+
+/// Holds the job in `waiting` while fewer than `min_workers` workers are registered.
+async fn wait_for_workers(coord: &Coordinator, job: &JobHandle) {
+    let want = job.spec.min_workers as usize;
+    let mut waiting = false;
+    loop {
+        let have = coord.workers.count();
+        if have >= want {
+            break;
+        }
+        if !waiting {
+            tracing::info!(job = %job.id, have, want, "waiting for workers");
+            waiting = true;
+        }
+        job.update(|r| {
+            r.state = JobState::Waiting;
+            r.message = format!("waiting for workers: {have} of min_workers {want} registered");
+            r.workers = have as u32;
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if waiting {
+        job.update(|r| {
+            r.state = JobState::Running;
+            r.message.clear();
+        });
+    }
 }
 
 /// Images per second over the recent steps, and the ETA it implies.

@@ -198,5 +198,6 @@ pub fn state_to_proto(s: JobState) -> ctcluster_proto::JobState {
         JobState::Succeeded => P::Succeeded,
         JobState::Failed => P::Failed,
         JobState::Cancelled => P::Cancelled,
+        JobState::Waiting => P::Waiting,
     }
 }

@@ -57,6 +57,7 @@ pub fn state_name(state: i32) -> &'static str {
         pb::JobState::Succeeded => "succeeded",
         pb::JobState::Failed => "failed",
         pb::JobState::Cancelled => "cancelled",
+        pb::JobState::Waiting => "waiting",
         pb::JobState::Unspecified => "unknown",
     }
 }

@@ -123,3 +123,56 @@ async fn a_restarted_coordinator_resumes_the_job_exactly() {
     assert!(a.params == b.params, "parameters differ after the restart");
     assert!(a.adam == b.adam, "Adam state differs after the restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_min_workers_the_job_waits_and_says_why() {
+    let ds = StoreUrl::parse("memory://min-workers/ds").unwrap();
+    let opts = SynthOptions {
+        train: 300,
+        test: 8,
+        size: 28,
+        seed: 2,
+    };
+    write_synthetic(&ds, opts).await.unwrap();
+    let mut cluster = Cluster::start("memory://min-workers/state", 1).await;
+    let yaml = spec(
+        "needs-two",
+        ds.as_str(),
+        "memory://min-workers/out",
+        "epochs: 1\nmin_workers: 2\n",
+    );
+    let id = cluster.submit(&yaml).await.unwrap();
+    let mut c = cluster.client().await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let waiting = loop {
+        let s = c
+            .get_job(pb::GetJobRequest { job_id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        if s.state == pb::JobState::Waiting as i32 {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never waiting: {s:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        waiting.message.contains("1 of min_workers 2"),
+        "{}",
+        waiting.message
+    );
+    assert_eq!(waiting.step, 0);
+    cluster.add_worker();
+    let done = cluster.wait(&id).await;
+    assert_eq!(
+        done.state,
+        pb::JobState::Succeeded as i32,
+        "{}",
+        done.message
+    );
+    assert!(done.message.is_empty(), "{}", done.message);
+    cluster.stop().await;
+}
