@@ -105,6 +105,9 @@ pub struct JobRecord {
     /// Results refused (wrong shape, stale step, NaN/Inf) and computed again.
     #[serde(default)]
     pub rejected_results: u64,
+    /// Straggling tasks handed to a second worker.
+    #[serde(default)]
+    pub reissued_tasks: u64,
 }
 
 impl JobRecord {
@@ -128,6 +131,7 @@ impl JobRecord {
             eta_seconds: 0.0,
             workers: 0,
             rejected_results: 0,
+            reissued_tasks: 0,
         }
     }
 }

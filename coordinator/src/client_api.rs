@@ -34,6 +34,7 @@ pub fn record_to_proto(r: &JobRecord) -> pb::JobStatus {
         eta_seconds: r.eta_seconds,
         workers: r.workers,
         rejected_results: r.rejected_results,
+        reissued_tasks: r.reissued_tasks,
     }
 }
 

@@ -31,12 +31,17 @@ pub type TaskOutcome = Result<TaskResult, String>;
 
 /// Failures of one task (on any worker) before its job is failed.
 pub const MAX_TASK_FAILURES: u32 = 3;
+/// A task outstanding this many times longer than tasks usually take is a straggler...
+pub const STRAGGLER_FACTOR: f64 = 4.0;
+/// ...and at least this long.
+pub const STRAGGLER_MIN: Duration = Duration::from_secs(1);
 
 struct Pending {
     job: JobId,
     task: pb::Task,
     reply: mpsc::UnboundedSender<TaskOutcome>,
-    assigned: Option<(WorkerId, Instant)>,
+    /// Workers computing it now, with when they got it: one, or two once re-issued.
+    holders: Vec<(WorkerId, Instant)>,
     failures: u32,
 }
 
@@ -45,6 +50,28 @@ struct Inner {
     next_id: u64,
     queue: VecDeque<TaskId>,
     pending: HashMap<TaskId, Pending>,
+    /// Smoothed seconds from hand-out to result, for spotting stragglers.
+    typical_secs: Option<f64>,
+}
+
+impl Inner {
+    /// Drops a holder; a task nobody holds any more goes back to the front of the queue.
+    fn drop_holder(&mut self, task: TaskId, worker: WorkerId) {
+        if let Some(p) = self.pending.get_mut(&task) {
+            let before = p.holders.len();
+            p.holders.retain(|(w, _)| *w != worker);
+            if p.holders.is_empty() && before > 0 {
+                self.queue.push_front(task);
+            }
+        }
+    }
+
+    fn straggler_after(&self) -> Duration {
+        let typical = self.typical_secs.map_or(Duration::ZERO, |s| {
+            Duration::from_secs_f64(s * STRAGGLER_FACTOR)
+        });
+        typical.max(STRAGGLER_MIN)
+    }
 }
 
 /// What the push handler needs to check a result before accepting it.
@@ -58,6 +85,17 @@ pub struct Expected {
     pub gradient_len: u64,
     /// Samples in the task.
     pub samples: u32,
+}
+
+/// A task handed to a worker.
+#[derive(Debug)]
+pub struct Handout {
+    /// The task.
+    pub task: pb::Task,
+    /// Its job.
+    pub job: JobId,
+    /// True when it is a second copy of a straggling task (the first result wins).
+    pub reissued: bool,
 }
 
 /// The coordinator's queue of tasks.
@@ -92,7 +130,7 @@ impl Scheduler {
                     job: job.clone(),
                     task,
                     reply: reply.clone(),
-                    assigned: None,
+                    holders: Vec::new(),
                     failures: 0,
                 },
             );
@@ -104,26 +142,49 @@ impl Scheduler {
         ids
     }
 
-    fn try_take(&self, worker: WorkerId) -> Option<pb::Task> {
+    fn try_take(&self, worker: WorkerId) -> Option<Handout> {
         let mut g = self.lock();
+        let now = Instant::now();
         while let Some(id) = g.queue.pop_front() {
             if let Some(p) = g.pending.get_mut(&id) {
-                p.assigned = Some((worker, Instant::now()));
-                return Some(p.task.clone());
+                p.holders.push((worker, now));
+                return Some(Handout {
+                    task: p.task.clone(),
+                    job: p.job.clone(),
+                    reissued: false,
+                });
             }
         }
-        None
+        // Nothing queued: give an idle worker a second copy of the oldest straggler.
+        let after = g.straggler_after();
+        let straggler = g
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                matches!(p.holders.as_slice(), [(w, since)] if *w != worker && now.duration_since(*since) > after)
+            })
+            .min_by_key(|(id, _)| **id)
+            .map(|(id, _)| *id)?;
+        let p = g.pending.get_mut(&straggler)?;
+        p.holders.push((worker, now));
+        Some(Handout {
+            task: p.task.clone(),
+            job: p.job.clone(),
+            reissued: true,
+        })
     }
 
-    /// The next task for a worker, waiting up to `wait` for one to arrive.
-    pub async fn next_for(&self, worker: WorkerId, wait: Duration) -> Option<pb::Task> {
+    /// The next task for a worker, waiting up to `wait` for one to arrive. Stragglers are
+    /// looked for again every quarter of a second while waiting.
+    pub async fn next_for(&self, worker: WorkerId, wait: Duration) -> Option<Handout> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.notify.notified();
             if let Some(t) = self.try_take(worker) {
                 return Some(t);
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            let recheck = (tokio::time::Instant::now() + Duration::from_millis(250)).min(deadline);
+            if tokio::time::timeout_at(recheck, notified).await.is_err() && recheck >= deadline {
                 return None;
             }
         }
@@ -134,28 +195,33 @@ impl Scheduler {
     pub fn expected(&self, task: TaskId, worker: WorkerId) -> Option<Expected> {
         let g = self.lock();
         let p = g.pending.get(&task)?;
-        match p.assigned {
-            Some((w, _)) if w == worker => Some(Expected {
-                job: p.job.clone(),
-                step: p.task.step,
-                gradient_len: if p.task.kind == pb::TaskKind::Train as i32 {
-                    p.task.num_params
-                } else {
-                    0
-                },
-                samples: u32::try_from(p.task.samples.len()).unwrap_or(u32::MAX),
-            }),
-            _ => None,
+        if !p.holders.iter().any(|(w, _)| *w == worker) {
+            return None;
         }
+        Some(Expected {
+            job: p.job.clone(),
+            step: p.task.step,
+            gradient_len: if p.task.kind == pb::TaskKind::Train as i32 {
+                p.task.num_params
+            } else {
+                0
+            },
+            samples: u32::try_from(p.task.samples.len()).unwrap_or(u32::MAX),
+        })
     }
 
     /// Delivers a result; false if the task is no longer outstanding (the first result wins).
     pub fn complete(&self, result: TaskResult) -> bool {
-        let pending = self.lock().pending.remove(&result.task);
-        match pending {
-            Some(p) => p.reply.send(Ok(result)).is_ok(),
-            None => false,
+        let mut g = self.lock();
+        let Some(p) = g.pending.remove(&result.task) else {
+            return false;
+        };
+        if let Some((_, since)) = p.holders.iter().find(|(w, _)| *w == result.worker) {
+            let secs = since.elapsed().as_secs_f64();
+            g.typical_secs = Some(g.typical_secs.map_or(secs, |t| 0.8 * t + 0.2 * secs));
         }
+        drop(g);
+        p.reply.send(Ok(result)).is_ok()
     }
 
     /// A worker could not compute a task: it is retried (on any worker) until it has failed
@@ -165,7 +231,7 @@ impl Scheduler {
         let Some(p) = g.pending.get_mut(&task) else {
             return;
         };
-        if !matches!(p.assigned, Some((w, _)) if w == worker) {
+        if !p.holders.iter().any(|(w, _)| *w == worker) {
             return;
         }
         p.failures += 1;
@@ -175,38 +241,31 @@ impl Scheduler {
             }
             return;
         }
-        p.assigned = None;
-        g.queue.push_back(task);
+        g.drop_holder(task, worker);
         drop(g);
         self.notify.notify_waiters();
     }
 
-    /// Puts a task back at the front of the queue (its result was rejected).
-    pub fn retry(&self, task: TaskId) {
-        let mut g = self.lock();
-        if let Some(p) = g.pending.get_mut(&task) {
-            p.assigned = None;
-            g.queue.push_front(task);
-        }
-        drop(g);
+    /// A worker's result was rejected: the task goes back to the front of the queue unless
+    /// another worker is still computing it.
+    pub fn retry(&self, task: TaskId, worker: WorkerId) {
+        self.lock().drop_holder(task, worker);
         self.notify.notify_waiters();
     }
 
-    /// Re-queues every task a lost worker held; returns how many.
+    /// Re-queues every task a lost worker held alone; returns how many it held.
     pub fn release_worker(&self, worker: WorkerId) -> usize {
         let mut g = self.lock();
         let mut ids: Vec<TaskId> = g
             .pending
             .iter()
-            .filter(|(_, p)| matches!(p.assigned, Some((w, _)) if w == worker))
+            .filter(|(_, p)| p.holders.iter().any(|(w, _)| *w == worker))
             .map(|(id, _)| *id)
             .collect();
-        ids.sort_unstable();
-        for id in ids.iter().rev() {
-            if let Some(p) = g.pending.get_mut(id) {
-                p.assigned = None;
-            }
-            g.queue.push_front(*id);
+        // Highest id first, so that after push_front the lowest stands at the front.
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        for id in &ids {
+            g.drop_holder(*id, worker);
         }
         drop(g);
         self.notify.notify_waiters();
@@ -243,10 +302,10 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let ids = s.submit(&job, vec![task(1), task(1)], &tx);
         let (a, b) = (WorkerId(1), WorkerId(2));
-        let t1 = s.next_for(a, Duration::from_millis(10)).await.unwrap();
+        let t1 = s.next_for(a, Duration::from_millis(10)).await.unwrap().task;
         assert_eq!(t1.task_id, ids[0].0);
         assert_eq!(s.release_worker(a), 1);
-        let again = s.next_for(b, Duration::from_millis(10)).await.unwrap();
+        let again = s.next_for(b, Duration::from_millis(10)).await.unwrap().task;
         assert_eq!(again.task_id, ids[0].0, "the lost task goes first");
         assert!(
             s.expected(ids[0], a).is_none(),
@@ -270,11 +329,46 @@ mod tests {
         // A task that keeps failing reaches its job as an error.
         let ids = s.submit(&job, vec![task(2)], &tx);
         for _ in 0..MAX_TASK_FAILURES {
-            let t = s.next_for(a, Duration::from_millis(10)).await.unwrap();
+            let t = s.next_for(a, Duration::from_millis(10)).await.unwrap().task;
             s.fail(TaskId(t.task_id), a, "corrupt shard".into());
         }
         assert_eq!(rx.recv().await.unwrap().unwrap_err(), "corrupt shard");
         assert!(s.expected(ids[0], a).is_none());
         assert!(s.next_for(a, Duration::from_millis(10)).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_idle_worker_gets_a_copy_of_a_straggler_and_the_first_result_wins() {
+        let s = Scheduler::default();
+        let job = JobId::generate();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let ids = s.submit(&job, vec![task(1)], &tx);
+        let (slow, idle) = (WorkerId(1), WorkerId(2));
+        assert!(
+            !s.next_for(slow, Duration::from_millis(10))
+                .await
+                .unwrap()
+                .reissued
+        );
+        // Not yet a straggler: nothing for the idle worker.
+        assert!(s.next_for(idle, Duration::from_millis(10)).await.is_none());
+        let copy = s
+            .next_for(idle, STRAGGLER_MIN + Duration::from_millis(600))
+            .await
+            .unwrap();
+        assert!(copy.reissued);
+        assert_eq!(copy.task.task_id, ids[0].0);
+        assert!(s.expected(ids[0], slow).is_some() && s.expected(ids[0], idle).is_some());
+        let result = |worker| TaskResult {
+            task: ids[0],
+            worker,
+            samples: 1,
+            loss_sum: 0.5,
+            correct: 1,
+            gradient: vec![0.0; 10],
+        };
+        assert!(s.complete(result(idle)));
+        assert!(!s.complete(result(slow)));
+        assert_eq!(rx.recv().await.unwrap().unwrap().worker, idle);
     }
 }

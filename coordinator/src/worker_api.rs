@@ -82,10 +82,19 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         req: Request<pb::FetchWorkRequest>,
     ) -> Result<Response<pb::FetchWorkResponse>, Status> {
         let id = self.live(&req.into_inner().worker_id)?;
-        let task = tokio::select! {
+        let handout = tokio::select! {
             t = self.coord.scheduler.next_for(id, LONG_POLL) => t,
             _ = self.coord.shutdown.cancelled() => None,
         };
+        let task = handout.map(|h| {
+            if h.reissued {
+                tracing::info!(task = h.task.task_id, worker = %id, job = %h.job, "straggling task re-issued");
+                if let Ok(job) = self.coord.job(&h.job) {
+                    job.update(|r| r.reissued_tasks += 1);
+                }
+            }
+            h.task
+        });
         Ok(Response::new(pb::FetchWorkResponse { task }))
     }
 
@@ -156,7 +165,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         }
         let reject = |reason: String| {
             tracing::warn!(%task, %worker, job = %expected.job, %reason, "result rejected; task re-queued");
-            self.coord.scheduler.retry(task);
+            self.coord.scheduler.retry(task, worker);
             if let Ok(job) = self.coord.job(&expected.job) {
                 job.update(|r| r.rejected_results += 1);
             }

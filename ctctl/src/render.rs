@@ -36,6 +36,8 @@ pub struct StatusJson {
     pub workers: u32,
     /// Results refused and computed again.
     pub rejected_results: u64,
+    /// Straggling tasks handed to a second worker.
+    pub reissued_tasks: u64,
 }
 
 /// Metrics in the JSON status.
@@ -94,6 +96,7 @@ impl From<&pb::JobStatus> for StatusJson {
             eta_seconds: s.eta_seconds,
             workers: s.workers,
             rejected_results: s.rejected_results,
+            reissued_tasks: s.reissued_tasks,
         }
     }
 }

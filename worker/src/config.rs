@@ -22,6 +22,9 @@ pub struct Args {
     /// Fault injection for tests (off by default): replace every Nth training gradient with NaN.
     #[arg(long, env = "CT_FAULT_NAN_EVERY", hide = true)]
     pub fault_nan_every: Option<u64>,
+    /// Fault injection for tests (off by default): sleep this long before computing each task.
+    #[arg(long, env = "CT_FAULT_DELAY_MS", hide = true)]
+    pub fault_delay_ms: Option<u64>,
 }
 
 /// Deliberate faults, for testing how the cluster copes. All off by default.
@@ -29,6 +32,8 @@ pub struct Args {
 pub struct Faults {
     /// Every Nth training result carries a NaN gradient.
     pub nan_every: Option<u64>,
+    /// Every task is delayed this long (a slow worker).
+    pub delay: Option<std::time::Duration>,
 }
 
 /// Validated worker settings.
@@ -70,6 +75,7 @@ impl TryFrom<&Args> for WorkerConfig {
             device: a.device.clone(),
             faults: Faults {
                 nan_every: a.fault_nan_every,
+                delay: a.fault_delay_ms.map(std::time::Duration::from_millis),
             },
         })
     }

@@ -146,6 +146,9 @@ async fn work_loop(
             continue;
         };
         let started = Instant::now();
+        if let Some(delay) = config.faults.delay {
+            tokio::time::sleep(delay).await;
+        }
         let outcome = process(&mut client, &task, compute, cache).await;
         let seconds = started.elapsed().as_secs_f64();
         let mut header = pb::ResultHeader {

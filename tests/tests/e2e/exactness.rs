@@ -79,7 +79,10 @@ async fn nan_gradients_are_rejected_recomputed_and_change_nothing() {
     write_synthetic(&ds, opts).await.unwrap();
     let clean = params_after_20_steps(1, ds.as_str(), 0.5).await;
     let mut cluster = Cluster::start("memory://exact-nan/state", 0).await;
-    cluster.add_worker_with(Faults { nan_every: Some(2) });
+    cluster.add_worker_with(Faults {
+        nan_every: Some(2),
+        ..Faults::default()
+    });
     cluster.add_worker();
     let (faulty, status) = run_20_steps(cluster, ds.as_str(), "nan", 0.5).await;
     assert!(
@@ -91,4 +94,27 @@ async fn nan_gradients_are_rejected_recomputed_and_change_nothing() {
         faulty == clean,
         "a job with NaN pushes ended with other parameters"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_straggler_s_tasks_are_reissued_and_change_nothing() {
+    let ds = StoreUrl::parse("memory://exact-slow/ds").unwrap();
+    let opts = SynthOptions {
+        train: 1200,
+        test: 16,
+        size: 28,
+        seed: 3,
+    };
+    write_synthetic(&ds, opts).await.unwrap();
+    let clean = params_after_20_steps(1, ds.as_str(), 0.5).await;
+    let mut cluster = Cluster::start("memory://exact-slow/state", 0).await;
+    cluster.add_worker_with(Faults {
+        delay: Some(std::time::Duration::from_millis(2500)),
+        ..Faults::default()
+    });
+    cluster.add_worker();
+    let (params, status) = run_20_steps(cluster, ds.as_str(), "slow", 0.5).await;
+    eprintln!("straggler: {} tasks re-issued", status.reissued_tasks);
+    assert!(status.reissued_tasks >= 1, "no task was re-issued");
+    assert!(params == clean, "re-issued tasks changed the result");
 }
