@@ -108,6 +108,12 @@ pub struct JobRecord {
     /// Straggling tasks handed to a second worker.
     #[serde(default)]
     pub reissued_tasks: u64,
+    /// Times the job was resumed from a checkpoint.
+    #[serde(default)]
+    pub resumes: u32,
+    /// The step of the checkpoint it was last resumed from.
+    #[serde(default)]
+    pub resumed_from_step: Option<u64>,
 }
 
 impl JobRecord {
@@ -132,6 +138,8 @@ impl JobRecord {
             workers: 0,
             rejected_results: 0,
             reissued_tasks: 0,
+            resumes: 0,
+            resumed_from_step: None,
         }
     }
 }

@@ -35,6 +35,10 @@ pub struct JobSpec {
     /// Stop after this many optimizer steps in all (counting steps before a resume), if set.
     #[serde(default)]
     pub max_steps: Option<u64>,
+    /// Record the samples of every applied step under `<output>/<job>/audit/` (for checking
+    /// that every sample is seen exactly once per epoch, whatever failed).
+    #[serde(default)]
+    pub audit: bool,
     /// The job waits (state `waiting`) while fewer workers than this are registered.
     #[serde(default = "defaults::min_workers")]
     pub min_workers: u32,

@@ -35,6 +35,8 @@ pub fn record_to_proto(r: &JobRecord) -> pb::JobStatus {
         workers: r.workers,
         rejected_results: r.rejected_results,
         reissued_tasks: r.reissued_tasks,
+        resumes: r.resumes,
+        resumed_from_step: r.resumed_from_step,
     }
 }
 

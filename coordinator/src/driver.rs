@@ -198,7 +198,13 @@ async fn start_point(
         .into());
     }
     tracing::info!(job = %job.id, checkpoint = %dir, step = ck.state.step.0, "resuming from checkpoint");
-    job.update(|r| r.checkpoint = Some(dir.to_string()));
+    job.update(|r| {
+        r.checkpoint = Some(dir.to_string());
+        r.resumes += 1;
+        r.resumed_from_step = Some(ck.state.step.0);
+        r.step = ck.state.step.0;
+        r.epoch = ck.state.epoch;
+    });
     let mut state = ck.state;
     state.spec_yaml = spec.to_yaml();
     Ok(Progress {
@@ -359,6 +365,7 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
     let model_json = serde_json::to_string(&model).map_err(|e| Error::Compute(e.to_string()))?;
     let job_output = StoreUrl::parse(&spec.output)?.join(job.id.as_str())?;
     let mut p = start_point(job, &model, &job_output).await?;
+    records::save(&coord.config.state_url, &job.record()).await?;
 
     let spe = plan.steps_per_epoch(spec.batch_size);
     let all_steps = spe * u64::from(spec.epochs);
@@ -396,6 +403,12 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
                     ..Default::default()
                 })
                 .collect();
+            let audited: Option<Vec<[u32; 2]>> = spec.audit.then(|| {
+                tasks
+                    .iter()
+                    .flat_map(|t| t.samples.iter().map(|s| [s.shard, s.row]))
+                    .collect()
+            });
             let results = run_round(coord, job, tasks).await?;
             let samples: u64 = results.iter().map(|r| u64::from(r.samples)).sum();
             let loss: f64 = results.iter().map(|r| r.loss_sum).sum();
@@ -406,6 +419,9 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
             p.state.epoch_loss_sum += loss;
             p.state.epoch_samples += samples;
             job.publish_params(p.state.step.0, &p.params);
+            if let Some(samples) = audited {
+                write_audit(&job_output, epoch, step, plan.train.samples.len(), samples).await?;
+            }
             let ips = rate.record(samples, started.elapsed().as_secs_f64());
             let workers = coord.workers.count() as u32;
             job.update(|r| {
@@ -458,6 +474,29 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
     };
     let url = export_model(&job_output, &card, &p.params).await?;
     job.update(|r| r.model = Some(url.to_string()));
+    Ok(())
+}
+
+/// Records which samples an applied step reduced: `<job output>/audit/step-N.json`. A step
+/// computed again after a restart overwrites its file, so the files describe the steps that
+/// make up the final parameters.
+async fn write_audit(
+    job_output: &StoreUrl,
+    epoch: u32,
+    step: u64,
+    train_samples: usize,
+    samples: Vec<[u32; 2]>,
+) -> Result<(), Stop> {
+    let record = serde_json::json!({
+        "epoch": epoch,
+        "step": step,
+        "train_samples": train_samples,
+        "samples": samples,
+    });
+    job_output
+        .join(&format!("audit/step-{step:010}.json"))?
+        .put(record.to_string().into_bytes())
+        .await?;
     Ok(())
 }
 

@@ -38,6 +38,10 @@ pub struct StatusJson {
     pub rejected_results: u64,
     /// Straggling tasks handed to a second worker.
     pub reissued_tasks: u64,
+    /// Times the job was resumed from a checkpoint.
+    pub resumes: u32,
+    /// The step of the checkpoint it was last resumed from.
+    pub resumed_from_step: Option<u64>,
 }
 
 /// Metrics in the JSON status.
@@ -97,6 +101,8 @@ impl From<&pb::JobStatus> for StatusJson {
             workers: s.workers,
             rejected_results: s.rejected_results,
             reissued_tasks: s.reissued_tasks,
+            resumes: s.resumes,
+            resumed_from_step: s.resumed_from_step,
         }
     }
 }

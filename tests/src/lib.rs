@@ -2,8 +2,13 @@
 //! real workers talking gRPC over loopback) that tests can grow, shrink and query, plus helpers
 //! to find the shared real data and the built binaries.
 
+pub mod chaos;
+pub mod procs;
+
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use procs::{Proc, bin_dir, binary, free_port, wait_for_port};
 
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_coordinator::CoordinatorConfig;
@@ -171,27 +176,6 @@ pub fn shared_data() -> Option<PathBuf> {
     dir.is_dir().then(|| dir.canonicalize().unwrap_or(dir))
 }
 
-/// The folder holding the workspace's built binaries (`ctctl`, `ctcluster-coordinator`, ...).
-pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test binary>
-    exe.parent()
-        .and_then(|p| p.parent())
-        .expect("target dir")
-        .to_path_buf()
-}
-
-/// A built binary of the workspace; panics with the command to build it if missing.
-pub fn binary(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --workspace --bins` first (.ci/run does)",
-        path.display()
-    );
-    path
-}
-
 /// A minimal job spec over a dataset, writing to `output`.
 pub fn spec(name: &str, dataset: &str, output: &str, extra: &str) -> String {
     format!("name: {name}\ndataset: {dataset}\noutput: {output}\n{extra}")
@@ -215,4 +199,17 @@ pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
         .sum();
     let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
     (num / den.max(1e-30)).sqrt()
+}
+
+/// Lowercase name of a wire job state.
+pub fn state_name(state: i32) -> &'static str {
+    match pb::JobState::try_from(state).unwrap_or(pb::JobState::Unspecified) {
+        pb::JobState::Queued => "queued",
+        pb::JobState::Running => "running",
+        pb::JobState::Waiting => "waiting",
+        pb::JobState::Succeeded => "succeeded",
+        pb::JobState::Failed => "failed",
+        pb::JobState::Cancelled => "cancelled",
+        pb::JobState::Unspecified => "unknown",
+    }
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: real gRPC over loopback, real data, real processes.
 
 mod bad_input;
+mod chaos;
 mod exactness;
 mod learning;
 mod lifecycle;

@@ -1,47 +1,17 @@
 //! The real binaries as a user runs them: an S3-compatible server (s3s-fs), the coordinator and
 //! two workers as processes, and `ctctl` for everything a user types.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ctcluster_proto as pb;
-use ctcluster_tests::{binary, final_checkpoint};
+use ctcluster_tests::{Proc, binary, final_checkpoint, free_port, wait_for_port};
 use pb::client_service_client::ClientServiceClient;
 use tonic::transport::Channel;
 
 const KEY: &str = "ctcluster-test";
 const SECRET: &str = "ctcluster-test-secret";
-
-/// A child process killed when dropped (so a failing test leaves nothing running).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not listen on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn s3_env(cmd: &mut Command, s3_port: u16) -> &mut Command {
     cmd.env("AWS_ACCESS_KEY_ID", KEY)
@@ -68,40 +38,14 @@ fn ctctl(s3_port: u16, coordinator: &str, args: &[&str]) -> String {
 }
 
 fn spawn(s3_port: u16, bin: &str, args: &[&str]) -> Proc {
-    let mut cmd = Command::new(binary(bin));
-    s3_env(&mut cmd, s3_port).args(args).stdout(Stdio::null());
-    Proc(cmd.spawn().unwrap_or_else(|e| panic!("start {bin}: {e}")))
-}
-
-fn sigterm_and_wait(p: &mut Proc, what: &str) {
-    let pid = p.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = p.0.try_wait().unwrap() {
-            assert!(
-                status.success(),
-                "{what} exited with {status} after SIGTERM"
-            );
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn sigkill(p: &mut Proc) {
-    p.0.kill().unwrap();
-    p.0.wait().unwrap();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET.to_string()),
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{s3_port}")),
+        ("AWS_ALLOW_HTTP", "true".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+    ];
+    Proc::start(bin, args, &env)
 }
 
 fn start_s3(root: &Path) -> (Proc, u16) {
@@ -233,9 +177,9 @@ fn binaries_train_from_s3_and_ctctl_reports_json() {
 
     // Workers and coordinator stop cleanly on SIGTERM.
     for (i, w) in workers.iter_mut().enumerate() {
-        sigterm_and_wait(w, &format!("worker {i}"));
+        w.terminate(&format!("worker {i}"));
     }
-    sigterm_and_wait(&mut coord, "coordinator");
+    coord.terminate("coordinator");
 
     // A restarted coordinator still knows the job: its record lives in the object store.
     let _coord = spawn(s3_port, "ctcluster-coordinator", &state_args);
@@ -251,9 +195,7 @@ fn binaries_train_from_s3_and_ctctl_reports_json() {
 }
 
 fn local(cmd: &str, args: &[&str]) -> Proc {
-    let mut c = Command::new(binary(cmd));
-    c.args(args).env("RUST_LOG", "warn").stdout(Stdio::null());
-    Proc(c.spawn().unwrap())
+    Proc::start(cmd, args, &[])
 }
 
 async fn status(client: &mut ClientServiceClient<Channel>, id: &str) -> pb::JobStatus {
@@ -344,7 +286,7 @@ async fn sigkilled_workers_lose_nothing_and_change_nothing() {
     for (k, at) in [6u64, 14, 22].into_iter().enumerate() {
         wait_step(&mut client, &id, at).await;
         let victim = k % workers.len();
-        sigkill(&mut workers[victim]);
+        workers[victim].kill();
         let killed = Instant::now();
         let before = status(&mut client, &id).await.step;
         workers[victim] = worker(&format!("replacement-{k}"));
