@@ -56,6 +56,26 @@ pub fn roc_auc(scores: &[f32], positive: &[bool]) -> Option<f64> {
     Some((rank_sum_pos - pos * (pos + 1.0) / 2.0) / (pos * neg))
 }
 
+/// Images per forward pass.
+const EVAL_BATCH: usize = 256;
+
+fn tally(
+    probs: &[f32],
+    labels: &[u32],
+    classes: usize,
+    confusion: &mut [Vec<u64>],
+    scores: &mut Vec<f32>,
+    positive: &mut Vec<bool>,
+) {
+    for (row, &label) in probs.chunks_exact(classes).zip(labels) {
+        confusion[label as usize][argmax(row)] += 1;
+        if classes == 2 {
+            scores.push(row[1]);
+            positive.push(label == 1);
+        }
+    }
+}
+
 /// Evaluates the model at `model_url` on `split` of the dataset at `dataset_url`.
 pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result<EvalReport> {
     let (card, params) = load_model(model_url).await?;
@@ -92,29 +112,38 @@ pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result
     let mut positive = Vec::new();
     for shard in 0..info.shards.len() {
         let data = load_shard(&dataset, &manifest, split, shard).await?;
-        let batch = BatchInput {
-            pixels: data.pixels,
-            labels: data.labels,
-            keep_mask: None,
-        };
         let model = card.model.clone();
         let p = params.clone();
-        let (out, batch) = tokio::task::spawn_blocking(move || {
-            let out = eval_batch(&model, &p, &batch, &burn::tensor::Device::flex());
-            (out, batch)
+        // Batches of EVAL_BATCH images bound the memory a large shard of large images needs.
+        let outputs = tokio::task::spawn_blocking(move || {
+            let per = data.pixels_per_image;
+            (0..data.labels.len())
+                .step_by(EVAL_BATCH)
+                .map(|start| {
+                    let end = (start + EVAL_BATCH).min(data.labels.len());
+                    let batch = BatchInput {
+                        pixels: data.pixels[start * per..end * per].to_vec(),
+                        labels: data.labels[start..end].to_vec(),
+                        keep_mask: None,
+                    };
+                    eval_batch(&model, &p, &batch, &burn::tensor::Device::flex())
+                        .map(|o| (o, batch.labels))
+                })
+                .collect::<Result<Vec<_>>>()
         })
         .await
-        .map_err(|e| Error::Compute(format!("evaluation panicked: {e}")))?;
-        let out = out?;
-        loss += out.loss_sum;
-        n += batch.labels.len() as u64;
-        for (row, &label) in out.probs.chunks_exact(classes).zip(&batch.labels) {
-            let pred = argmax(row);
-            confusion[label as usize][pred] += 1;
-            if classes == 2 {
-                scores.push(row[1]);
-                positive.push(label == 1);
-            }
+        .map_err(|e| Error::Compute(format!("evaluation panicked: {e}")))??;
+        for (out, labels) in outputs {
+            loss += out.loss_sum;
+            n += labels.len() as u64;
+            tally(
+                &out.probs,
+                &labels,
+                classes,
+                &mut confusion,
+                &mut scores,
+                &mut positive,
+            );
         }
     }
     if n == 0 {
