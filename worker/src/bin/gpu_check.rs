@@ -19,7 +19,10 @@ const BATCH: usize = 128;
 const MICRO: usize = 32;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 /// A learnable batch: bright blob (class 1) or not (class 0), from (seed, step).
@@ -41,7 +44,11 @@ fn batch(step: u64, start: usize, n: usize) -> BatchInput {
         labels.push(label);
         masks.extend(dropout_keep_mask(0.5, 1, 0, step, &format!("s{i}")));
     }
-    BatchInput { pixels, labels, keep_mask: Some(masks) }
+    BatchInput {
+        pixels,
+        labels,
+        keep_mask: Some(masks),
+    }
 }
 
 /// `steps` optimizer steps (4 micro-batches of 32, summed, Adam); returns the loss per step.
@@ -53,7 +60,8 @@ fn train(model: &ModelConfig, device: &Device, steps: u64) -> Vec<f64> {
         let mut sum = vec![0f32; params.len()];
         let mut loss = 0.0;
         for m in 0..BATCH / MICRO {
-            let out = train_batch(model, &params, &batch(step, m * MICRO, MICRO), device).expect("train step");
+            let out = train_batch(model, &params, &batch(step, m * MICRO, MICRO), device)
+                .expect("train step");
             loss += out.loss_sum;
             sum.iter_mut().zip(&out.grad).for_each(|(s, g)| *s += g);
         }
@@ -81,15 +89,28 @@ fn throughput(model: &ModelConfig, device: &Device, steps: u64) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let device_name = arg(&args, "--device").unwrap_or_else(|| "cuda:0".into());
-    let steps: u64 = arg(&args, "--steps").and_then(|s| s.parse().ok()).unwrap_or(30);
-    let timed: u64 = arg(&args, "--timed-steps").and_then(|s| s.parse().ok()).unwrap_or(50);
+    let steps: u64 = arg(&args, "--steps")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let timed: u64 = arg(&args, "--timed-steps")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
     let device = parse_device(&device_name).unwrap_or_else(|e| panic!("{e}"));
-    let image = ImageInfo { height: 28, width: 28, channels: 1, pixel_type: PixelType::U8 };
+    let image = ImageInfo {
+        height: 28,
+        width: 28,
+        channels: 1,
+        pixel_type: PixelType::U8,
+    };
     let model = ModelConfig::seed_cnn(&image, 2, 0.5, 90.0, 50.0).expect("model");
 
     let cpu_losses = train(&model, &Device::flex(), steps);
     let dev_losses = train(&model, &device, steps);
-    let max_diff = cpu_losses.iter().zip(&dev_losses).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let max_diff = cpu_losses
+        .iter()
+        .zip(&dev_losses)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
     println!("step  loss(cpu flex)  loss({device_name})");
     for (i, (a, b)) in cpu_losses.iter().zip(&dev_losses).enumerate() {
         println!("{i:>4}  {a:>14.6}  {b:>14.6}");
@@ -97,7 +118,9 @@ fn main() {
     println!("largest loss difference over {steps} steps: {max_diff:.3e}");
     let cpu_ips = throughput(&model, &Device::flex(), timed.min(20));
     let dev_ips = throughput(&model, &device, timed);
-    println!("forward+backward, batch {BATCH}: cpu flex {cpu_ips:.0} images/s, {device_name} {dev_ips:.0} images/s");
+    println!(
+        "forward+backward, batch {BATCH}: cpu flex {cpu_ips:.0} images/s, {device_name} {dev_ips:.0} images/s"
+    );
     let json = serde_json::json!({
         "device": device_name,
         "steps": steps,
@@ -108,6 +131,10 @@ fn main() {
         "images_per_sec_device": dev_ips,
     });
     if let Some(out) = arg(&args, "--out") {
-        std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap_or_default()).expect("write --out");
+        std::fs::write(
+            &out,
+            serde_json::to_string_pretty(&json).unwrap_or_default(),
+        )
+        .expect("write --out");
     }
 }
