@@ -285,6 +285,17 @@ impl Scheduler {
 mod tests {
     use super::*;
 
+    fn result(task: TaskId, worker: WorkerId) -> TaskResult {
+        TaskResult {
+            task,
+            worker,
+            samples: 1,
+            loss_sum: 0.5,
+            correct: 1,
+            gradient: vec![0.0; 10],
+        }
+    }
+
     fn task(step: u64) -> pb::Task {
         pb::Task {
             kind: pb::TaskKind::Train as i32,
@@ -313,16 +324,11 @@ mod tests {
         );
         let exp = s.expected(ids[0], b).unwrap();
         assert_eq!((exp.step, exp.gradient_len, exp.samples), (1, 10, 1));
-        let result = |worker| TaskResult {
-            task: ids[0],
-            worker,
-            samples: 1,
-            loss_sum: 0.5,
-            correct: 1,
-            gradient: vec![0.0; 10],
-        };
-        assert!(s.complete(result(b)));
-        assert!(!s.complete(result(a)), "a late duplicate is discarded");
+        assert!(s.complete(result(ids[0], b)));
+        assert!(
+            !s.complete(result(ids[0], a)),
+            "a late duplicate is discarded"
+        );
         assert_eq!(rx.recv().await.unwrap().unwrap().worker, b);
         s.forget_job(&job);
         assert!(s.next_for(a, Duration::from_millis(10)).await.is_none());
@@ -359,16 +365,8 @@ mod tests {
         assert!(copy.reissued);
         assert_eq!(copy.task.task_id, ids[0].0);
         assert!(s.expected(ids[0], slow).is_some() && s.expected(ids[0], idle).is_some());
-        let result = |worker| TaskResult {
-            task: ids[0],
-            worker,
-            samples: 1,
-            loss_sum: 0.5,
-            correct: 1,
-            gradient: vec![0.0; 10],
-        };
-        assert!(s.complete(result(idle)));
-        assert!(!s.complete(result(slow)));
+        assert!(s.complete(result(ids[0], idle)));
+        assert!(!s.complete(result(ids[0], slow)));
         assert_eq!(rx.recv().await.unwrap().unwrap().worker, idle);
     }
 }

@@ -67,9 +67,10 @@ async fn one_two_and_three_workers_give_identical_parameters() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nan_gradients_are_rejected_recomputed_and_change_nothing() {
-    let ds = StoreUrl::parse("memory://exact-nan/ds").unwrap();
+/// Twenty steps with one faulty and one healthy worker, and the same twenty steps on one clean
+/// worker: (faulty run's parameters, its status, the clean parameters).
+async fn faulty_vs_clean(tag: &str, faults: Faults) -> (Vec<f32>, pb::JobStatus, Vec<f32>) {
+    let ds = StoreUrl::parse(&format!("memory://exact-{tag}/ds")).unwrap();
     let opts = SynthOptions {
         train: 1200,
         test: 16,
@@ -78,13 +79,20 @@ async fn nan_gradients_are_rejected_recomputed_and_change_nothing() {
     };
     write_synthetic(&ds, opts).await.unwrap();
     let clean = params_after_20_steps(1, ds.as_str(), 0.5).await;
-    let mut cluster = Cluster::start("memory://exact-nan/state", 0).await;
-    cluster.add_worker_with(Faults {
+    let mut cluster = Cluster::start(&format!("memory://exact-{tag}/state"), 0).await;
+    cluster.add_worker_with(faults);
+    cluster.add_worker();
+    let (faulty, status) = run_20_steps(cluster, ds.as_str(), tag, 0.5).await;
+    (faulty, status, clean)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nan_gradients_are_rejected_recomputed_and_change_nothing() {
+    let faults = Faults {
         nan_every: Some(2),
         ..Faults::default()
-    });
-    cluster.add_worker();
-    let (faulty, status) = run_20_steps(cluster, ds.as_str(), "nan", 0.5).await;
+    };
+    let (faulty, status, clean) = faulty_vs_clean("nan", faults).await;
     assert!(
         status.rejected_results >= 5,
         "NaN pushes rejected: {}",
@@ -98,22 +106,11 @@ async fn nan_gradients_are_rejected_recomputed_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_straggler_s_tasks_are_reissued_and_change_nothing() {
-    let ds = StoreUrl::parse("memory://exact-slow/ds").unwrap();
-    let opts = SynthOptions {
-        train: 1200,
-        test: 16,
-        size: 28,
-        seed: 3,
-    };
-    write_synthetic(&ds, opts).await.unwrap();
-    let clean = params_after_20_steps(1, ds.as_str(), 0.5).await;
-    let mut cluster = Cluster::start("memory://exact-slow/state", 0).await;
-    cluster.add_worker_with(Faults {
+    let faults = Faults {
         delay: Some(std::time::Duration::from_millis(2500)),
         ..Faults::default()
-    });
-    cluster.add_worker();
-    let (params, status) = run_20_steps(cluster, ds.as_str(), "slow", 0.5).await;
+    };
+    let (params, status, clean) = faulty_vs_clean("slow", faults).await;
     eprintln!("straggler: {} tasks re-issued", status.reissued_tasks);
     assert!(status.reissued_tasks >= 1, "no task was re-issued");
     assert!(params == clean, "re-issued tasks changed the result");
