@@ -1,6 +1,7 @@
 //! ctcluster's worker: registers with the coordinator, streams its micro-batches' shards from
 //! object storage, preprocesses them and computes CNN gradients on a dedicated thread.
 
+pub mod backend_check;
 mod cache;
 pub mod compute;
 pub mod config;
