@@ -1,0 +1,62 @@
+//! Pacing: waiting for enough workers, and measuring throughput.
+
+use std::time::Duration;
+
+use ctcluster_common::job::JobState;
+
+use crate::job::JobHandle;
+use crate::state::Coordinator;
+
+/// Holds the job in `waiting` while fewer than `min_workers` workers are registered.
+pub(super) async fn wait_for_workers(coord: &Coordinator, job: &JobHandle) {
+    let want = job.spec.min_workers as usize;
+    let mut waiting = false;
+    loop {
+        let have = coord.workers.count();
+        if have >= want {
+            break;
+        }
+        if !waiting {
+            tracing::info!(job = %job.id, have, want, "waiting for workers");
+            waiting = true;
+        }
+        job.update(|r| {
+            r.state = JobState::Waiting;
+            r.message = format!("waiting for workers: {have} of min_workers {want} registered");
+            r.workers = have as u32;
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if waiting {
+        job.update(|r| {
+            r.state = JobState::Running;
+            r.message.clear();
+        });
+    }
+}
+
+/// Images per second over the recent steps, and the ETA it implies.
+#[derive(Default)]
+pub(super) struct RateMeter {
+    step_seconds: f64,
+    images_per_sec: f64,
+}
+
+impl RateMeter {
+    pub(super) fn record(&mut self, images: u64, seconds: f64) -> f64 {
+        let seconds = seconds.max(1e-9);
+        let ips = images as f64 / seconds;
+        if self.step_seconds == 0.0 {
+            self.step_seconds = seconds;
+            self.images_per_sec = ips;
+        } else {
+            self.step_seconds = 0.8 * self.step_seconds + 0.2 * seconds;
+            self.images_per_sec = 0.8 * self.images_per_sec + 0.2 * ips;
+        }
+        self.images_per_sec
+    }
+
+    pub(super) fn eta(&self, steps_left: u64) -> f64 {
+        self.step_seconds * steps_left as f64
+    }
+}

@@ -1,0 +1,123 @@
+//! Rounds of tasks: handing micro-batches out, collecting results, reducing, evaluating.
+
+use std::collections::HashMap;
+
+use ctcluster_common::Error;
+use ctcluster_proto as pb;
+use tokio::sync::mpsc;
+
+use crate::error::CoordError;
+use crate::job::JobHandle;
+use crate::plan::SplitRefs;
+use crate::scheduler::TaskResult;
+use crate::state::Coordinator;
+
+use super::run::Stop;
+use super::start::Progress;
+
+/// Samples per evaluation task.
+const EVAL_BATCH: usize = 256;
+
+pub(super) fn task_job(job: &JobHandle, model_json: &str, split: &str) -> pb::TaskJob {
+    pb::TaskJob {
+        job_id: job.id.to_string(),
+        dataset_url: job.spec.dataset.clone(),
+        model_json: model_json.to_string(),
+        seed: job.spec.seed,
+        split: split.to_string(),
+    }
+}
+
+/// Hands tasks out and waits for every result; returns them in the order given.
+pub(super) async fn run_round(
+    coord: &Coordinator,
+    job: &JobHandle,
+    tasks: Vec<pb::Task>,
+) -> Result<Vec<TaskResult>, Stop> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let ids = coord.scheduler.submit(&job.id, tasks, &tx);
+    drop(tx);
+    let index: HashMap<_, _> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let mut slots: Vec<Option<TaskResult>> = (0..ids.len()).map(|_| None).collect();
+    let mut remaining = ids.len();
+    while remaining > 0 {
+        let result = rx
+            .recv()
+            .await
+            .ok_or_else(|| Stop::Failed(CoordError::Stale("the job's tasks were dropped".into())))?
+            .map_err(|e| Stop::Failed(CoordError::TaskFailed(e)))?;
+        if let Some(&i) = index.get(&result.task)
+            && slots[i].is_none()
+        {
+            slots[i] = Some(result);
+            remaining -= 1;
+        }
+    }
+    Ok(slots.into_iter().flatten().collect())
+}
+
+/// Sums gradients in task order, divides by the batch size and applies Adam; off the async
+/// threads.
+pub(super) async fn reduce_and_step(
+    progress: Progress,
+    results: Vec<TaskResult>,
+    batch: u32,
+) -> Result<Progress, Stop> {
+    let out = tokio::task::spawn_blocking(move || {
+        let Progress {
+            params,
+            mut adam,
+            state,
+        } = progress;
+        let mut sum = vec![0f32; params.len()];
+        for r in &results {
+            for (s, g) in sum.iter_mut().zip(&r.gradient) {
+                *s += *g;
+            }
+        }
+        let b = batch as f32;
+        for s in sum.iter_mut() {
+            *s /= b;
+        }
+        let params = adam.step(params, sum)?;
+        Ok::<_, Error>(Progress {
+            params,
+            adam,
+            state,
+        })
+    })
+    .await
+    .map_err(|e| Error::Compute(format!("reduce panicked: {e}")))??;
+    Ok(out)
+}
+
+pub(super) async fn evaluate(
+    coord: &Coordinator,
+    job: &JobHandle,
+    val: &SplitRefs,
+    model_json: &str,
+    p: &Progress,
+) -> Result<Option<(f64, f64)>, Stop> {
+    if val.samples.is_empty() {
+        return Ok(None);
+    }
+    let tasks = val
+        .samples
+        .chunks(EVAL_BATCH)
+        .map(|chunk| pb::Task {
+            kind: pb::TaskKind::Eval as i32,
+            job: Some(task_job(job, model_json, &val.split)),
+            epoch: p.state.epoch,
+            step: p.state.step.0,
+            params_version: p.state.step.0,
+            num_params: p.params.len() as u64,
+            samples: chunk.to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    let results = run_round(coord, job, tasks).await?;
+    let n: u64 = results.iter().map(|r| u64::from(r.samples)).sum();
+    let loss: f64 = results.iter().map(|r| r.loss_sum).sum();
+    let correct: u64 = results.iter().map(|r| u64::from(r.correct)).sum();
+    Ok(Some((loss / n as f64, correct as f64 / n as f64)))
+}
