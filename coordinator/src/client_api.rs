@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::CoordError;
 use crate::state::{Coordinator, state_to_proto};
+use crate::workers::slowest;
 
 /// Converts a job record to its wire form.
 pub fn record_to_proto(r: &JobRecord) -> pb::JobStatus {
@@ -37,6 +38,8 @@ pub fn record_to_proto(r: &JobRecord) -> pb::JobStatus {
         reissued_tasks: r.reissued_tasks,
         resumes: r.resumes,
         resumed_from_step: r.resumed_from_step,
+        slowest_worker: String::new(),
+        slowest_reason: String::new(),
     }
 }
 
@@ -75,7 +78,39 @@ impl pb::client_service_server::ClientService for ClientApi {
         req: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::JobStatus>, Status> {
         let job = self.coord.job(&job_id(req.into_inner().job_id)?)?;
-        Ok(Response::new(record_to_proto(&job.record())))
+        let mut status = record_to_proto(&job.record());
+        if let Some((who, why)) = slowest(&self.coord.workers.snapshot()) {
+            status.slowest_worker = who;
+            status.slowest_reason = why;
+        }
+        Ok(Response::new(status))
+    }
+
+    async fn list_workers(
+        &self,
+        _: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let snapshot = self.coord.workers.snapshot();
+        let (slowest_worker, slowest_reason) = slowest(&snapshot).unwrap_or_default();
+        let workers = snapshot
+            .into_iter()
+            .map(|(id, w)| pb::WorkerStatus {
+                id: id.to_string(),
+                name: w.name,
+                device: w.device,
+                last_seen_ms: u64::try_from(w.last_seen.elapsed().as_millis()).unwrap_or(u64::MAX),
+                tasks: w.stats.tasks,
+                images_per_sec: w.stats.images_per_sec,
+                fetch_seconds: w.stats.fetch,
+                compute_seconds: w.stats.compute,
+                network_seconds: w.stats.network,
+            })
+            .collect();
+        Ok(Response::new(pb::ListWorkersResponse {
+            workers,
+            slowest_worker,
+            slowest_reason,
+        }))
     }
 
     async fn list_jobs(

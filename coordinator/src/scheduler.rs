@@ -85,6 +85,8 @@ pub struct Expected {
     pub gradient_len: u64,
     /// Samples in the task.
     pub samples: u32,
+    /// When the task was handed to this worker.
+    pub handed_out: Instant,
 }
 
 /// A task handed to a worker.
@@ -195,10 +197,9 @@ impl Scheduler {
     pub fn expected(&self, task: TaskId, worker: WorkerId) -> Option<Expected> {
         let g = self.lock();
         let p = g.pending.get(&task)?;
-        if !p.holders.iter().any(|(w, _)| *w == worker) {
-            return None;
-        }
+        let (_, handed_out) = *p.holders.iter().find(|(w, _)| *w == worker)?;
         Some(Expected {
+            handed_out,
             job: p.job.clone(),
             step: p.task.step,
             gradient_len: if p.task.kind == pb::TaskKind::Train as i32 {

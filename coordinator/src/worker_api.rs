@@ -218,6 +218,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                 gradient[i]
             )));
         }
+        let total = expected.handed_out.elapsed().as_secs_f64();
         let accepted = self.coord.scheduler.complete(TaskResult {
             task,
             worker,
@@ -226,6 +227,14 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             correct: header.correct,
             gradient,
         });
+        if accepted {
+            let (fetch, compute) = (header.fetch_seconds, header.compute_seconds);
+            if fetch.is_finite() && compute.is_finite() && fetch >= 0.0 && compute >= 0.0 {
+                self.coord
+                    .workers
+                    .record(worker, header.samples, fetch, compute, total);
+            }
+        }
         Ok(Response::new(pb::PushResultResponse { accepted }))
     }
 

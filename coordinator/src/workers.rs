@@ -15,6 +15,83 @@ pub struct WorkerEntry {
     pub device: String,
     /// When it last spoke.
     pub last_seen: Instant,
+    /// Where its time goes, over recent tasks.
+    pub stats: WorkerStats,
+}
+
+/// A worker's recent tasks, smoothed (each new task weighs 20%).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkerStats {
+    /// Results accepted.
+    pub tasks: u64,
+    /// Seconds per task getting parameters and data.
+    pub fetch: f64,
+    /// Seconds per task computing.
+    pub compute: f64,
+    /// Seconds per task neither (network, queueing): hand-out to result, less the two above.
+    pub network: f64,
+    /// Images per busy second.
+    pub images_per_sec: f64,
+}
+
+impl WorkerStats {
+    fn add(&mut self, images: u32, fetch: f64, compute: f64, total: f64) {
+        let network = (total - fetch - compute).max(0.0);
+        let ips = f64::from(images) / total.max(1e-9);
+        let mix = |old: f64, new: f64, first: bool| if first { new } else { 0.8 * old + 0.2 * new };
+        let first = self.tasks == 0;
+        self.fetch = mix(self.fetch, fetch, first);
+        self.compute = mix(self.compute, compute, first);
+        self.network = mix(self.network, network, first);
+        self.images_per_sec = mix(self.images_per_sec, ips, first);
+        self.tasks += 1;
+    }
+
+    /// Seconds per task in all.
+    pub fn per_task(&self) -> f64 {
+        self.fetch + self.compute + self.network
+    }
+
+    /// Where most of its time goes.
+    pub fn main_cost(&self) -> &'static str {
+        if self.compute >= self.fetch && self.compute >= self.network {
+            "computing"
+        } else if self.fetch >= self.network {
+            "waiting for data"
+        } else {
+            "network and queueing"
+        }
+    }
+}
+
+/// The worker that stands out as slow, and why: taking at least twice the median time per task.
+pub fn slowest(workers: &[(WorkerId, WorkerEntry)]) -> Option<(String, String)> {
+    let mut busy: Vec<&(WorkerId, WorkerEntry)> =
+        workers.iter().filter(|(_, w)| w.stats.tasks >= 3).collect();
+    if busy.len() < 2 {
+        return None;
+    }
+    busy.sort_by(|a, b| a.1.stats.per_task().total_cmp(&b.1.stats.per_task()));
+    let median = busy[busy.len() / 2 - usize::from(busy.len().is_multiple_of(2))]
+        .1
+        .stats
+        .per_task();
+    let (id, w) = busy[busy.len() - 1];
+    let t = w.stats.per_task();
+    (t >= 2.0 * median).then(|| {
+        (
+            format!("{id} ({})", w.name),
+            format!(
+                "{}: {:.3} s a task against a median of {:.3} s (data {:.3} s, compute {:.3} s, network {:.3} s)",
+                w.stats.main_cost(),
+                t,
+                median,
+                w.stats.fetch,
+                w.stats.compute,
+                w.stats.network
+            ),
+        )
+    })
 }
 
 /// Registered workers.
@@ -45,6 +122,7 @@ impl WorkerRegistry {
                 name,
                 device,
                 last_seen: Instant::now(),
+                stats: WorkerStats::default(),
             },
         );
         id
@@ -81,6 +159,25 @@ impl WorkerRegistry {
             .collect()
     }
 
+    /// Records an accepted result's timings.
+    pub fn record(&self, id: WorkerId, images: u32, fetch: f64, compute: f64, total: f64) {
+        if let Some(w) = self.lock().workers.get_mut(&id) {
+            w.stats.add(images, fetch, compute, total);
+        }
+    }
+
+    /// Every registered worker, by id.
+    pub fn snapshot(&self) -> Vec<(WorkerId, WorkerEntry)> {
+        let mut v: Vec<_> = self
+            .lock()
+            .workers
+            .iter()
+            .map(|(id, w)| (*id, w.clone()))
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        v
+    }
+
     /// How many workers are registered.
     pub fn count(&self) -> usize {
         self.lock().workers.len()
@@ -104,5 +201,33 @@ mod tests {
         assert_eq!(gone[0].0, a);
         assert_eq!(reg.count(), 1);
         assert!(!reg.touch(a));
+    }
+
+    #[test]
+    fn the_slow_worker_is_named_with_its_main_cost() {
+        let reg = WorkerRegistry::default();
+        let ids: Vec<WorkerId> = (0..3)
+            .map(|i| reg.register(format!("w{i}"), "cpu".into()))
+            .collect();
+        for _ in 0..5 {
+            reg.record(ids[0], 32, 0.001, 0.020, 0.022);
+            reg.record(ids[1], 32, 0.001, 0.021, 0.023);
+            reg.record(ids[2], 32, 0.001, 0.300, 0.302);
+        }
+        let (who, why) = slowest(&reg.snapshot()).unwrap();
+        assert!(who.contains("w2"), "{who}");
+        assert!(why.starts_with("computing"), "{why}");
+        reg.record(ids[2], 32, 0.900, 0.001, 0.902);
+        for _ in 0..10 {
+            reg.record(ids[2], 32, 0.900, 0.001, 0.902);
+        }
+        assert!(
+            slowest(&reg.snapshot())
+                .unwrap()
+                .1
+                .starts_with("waiting for data")
+        );
+        let even: Vec<_> = reg.snapshot().into_iter().take(2).collect();
+        assert!(slowest(&even).is_none(), "no worker stands out");
     }
 }

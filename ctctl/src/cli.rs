@@ -55,6 +55,12 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// The cluster's workers: health, throughput and where their time goes.
+    Workers {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
     /// Cancel a job.
     Cancel {
         /// The job id.

@@ -7,7 +7,7 @@ use ctcluster_proto as pb;
 use crate::CtlError;
 use crate::cli::Format;
 use crate::connect::connect;
-use crate::render::{StatusJson, list_text, status_text};
+use crate::render::{StatusJson, list_text, status_text, workers_text};
 
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
@@ -55,6 +55,27 @@ pub async fn list(coordinator: &str, format: Format) -> Result<String, CtlError>
     Ok(match format {
         Format::Json => json(&jobs.iter().map(StatusJson::from).collect::<Vec<_>>()),
         Format::Table => list_text(&jobs),
+    })
+}
+
+/// `ctctl workers` output.
+pub async fn workers(coordinator: &str, format: Format) -> Result<String, CtlError> {
+    let mut c = connect(coordinator).await?;
+    let r = c
+        .list_workers(pb::ListWorkersRequest {})
+        .await?
+        .into_inner();
+    Ok(match format {
+        Format::Json => json(&serde_json::json!({
+            "workers": r.workers.iter().map(|w| serde_json::json!({
+                "id": w.id, "name": w.name, "device": w.device, "last_seen_ms": w.last_seen_ms,
+                "tasks": w.tasks, "images_per_sec": w.images_per_sec, "fetch_seconds": w.fetch_seconds,
+                "compute_seconds": w.compute_seconds, "network_seconds": w.network_seconds,
+            })).collect::<Vec<_>>(),
+            "slowest_worker": (!r.slowest_worker.is_empty()).then_some(&r.slowest_worker),
+            "slowest_reason": (!r.slowest_reason.is_empty()).then_some(&r.slowest_reason),
+        })),
+        Format::Table => workers_text(&r),
     })
 }
 

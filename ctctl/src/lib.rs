@@ -43,6 +43,7 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
         Command::Status { job, output } => jobs::status(c, &job, output).await,
         Command::List { output } => jobs::list(c, output).await,
         Command::Cancel { job } => jobs::cancel(c, &job).await,
+        Command::Workers { output } => jobs::workers(c, output).await,
         Command::Watch { job } => Ok(render::status_text(&watch::watch(c, &job).await?)),
         Command::Dataset(d) => match d {
             DatasetCommand::FromNpz {

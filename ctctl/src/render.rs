@@ -42,6 +42,10 @@ pub struct StatusJson {
     pub resumes: u32,
     /// The step of the checkpoint it was last resumed from.
     pub resumed_from_step: Option<u64>,
+    /// The worker taking longest per task, if one stands out.
+    pub slowest_worker: Option<String>,
+    /// Why it is slow.
+    pub slowest_reason: Option<String>,
 }
 
 /// Metrics in the JSON status.
@@ -103,6 +107,8 @@ impl From<&pb::JobStatus> for StatusJson {
             reissued_tasks: s.reissued_tasks,
             resumes: s.resumes,
             resumed_from_step: s.resumed_from_step,
+            slowest_worker: non_empty(&s.slowest_worker),
+            slowest_reason: non_empty(&s.slowest_reason),
         }
     }
 }
@@ -140,6 +146,38 @@ pub fn status_text(s: &pb::JobStatus) -> String {
     }
     if let Some(m) = &j.model {
         out.push_str(&format!("model      {m}\n"));
+    }
+    if let (Some(w), Some(r)) = (&j.slowest_worker, &j.slowest_reason) {
+        out.push_str(&format!("slowest    {w}: {r}\n"));
+    }
+    out
+}
+
+/// One line per worker, then the slowest.
+pub fn workers_text(r: &pb::ListWorkersResponse) -> String {
+    let mut out = format!(
+        "{:<10} {:<20} {:<8} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9}\n",
+        "ID", "NAME", "DEVICE", "SEEN_MS", "TASKS", "IMG/S", "DATA_S", "COMPUTE_S", "NET_S"
+    );
+    for w in &r.workers {
+        out.push_str(&format!(
+            "{:<10} {:<20} {:<8} {:>9} {:>7} {:>9.0} {:>9.3} {:>9.3} {:>9.3}\n",
+            w.id,
+            w.name,
+            w.device,
+            w.last_seen_ms,
+            w.tasks,
+            w.images_per_sec,
+            w.fetch_seconds,
+            w.compute_seconds,
+            w.network_seconds
+        ));
+    }
+    if !r.slowest_worker.is_empty() {
+        out.push_str(&format!(
+            "slowest: {}: {}\n",
+            r.slowest_worker, r.slowest_reason
+        ));
     }
     out
 }

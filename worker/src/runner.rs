@@ -151,6 +151,8 @@ async fn work_loop(
         }
         let outcome = process(&mut client, &task, compute, cache).await;
         let seconds = started.elapsed().as_secs_f64();
+        let fetch_seconds = outcome.as_ref().map_or(0.0, |(_, f)| *f);
+        let outcome = outcome.map(|(o, _)| o);
         let mut header = pb::ResultHeader {
             worker_id: worker_id.to_string(),
             job_id: task
@@ -161,7 +163,8 @@ async fn work_loop(
             task_id: task.task_id,
             step: task.step,
             samples: task.samples.len() as u32,
-            compute_seconds: seconds,
+            compute_seconds: (seconds - fetch_seconds).max(0.0),
+            fetch_seconds,
             ..Default::default()
         };
         let mut gradient = Vec::new();
@@ -205,7 +208,8 @@ async fn process(
     task: &pb::Task,
     compute: &ComputeThread,
     cache: &mut Cache,
-) -> Result<Output, WorkerError> {
+) -> Result<(Output, f64), WorkerError> {
+    let started = Instant::now();
     let job = task
         .job
         .as_ref()
@@ -220,7 +224,9 @@ async fn process(
     } else {
         Work::Train
     };
-    compute.run(work, model, Arc::clone(&params), batch).await
+    let fetch_seconds = started.elapsed().as_secs_f64();
+    let out = compute.run(work, model, Arc::clone(&params), batch).await?;
+    Ok((out, fetch_seconds))
 }
 
 async fn push(

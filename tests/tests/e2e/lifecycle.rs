@@ -176,3 +176,69 @@ async fn below_min_workers_the_job_waits_and_says_why() {
     assert!(done.message.is_empty(), "{}", done.message);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_the_slow_worker_and_why() {
+    let ds = StoreUrl::parse("memory://slow-worker/ds").unwrap();
+    let opts = SynthOptions {
+        train: 800,
+        test: 8,
+        size: 28,
+        seed: 2,
+    };
+    write_synthetic(&ds, opts).await.unwrap();
+    let mut cluster = Cluster::start("memory://slow-worker/state", 0).await;
+    cluster.add_worker_with(ctcluster_worker::Faults {
+        delay: Some(std::time::Duration::from_millis(300)),
+        ..Default::default()
+    });
+    cluster.add_worker();
+    cluster.add_worker();
+    let yaml = spec(
+        "slow",
+        ds.as_str(),
+        "memory://slow-worker/out",
+        "epochs: 2\nbatch_size: 64\nmicro_batch_size: 16\n",
+    );
+    let id = cluster.submit(&yaml).await.unwrap();
+    let mut c = cluster.client().await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let named = loop {
+        let s = c
+            .get_job(pb::GetJobRequest { job_id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        if !s.slowest_worker.is_empty() {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no slowest worker named: {s:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        named.slowest_worker.contains("test-worker-0"),
+        "{}",
+        named.slowest_worker
+    );
+    assert!(
+        named.slowest_reason.starts_with("computing"),
+        "{}",
+        named.slowest_reason
+    );
+    let workers = c
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(workers.workers.len(), 3);
+    assert!(workers.workers.iter().all(|w| w.last_seen_ms < 3000));
+    let mut c2 = c.clone();
+    c2.cancel_job(pb::CancelJobRequest { job_id: id.clone() })
+        .await
+        .unwrap();
+    cluster.wait(&id).await;
+    cluster.stop().await;
+}
