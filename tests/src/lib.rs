@@ -105,6 +105,31 @@ impl Cluster {
         .job_id)
     }
 
+    /// Polls a job's status (bounded, every 50 ms) until `ok` holds; returns that status.
+    pub async fn poll_status(
+        &self,
+        job: &str,
+        ok: impl Fn(&pb::JobStatus) -> bool,
+    ) -> pb::JobStatus {
+        let mut c = self.client().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = c
+                .get_job(pb::GetJobRequest { job_id: job.into() })
+                .await
+                .expect("get job")
+                .into_inner();
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition never met: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits (bounded) until a job has taken at least `step` steps.
     pub async fn wait_for_step(&self, job: &str, step: u64) {
         self.watch_until(job, |s| s.step >= step).await;

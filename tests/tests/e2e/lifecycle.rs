@@ -142,23 +142,9 @@ async fn below_min_workers_the_job_waits_and_says_why() {
         "epochs: 1\nmin_workers: 2\n",
     );
     let id = cluster.submit(&yaml).await.unwrap();
-    let mut c = cluster.client().await;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    let waiting = loop {
-        let s = c
-            .get_job(pb::GetJobRequest { job_id: id.clone() })
-            .await
-            .unwrap()
-            .into_inner();
-        if s.state == pb::JobState::Waiting as i32 {
-            break s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never waiting: {s:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let waiting = cluster
+        .poll_status(&id, |s| s.state == pb::JobState::Waiting as i32)
+        .await;
     assert!(
         waiting.message.contains("1 of min_workers 2"),
         "{}",
@@ -201,23 +187,10 @@ async fn status_names_the_slow_worker_and_why() {
         "epochs: 2\nbatch_size: 64\nmicro_batch_size: 16\n",
     );
     let id = cluster.submit(&yaml).await.unwrap();
+    let named = cluster
+        .poll_status(&id, |s| !s.slowest_worker.is_empty())
+        .await;
     let mut c = cluster.client().await;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    let named = loop {
-        let s = c
-            .get_job(pb::GetJobRequest { job_id: id.clone() })
-            .await
-            .unwrap()
-            .into_inner();
-        if !s.slowest_worker.is_empty() {
-            break s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no slowest worker named: {s:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
     assert!(
         named.slowest_worker.contains("test-worker-0"),
         "{}",
