@@ -151,6 +151,16 @@ async fn status(url: &str, job: &str) -> pb::JobStatus {
     }
 }
 
+async fn submit(url: &str, spec_yaml: String) -> String {
+    client(url)
+        .await
+        .submit(pb::SubmitRequest { spec_yaml })
+        .await
+        .expect("submit")
+        .into_inner()
+        .job_id
+}
+
 fn ended(s: &pb::JobStatus) -> bool {
     [
         pb::JobState::Succeeded,
@@ -255,15 +265,7 @@ pub async fn run(opts: &ChaosOptions) -> ChaosReport {
         cluster.workers.push(w);
     }
     let url = cluster.url();
-    let job = client(&url)
-        .await
-        .submit(pb::SubmitRequest {
-            spec_yaml: spec(opts, dataset.as_str(), &format!("{root}/chaos")),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job_id;
+    let job = submit(&url, spec(opts, dataset.as_str(), &format!("{root}/chaos"))).await;
     let total = loop {
         let s = status(&url, &job).await;
         if s.total_steps > 0 {
@@ -364,15 +366,7 @@ pub async fn run(opts: &ChaosOptions) -> ChaosReport {
     let job_output = StoreUrl::parse(&format!("{root}/chaos/{job}")).unwrap();
     report.audit = audit(&job_output).await;
     if opts.compare && report.state == "succeeded" {
-        let calm = client(&url)
-            .await
-            .submit(pb::SubmitRequest {
-                spec_yaml: spec(opts, dataset.as_str(), &format!("{root}/calm")),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .job_id;
+        let calm = submit(&url, spec(opts, dataset.as_str(), &format!("{root}/calm"))).await;
         let calm_end = wait_end(&url, &calm).await;
         let load = |s: &pb::JobStatus| {
             let url = StoreUrl::parse(&s.checkpoint).unwrap();

@@ -201,6 +201,21 @@ pub fn shared_data() -> Option<PathBuf> {
     dir.is_dir().then(|| dir.canonicalize().unwrap_or(dir))
 }
 
+/// Writes the generated 28x28 lesion dataset at `url` (`train` and `test` images from `seed`).
+pub async fn synthetic(url: &str, train: usize, test: usize, seed: u64) -> StoreUrl {
+    let ds = StoreUrl::parse(url).expect("dataset url");
+    let opts = ctcluster_common::dataset::SynthOptions {
+        train,
+        test,
+        size: 28,
+        seed,
+    };
+    ctcluster_common::dataset::write_synthetic(&ds, opts)
+        .await
+        .expect("write the synthetic dataset");
+    ds
+}
+
 /// A minimal job spec over a dataset, writing to `output`.
 pub fn spec(name: &str, dataset: &str, output: &str, extra: &str) -> String {
     format!("name: {name}\ndataset: {dataset}\noutput: {output}\n{extra}")

@@ -2,28 +2,16 @@
 
 use std::time::Duration;
 
-use ctcluster_common::dataset::{SynthOptions, load_manifest, write_synthetic};
+use ctcluster_common::dataset::load_manifest;
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_common::tensor_bytes::f32_to_le_bytes;
 use ctcluster_proto as pb;
-use ctcluster_tests::{Cluster, spec};
+use ctcluster_tests::{Cluster, spec, synthetic};
 use pb::worker_service_client::WorkerServiceClient;
 use tonic::Code;
 
 async fn dataset(name: &str) -> StoreUrl {
-    let ds = StoreUrl::parse(&format!("memory://{name}/ds")).unwrap();
-    write_synthetic(
-        &ds,
-        SynthOptions {
-            train: 300,
-            test: 8,
-            size: 28,
-            seed: 1,
-        },
-    )
-    .await
-    .unwrap();
-    ds
+    synthetic(&format!("memory://{name}/ds"), 300, 8, 1).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

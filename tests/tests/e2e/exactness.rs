@@ -1,9 +1,7 @@
 //! Data parallelism is exact: the result does not depend on the number of workers.
 
-use ctcluster_common::dataset::{SynthOptions, write_synthetic};
-use ctcluster_common::storage::StoreUrl;
 use ctcluster_proto as pb;
-use ctcluster_tests::{Cluster, final_checkpoint, rel_l2, spec};
+use ctcluster_tests::{Cluster, final_checkpoint, rel_l2, spec, synthetic};
 use ctcluster_worker::Faults;
 
 async fn params_after_20_steps(workers: usize, dataset: &str, dropout: f64) -> Vec<f32> {
@@ -37,18 +35,7 @@ async fn run_20_steps(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_two_and_three_workers_give_identical_parameters() {
-    let ds = StoreUrl::parse("memory://exactness/ds").unwrap();
-    write_synthetic(
-        &ds,
-        SynthOptions {
-            train: 1200,
-            test: 16,
-            size: 28,
-            seed: 3,
-        },
-    )
-    .await
-    .unwrap();
+    let ds = synthetic("memory://exactness/ds", 1200, 16, 3).await;
     for dropout in [0.0, 0.5] {
         let one = params_after_20_steps(1, ds.as_str(), dropout).await;
         for workers in [2, 3] {
@@ -70,14 +57,7 @@ async fn one_two_and_three_workers_give_identical_parameters() {
 /// Twenty steps with one faulty and one healthy worker, and the same twenty steps on one clean
 /// worker: (faulty run's parameters, its status, the clean parameters).
 async fn faulty_vs_clean(tag: &str, faults: Faults) -> (Vec<f32>, pb::JobStatus, Vec<f32>) {
-    let ds = StoreUrl::parse(&format!("memory://exact-{tag}/ds")).unwrap();
-    let opts = SynthOptions {
-        train: 1200,
-        test: 16,
-        size: 28,
-        seed: 3,
-    };
-    write_synthetic(&ds, opts).await.unwrap();
+    let ds = synthetic(&format!("memory://exact-{tag}/ds"), 1200, 16, 3).await;
     let clean = params_after_20_steps(1, ds.as_str(), 0.5).await;
     let mut cluster = Cluster::start(&format!("memory://exact-{tag}/state"), 0).await;
     cluster.add_worker_with(faults);

@@ -1,24 +1,12 @@
 //! Job life cycle: cancel, and a coordinator restart that resumes a running job exactly.
 
-use ctcluster_common::dataset::{SynthOptions, write_synthetic};
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_proto as pb;
-use ctcluster_tests::{Cluster, final_checkpoint, spec};
+use ctcluster_tests::{Cluster, final_checkpoint, spec, synthetic};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_job_and_the_next_one_runs() {
-    let ds = StoreUrl::parse("memory://cancel/ds").unwrap();
-    write_synthetic(
-        &ds,
-        SynthOptions {
-            train: 400,
-            test: 8,
-            size: 28,
-            seed: 2,
-        },
-    )
-    .await
-    .unwrap();
+    let ds = synthetic("memory://cancel/ds", 400, 8, 2).await;
     let cluster = Cluster::start("memory://cancel/state", 1).await;
     let id = cluster
         .submit(&spec(
@@ -66,18 +54,7 @@ async fn cancel_stops_a_job_and_the_next_one_runs() {
 async fn a_restarted_coordinator_resumes_the_job_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().display().to_string();
-    let ds = StoreUrl::parse(&format!("{root}/ds")).unwrap();
-    write_synthetic(
-        &ds,
-        SynthOptions {
-            train: 1200,
-            test: 8,
-            size: 28,
-            seed: 4,
-        },
-    )
-    .await
-    .unwrap();
+    let ds = synthetic(&format!("{root}/ds"), 1200, 8, 4).await;
     let job_spec = |out: &str| {
         spec(
             "restart",
@@ -126,14 +103,7 @@ async fn a_restarted_coordinator_resumes_the_job_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn below_min_workers_the_job_waits_and_says_why() {
-    let ds = StoreUrl::parse("memory://min-workers/ds").unwrap();
-    let opts = SynthOptions {
-        train: 300,
-        test: 8,
-        size: 28,
-        seed: 2,
-    };
-    write_synthetic(&ds, opts).await.unwrap();
+    let ds = synthetic("memory://min-workers/ds", 300, 8, 2).await;
     let mut cluster = Cluster::start("memory://min-workers/state", 1).await;
     let yaml = spec(
         "needs-two",
@@ -165,14 +135,7 @@ async fn below_min_workers_the_job_waits_and_says_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_names_the_slow_worker_and_why() {
-    let ds = StoreUrl::parse("memory://slow-worker/ds").unwrap();
-    let opts = SynthOptions {
-        train: 800,
-        test: 8,
-        size: 28,
-        seed: 2,
-    };
-    write_synthetic(&ds, opts).await.unwrap();
+    let ds = synthetic("memory://slow-worker/ds", 800, 8, 2).await;
     let mut cluster = Cluster::start("memory://slow-worker/state", 0).await;
     cluster.add_worker_with(ctcluster_worker::Faults {
         delay: Some(std::time::Duration::from_millis(300)),

@@ -1,23 +1,11 @@
 //! Resume equals uninterrupted: 10 steps, checkpoint, 10 more, equals 20 in one go.
 
-use ctcluster_common::dataset::{SynthOptions, write_synthetic};
 use ctcluster_common::storage::StoreUrl;
-use ctcluster_tests::{Cluster, final_checkpoint, spec};
+use ctcluster_tests::{Cluster, final_checkpoint, spec, synthetic};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_at_10_and_resume_to_20_equals_20_uninterrupted() {
-    let ds = StoreUrl::parse("memory://resume/ds").unwrap();
-    write_synthetic(
-        &ds,
-        SynthOptions {
-            train: 1200,
-            test: 16,
-            size: 28,
-            seed: 5,
-        },
-    )
-    .await
-    .unwrap();
+    let ds = synthetic("memory://resume/ds", 1200, 16, 5).await;
     let cluster = Cluster::start("memory://resume/state", 2).await;
     // 1080 training samples / 128 = 9 steps an epoch: step 10 is mid-epoch, 20 crosses another.
     let common = "batch_size: 128\nepochs: 4\nseed: 9\ncheckpoint:\n  every_steps: 5\n  keep: 2\n";
