@@ -19,6 +19,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::procs::{Proc, free_port, wait_for_port};
+use ctctl::render::is_terminal;
 
 /// What to run and what to break.
 #[derive(Clone, Debug)]
@@ -161,21 +162,11 @@ async fn submit(url: &str, spec_yaml: String) -> String {
         .job_id
 }
 
-fn ended(s: &pb::JobStatus) -> bool {
-    [
-        pb::JobState::Succeeded,
-        pb::JobState::Failed,
-        pb::JobState::Cancelled,
-    ]
-    .iter()
-    .any(|st| *st as i32 == s.state)
-}
-
 async fn wait_step(url: &str, job: &str, step: u64) -> pb::JobStatus {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let s = status(url, job).await;
-        if s.step >= step || ended(&s) {
+        if s.step >= step || is_terminal(s.state) {
             return s;
         }
         assert!(
@@ -190,7 +181,7 @@ async fn wait_step(url: &str, job: &str, step: u64) -> pb::JobStatus {
 async fn wait_end(url: &str, job: &str) -> pb::JobStatus {
     loop {
         let s = wait_step(url, job, u64::MAX).await;
-        if ended(&s) {
+        if is_terminal(s.state) {
             return s;
         }
     }
@@ -306,7 +297,7 @@ pub async fn run(opts: &ChaosOptions) -> ChaosReport {
     let started = Instant::now();
     for (step, coordinator) in at.into_iter().zip(is_coordinator) {
         let before = wait_step(&url, &job, step).await;
-        if ended(&before) {
+        if is_terminal(before.state) {
             break;
         }
         if coordinator {
@@ -361,7 +352,7 @@ pub async fn run(opts: &ChaosOptions) -> ChaosReport {
         }
     }
     let end = wait_end(&url, &job).await;
-    report.state = crate::state_name(end.state).to_string();
+    report.state = ctctl::render::state_name(end.state).to_string();
     report.steps = end.step;
     let job_output = StoreUrl::parse(&format!("{root}/chaos/{job}")).unwrap();
     report.audit = audit(&job_output).await;

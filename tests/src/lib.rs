@@ -240,16 +240,3 @@ pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
     (num / den.max(1e-30)).sqrt()
 }
-
-/// Lowercase name of a wire job state.
-pub fn state_name(state: i32) -> &'static str {
-    match pb::JobState::try_from(state).unwrap_or(pb::JobState::Unspecified) {
-        pb::JobState::Queued => "queued",
-        pb::JobState::Running => "running",
-        pb::JobState::Waiting => "waiting",
-        pb::JobState::Succeeded => "succeeded",
-        pb::JobState::Failed => "failed",
-        pb::JobState::Cancelled => "cancelled",
-        pb::JobState::Unspecified => "unknown",
-    }
-}

@@ -214,7 +214,7 @@ async fn wait_step(
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let s = status(client, id).await;
-        if s.step >= step || s.state > pb::JobState::Running as i32 {
+        if s.step >= step || ctctl::render::is_terminal(s.state) {
             return s;
         }
         assert!(
