@@ -180,13 +180,6 @@ impl Coordinator {
         self.tracker.close();
         self.tracker.wait().await;
     }
-
-    /// True when the job's state says it has ended.
-    pub fn is_done(&self, id: &JobId) -> bool {
-        self.job(id)
-            .map(|j| j.record().state.is_terminal())
-            .unwrap_or(true)
-    }
 }
 
 /// State names as the wire has them.

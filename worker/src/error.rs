@@ -20,10 +20,3 @@ pub enum WorkerError {
     #[error("compute thread stopped")]
     ComputeGone,
 }
-
-impl WorkerError {
-    /// Whether the worker must register again (the coordinator forgot it, or restarted).
-    pub fn needs_register(&self) -> bool {
-        matches!(self, WorkerError::Rpc(s) if s.code() == tonic::Code::NotFound && s.message().contains("not registered"))
-    }
-}
