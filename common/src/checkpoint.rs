@@ -38,6 +38,9 @@ pub struct TrainingState {
     pub epoch_loss_sum: f64,
     /// Samples seen so far in that epoch.
     pub epoch_samples: u64,
+    /// Of those, the ones the model classified correctly before its update.
+    #[serde(default)]
+    pub epoch_correct: u64,
     /// The job spec, as YAML.
     pub spec_yaml: String,
     /// The model's configuration.
@@ -322,6 +325,7 @@ mod tests {
                 step_in_epoch: 2,
                 epoch_loss_sum: 3.5,
                 epoch_samples: 64,
+                epoch_correct: 40,
                 spec_yaml: "name: t\ndataset: memory://a/b\noutput: memory://a/c\n".into(),
                 model,
                 adam_time: 7,

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::JobId;
+use crate::telemetry::TraceCarrier;
 
 /// Where a job is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +51,9 @@ impl JobState {
 pub struct Metrics {
     /// Mean training loss over the epoch (so far, while it runs).
     pub train_loss: Option<f64>,
+    /// Training accuracy over the epoch (each batch scored before its update).
+    #[serde(default)]
+    pub train_accuracy: Option<f64>,
     /// Mean loss on the validation split at the last epoch end.
     pub val_loss: Option<f64>,
     /// Accuracy on the validation split at the last epoch end.
@@ -114,6 +118,19 @@ pub struct JobRecord {
     /// The step of the checkpoint it was last resumed from.
     #[serde(default)]
     pub resumed_from_step: Option<u64>,
+    /// Class names, in label order (known once the job started).
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// `val_confusion[true][predicted]` on the validation split at the last epoch end.
+    #[serde(default)]
+    pub val_confusion: Vec<Vec<u64>>,
+    /// Training loss per step, thinned to at most [`LossCurve::MAX_POINTS`] points.
+    #[serde(default)]
+    pub loss_curve: LossCurve,
+    /// The trace context of the `ctctl submit` that created the job: the job's spans join that
+    /// trace, also after a coordinator restart. Empty when the submit was not traced.
+    #[serde(default)]
+    pub trace_context: TraceCarrier,
 }
 
 impl JobRecord {
@@ -140,6 +157,69 @@ impl JobRecord {
             reissued_tasks: 0,
             resumes: 0,
             resumed_from_step: None,
+            trace_context: TraceCarrier::new(),
+            classes: Vec::new(),
+            val_confusion: Vec::new(),
+            loss_curve: LossCurve::default(),
         }
+    }
+}
+
+/// Training loss against step, kept small for long jobs: every `stride`-th step, with the
+/// stride doubling (and every other point dropped) whenever the curve is full.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossCurve {
+    /// Steps between points (0 until the first point).
+    pub stride: u64,
+    /// `(step, mean loss of that step's batch)`.
+    pub points: Vec<(u64, f64)>,
+}
+
+impl LossCurve {
+    /// Points kept at most.
+    pub const MAX_POINTS: usize = 1000;
+
+    /// Records the loss of the batch of `step` (0-based), if the step falls on the stride.
+    pub fn record(&mut self, step: u64, loss: f64) {
+        self.stride = self.stride.max(1);
+        if !step.is_multiple_of(self.stride) {
+            return;
+        }
+        // A step redone after a restart replaces the later points.
+        self.points.retain(|(s, _)| *s < step);
+        self.points.push((step, loss));
+        if self.points.len() >= Self::MAX_POINTS {
+            self.stride *= 2;
+            let stride = self.stride;
+            self.points.retain(|(s, _)| s.is_multiple_of(stride));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_curve_stays_small_and_evenly_spaced() {
+        let mut c = LossCurve::default();
+        for step in 0..10_000 {
+            c.record(step, 1.0 / (step as f64 + 1.0));
+        }
+        assert!(c.points.len() < LossCurve::MAX_POINTS);
+        assert!(c.points.len() > LossCurve::MAX_POINTS / 4);
+        assert_eq!(c.points[0], (0, 1.0));
+        assert!(c.points.windows(2).all(|w| w[1].0 - w[0].0 == c.stride));
+    }
+
+    #[test]
+    fn loss_curve_replaces_redone_steps() {
+        let mut c = LossCurve::default();
+        for step in 0..10 {
+            c.record(step, 1.0);
+        }
+        c.record(5, 2.0);
+        assert_eq!(c.points.last(), Some(&(5, 2.0)));
+        assert_eq!(c.points.len(), 6);
     }
 }

@@ -4,7 +4,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use ctcluster_common::JobId;
-use ctcluster_common::job::JobRecord;
+use ctcluster_common::job::{JobRecord, Metrics};
+use ctcluster_common::telemetry::carrier_from_metadata;
 use ctcluster_proto as pb;
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -24,11 +25,7 @@ pub fn record_to_proto(r: &JobRecord) -> pb::JobStatus {
         epochs: r.epochs,
         step: r.step,
         total_steps: r.total_steps,
-        metrics: Some(pb::JobMetrics {
-            train_loss: r.metrics.train_loss,
-            val_loss: r.metrics.val_loss,
-            val_accuracy: r.metrics.val_accuracy,
-        }),
+        metrics: Some(metrics_to_proto(&r.metrics)),
         checkpoint: r.checkpoint.clone().unwrap_or_default(),
         model: r.model.clone().unwrap_or_default(),
         images_per_sec: r.images_per_sec,
@@ -40,6 +37,39 @@ pub fn record_to_proto(r: &JobRecord) -> pb::JobStatus {
         resumed_from_step: r.resumed_from_step,
         slowest_worker: String::new(),
         slowest_reason: String::new(),
+    }
+}
+
+fn metrics_to_proto(m: &Metrics) -> pb::JobMetrics {
+    pb::JobMetrics {
+        train_loss: m.train_loss,
+        val_loss: m.val_loss,
+        val_accuracy: m.val_accuracy,
+        train_accuracy: m.train_accuracy,
+    }
+}
+
+/// Converts a job record to the report `ctctl report` draws.
+pub fn record_to_report(r: &JobRecord) -> pb::JobReport {
+    pb::JobReport {
+        status: Some(record_to_proto(r)),
+        history: r
+            .history
+            .iter()
+            .map(|h| pb::EpochPoint {
+                epoch: h.epoch,
+                step: h.step,
+                metrics: Some(metrics_to_proto(&h.metrics)),
+            })
+            .collect(),
+        loss_curve: r
+            .loss_curve
+            .points
+            .iter()
+            .map(|&(step, loss)| pb::LossPoint { step, loss })
+            .collect(),
+        classes: r.classes.clone(),
+        val_confusion: r.val_confusion.iter().flatten().copied().collect(),
     }
 }
 
@@ -67,7 +97,11 @@ impl pb::client_service_server::ClientService for ClientApi {
         &self,
         req: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
-        let id = self.coord.submit(&req.into_inner().spec_yaml).await?;
+        let trace = carrier_from_metadata(req.metadata());
+        let id = self
+            .coord
+            .submit(&req.into_inner().spec_yaml, trace)
+            .await?;
         Ok(Response::new(pb::SubmitResponse {
             job_id: id.to_string(),
         }))
@@ -84,6 +118,14 @@ impl pb::client_service_server::ClientService for ClientApi {
             status.slowest_reason = why;
         }
         Ok(Response::new(status))
+    }
+
+    async fn get_job_report(
+        &self,
+        req: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::JobReport>, Status> {
+        let job = self.coord.job(&job_id(req.into_inner().job_id)?)?;
+        Ok(Response::new(record_to_report(&job.record())))
     }
 
     async fn list_workers(

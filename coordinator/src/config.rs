@@ -27,6 +27,11 @@ pub struct Args {
     /// A worker silent for this long (milliseconds) is dropped and its tasks handed to others.
     #[arg(long, env = "CT_WORKER_LEASE_MS", default_value_t = 3000)]
     pub worker_lease_ms: u64,
+    /// Traces (when exported, see `OTEL_EXPORTER_OTLP_ENDPOINT`) record every step of the
+    /// first epoch, then every Nth step; evaluations, checkpoints and failures always. 0 traces
+    /// no steps.
+    #[arg(long, env = "CT_TRACE_EVERY_STEPS", default_value_t = 10)]
+    pub trace_every_steps: u64,
 }
 
 /// Validated coordinator settings.
@@ -38,6 +43,8 @@ pub struct CoordinatorConfig {
     pub heartbeat: Duration,
     /// Silence after which a worker is dropped.
     pub worker_lease: Duration,
+    /// After the first epoch, traces record every Nth step (0: none).
+    pub trace_every_steps: u64,
 }
 
 impl CoordinatorConfig {
@@ -47,7 +54,15 @@ impl CoordinatorConfig {
             state_url,
             heartbeat: Duration::from_millis(500),
             worker_lease: Duration::from_secs(3),
+            trace_every_steps: 10,
         }
+    }
+}
+
+impl CoordinatorConfig {
+    /// Whether a step is traced in detail: every step of epoch 0, then every Nth.
+    pub fn traces_step(&self, epoch: u32, step: u64) -> bool {
+        epoch == 0 || (self.trace_every_steps > 0 && step.is_multiple_of(self.trace_every_steps))
     }
 }
 
@@ -65,6 +80,7 @@ impl TryFrom<&Args> for CoordinatorConfig {
             state_url: StoreUrl::parse(&a.state_url)?,
             heartbeat: Duration::from_millis(a.heartbeat_ms),
             worker_lease: Duration::from_millis(a.worker_lease_ms),
+            trace_every_steps: a.trace_every_steps,
         })
     }
 }

@@ -5,13 +5,20 @@ use ctcluster_coordinator::{Args, CoordinatorConfig, serve};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    ctcluster_common::telemetry::init_logging("info");
+    let telemetry = ctcluster_common::telemetry::init("ctcluster-coordinator", "info");
     let args = Args::parse();
     let config = CoordinatorConfig::try_from(&args)?;
+    if telemetry.exporting() {
+        tracing::info!(
+            every_steps = config.trace_every_steps,
+            "exporting traces over OTLP"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, state = %config.state_url, "coordinator listening");
     serve(listener, config, shutdown_signal()).await?;
     tracing::info!("coordinator stopped");
+    telemetry.shutdown().await;
     Ok(())
 }
 

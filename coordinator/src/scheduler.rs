@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ctcluster_common::telemetry::TraceCarrier;
 use ctcluster_common::{JobId, TaskId, WorkerId};
 use ctcluster_proto as pb;
 use tokio::sync::{Notify, mpsc};
@@ -24,6 +25,18 @@ pub struct TaskResult {
     pub correct: u32,
     /// Gradient of the summed loss (empty for evaluation).
     pub gradient: Vec<f32>,
+    /// Evaluation: counts of (true, predicted) class, row-major (empty for training).
+    pub confusion: Vec<u32>,
+}
+
+/// Where a round's spans hang in the job's trace.
+#[derive(Clone, Debug, Default)]
+pub struct RoundTrace {
+    /// Parent for the workers' spans: the step's span when the step is traced in detail,
+    /// else empty (workers then record nothing).
+    pub tasks: TraceCarrier,
+    /// Parent for failure spans, which are always recorded: the step's span or the epoch's.
+    pub failures: TraceCarrier,
 }
 
 /// What a job's driver receives for each task: its result, or why it could not be computed.
@@ -43,6 +56,7 @@ struct Pending {
     /// Workers computing it now, with when they got it: one, or two once re-issued.
     holders: Vec<(WorkerId, Instant)>,
     failures: u32,
+    trace: RoundTrace,
 }
 
 #[derive(Default)]
@@ -87,6 +101,8 @@ pub struct Expected {
     pub samples: u32,
     /// When the task was handed to this worker.
     pub handed_out: Instant,
+    /// Parent for the span recording a failure of this task.
+    pub failure_trace: TraceCarrier,
 }
 
 /// A task handed to a worker.
@@ -98,6 +114,8 @@ pub struct Handout {
     pub job: JobId,
     /// True when it is a second copy of a straggling task (the first result wins).
     pub reissued: bool,
+    /// Parent for the worker's spans (empty: not traced).
+    pub trace: TraceCarrier,
 }
 
 /// The coordinator's queue of tasks.
@@ -118,6 +136,7 @@ impl Scheduler {
         &self,
         job: &JobId,
         tasks: Vec<pb::Task>,
+        trace: &RoundTrace,
         reply: &mpsc::UnboundedSender<TaskOutcome>,
     ) -> Vec<TaskId> {
         let mut g = self.lock();
@@ -134,6 +153,7 @@ impl Scheduler {
                     reply: reply.clone(),
                     holders: Vec::new(),
                     failures: 0,
+                    trace: trace.clone(),
                 },
             );
             g.queue.push_back(id);
@@ -154,6 +174,7 @@ impl Scheduler {
                     task: p.task.clone(),
                     job: p.job.clone(),
                     reissued: false,
+                    trace: p.trace.tasks.clone(),
                 });
             }
         }
@@ -173,6 +194,7 @@ impl Scheduler {
             task: p.task.clone(),
             job: p.job.clone(),
             reissued: true,
+            trace: p.trace.tasks.clone(),
         })
     }
 
@@ -208,6 +230,7 @@ impl Scheduler {
                 0
             },
             samples: u32::try_from(p.task.samples.len()).unwrap_or(u32::MAX),
+            failure_trace: p.trace.failures.clone(),
         })
     }
 
@@ -294,6 +317,7 @@ mod tests {
             loss_sum: 0.5,
             correct: 1,
             gradient: vec![0.0; 10],
+            confusion: Vec::new(),
         }
     }
 
@@ -312,7 +336,7 @@ mod tests {
         let s = Scheduler::default();
         let job = JobId::generate();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let ids = s.submit(&job, vec![task(1), task(1)], &tx);
+        let ids = s.submit(&job, vec![task(1), task(1)], &RoundTrace::default(), &tx);
         let (a, b) = (WorkerId(1), WorkerId(2));
         let t1 = s.next_for(a, Duration::from_millis(10)).await.unwrap().task;
         assert_eq!(t1.task_id, ids[0].0);
@@ -334,7 +358,7 @@ mod tests {
         s.forget_job(&job);
         assert!(s.next_for(a, Duration::from_millis(10)).await.is_none());
         // A task that keeps failing reaches its job as an error.
-        let ids = s.submit(&job, vec![task(2)], &tx);
+        let ids = s.submit(&job, vec![task(2)], &RoundTrace::default(), &tx);
         for _ in 0..MAX_TASK_FAILURES {
             let t = s.next_for(a, Duration::from_millis(10)).await.unwrap().task;
             s.fail(TaskId(t.task_id), a, "corrupt shard".into());
@@ -349,7 +373,7 @@ mod tests {
         let s = Scheduler::default();
         let job = JobId::generate();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let ids = s.submit(&job, vec![task(1)], &tx);
+        let ids = s.submit(&job, vec![task(1)], &RoundTrace::default(), &tx);
         let (slow, idle) = (WorkerId(1), WorkerId(2));
         assert!(
             !s.next_for(slow, Duration::from_millis(10))

@@ -8,6 +8,7 @@ use ctcluster_common::dataset::load_manifest;
 use ctcluster_common::job::{JobRecord, JobState};
 use ctcluster_common::spec::JobSpec;
 use ctcluster_common::storage::StoreUrl;
+use ctcluster_common::telemetry::TraceCarrier;
 use ctcluster_common::{Error, JobId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -106,7 +107,11 @@ impl Coordinator {
     }
 
     /// Validates a spec (and that its dataset and checkpoint exist), then queues the job.
-    pub async fn submit(self: &Arc<Self>, spec_yaml: &str) -> Result<JobId, CoordError> {
+    pub async fn submit(
+        self: &Arc<Self>,
+        spec_yaml: &str,
+        trace_context: TraceCarrier,
+    ) -> Result<JobId, CoordError> {
         if self.shutdown.is_cancelled() {
             return Err(CoordError::ShuttingDown);
         }
@@ -136,12 +141,13 @@ impl Coordinator {
         }
         StoreUrl::parse(&spec.output).map_err(|e| Error::invalid("output", e.to_string()))?;
         let id = JobId::generate();
-        let record = JobRecord::queued(
+        let mut record = JobRecord::queued(
             id.clone(),
             spec.name.clone(),
             spec_yaml.to_string(),
             spec.epochs,
         );
+        record.trace_context = trace_context;
         records::save(&self.config.state_url, &record).await?;
         let handle = self.insert(spec, record);
         tracing::info!(job = %id, name = %handle.spec.name, "job submitted");

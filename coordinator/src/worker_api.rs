@@ -4,15 +4,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ctcluster_common::telemetry::{TraceCarrier, carrier_to_metadata, child_of_carrier};
 use ctcluster_common::tensor_bytes::{extend_f32_from_le_bytes, first_non_finite};
-use ctcluster_common::{JobId, TaskId, WorkerId};
+use ctcluster_common::{JobId, TaskId, WorkerId, trace_span};
 use ctcluster_proto as pb;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::CoordError;
-use crate::scheduler::TaskResult;
+use crate::scheduler::{Expected, TaskResult};
 use crate::state::Coordinator;
+
+/// Most cells of an evaluation result's confusion counts (256 classes).
+const MAX_CONFUSION_CELLS: usize = 256 * 256;
 
 /// How long `FetchWork` waits for a task before answering "none yet".
 const LONG_POLL: Duration = Duration::from_secs(2);
@@ -40,6 +44,22 @@ impl WorkerApi {
             Err(CoordError::WorkerNotFound(id))
         }
     }
+}
+
+/// Records a failed or refused result in the job's trace (failures are always traced).
+fn failure_span(expected: &Expected, task: TaskId, worker: WorkerId, what: &str, error: &str) {
+    let span = trace_span!(
+        "task_failure",
+        otel.name = what,
+        otel.status_code = "error",
+        job.id = %expected.job,
+        step = expected.step,
+        task = task.0,
+        worker.id = %worker,
+        error = error,
+    );
+    child_of_carrier(&span, &expected.failure_trace);
+    span.in_scope(|| tracing::warn!(error, "{what}"));
 }
 
 type ParamStream = Pin<Box<dyn Stream<Item = Result<pb::TensorChunk, Status>> + Send>>;
@@ -86,6 +106,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             t = self.coord.scheduler.next_for(id, LONG_POLL) => t,
             _ = self.coord.shutdown.cancelled() => None,
         };
+        let mut trace = TraceCarrier::new();
         let task = handout.map(|h| {
             if h.reissued {
                 tracing::info!(task = h.task.task_id, worker = %id, job = %h.job, "straggling task re-issued");
@@ -93,9 +114,12 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                     job.update(|r| r.reissued_tasks += 1);
                 }
             }
+            trace = h.trace;
             h.task
         });
-        Ok(Response::new(pb::FetchWorkResponse { task }))
+        let mut response = Response::new(pb::FetchWorkResponse { task });
+        carrier_to_metadata(&trace, response.metadata_mut());
+        Ok(response)
     }
 
     type FetchParametersStream = ParamStream;
@@ -159,11 +183,13 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         };
         if !header.error.is_empty() {
             let error: String = header.error.chars().take(4096).collect();
+            failure_span(&expected, task, worker, "task_failed", &error);
             tracing::warn!(%task, %worker, job = %expected.job, %error, "worker could not compute a task");
             self.coord.scheduler.fail(task, worker, error);
             return Ok(Response::new(pb::PushResultResponse { accepted: false }));
         }
         let reject = |reason: String| {
+            failure_span(&expected, task, worker, "result_rejected", &reason);
             tracing::warn!(%task, %worker, job = %expected.job, %reason, "result rejected; task re-queued");
             self.coord.scheduler.retry(task, worker);
             if let Ok(job) = self.coord.job(&expected.job) {
@@ -187,6 +213,20 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             return Err(reject(format!(
                 "loss {} / correct {} out of range",
                 header.loss_sum, header.correct
+            )));
+        }
+        let counted: u64 = header.confusion.iter().map(|&c| u64::from(c)).sum();
+        let confusion_ok = if expected.gradient_len == 0 {
+            header.confusion.len() <= MAX_CONFUSION_CELLS
+                && (header.confusion.is_empty() || counted == u64::from(header.samples))
+        } else {
+            header.confusion.is_empty()
+        };
+        if !confusion_ok {
+            return Err(reject(format!(
+                "confusion counts ({} cells summing to {counted}) do not fit {} samples",
+                header.confusion.len(),
+                header.samples
             )));
         }
         let want = usize::try_from(expected.gradient_len)
@@ -226,6 +266,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             loss_sum: header.loss_sum,
             correct: header.correct,
             gradient,
+            confusion: header.confusion,
         });
         if accepted {
             let (fetch, compute) = (header.fetch_seconds, header.compute_seconds);

@@ -71,6 +71,15 @@ pub enum Command {
         /// The job id.
         job: String,
     },
+    /// Write a job's report: loss and accuracy charts per epoch, the validation confusion
+    /// matrix (PNG), and an HTML page showing them (index.html).
+    Report {
+        /// The job id.
+        job: String,
+        /// Folder to write into (created if missing).
+        #[arg(long, default_value = "report")]
+        out: PathBuf,
+    },
     /// Create and inspect datasets.
     #[command(subcommand)]
     Dataset(DatasetCommand),

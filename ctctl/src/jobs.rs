@@ -2,7 +2,11 @@
 
 use std::path::Path;
 
+use ctcluster_common::telemetry::{carrier_of, carrier_to_metadata};
+use ctcluster_common::trace_span;
 use ctcluster_proto as pb;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::CtlError;
 use crate::cli::Format;
@@ -20,13 +24,20 @@ pub async fn submit(coordinator: &str, file: &Path) -> Result<String, CtlError> 
     submit_text(coordinator, spec_yaml).await
 }
 
-/// Submits a spec given as text; returns the job id.
+/// Submits a spec given as text; returns the job id. When traces are exported this is where
+/// the job's trace starts: the coordinator's job span is a child of this `submit` span.
 pub async fn submit_text(coordinator: &str, spec_yaml: String) -> Result<String, CtlError> {
-    let mut c = connect(coordinator).await?;
-    Ok(c.submit(pb::SubmitRequest { spec_yaml })
-        .await?
-        .into_inner()
-        .job_id)
+    let span = trace_span!("submit", otel.kind = "client", job.id = Empty);
+    let mut request = tonic::Request::new(pb::SubmitRequest { spec_yaml });
+    carrier_to_metadata(&carrier_of(&span), request.metadata_mut());
+    let id = async {
+        let mut c = connect(coordinator).await?;
+        Ok::<_, CtlError>(c.submit(request).await?.into_inner().job_id)
+    }
+    .instrument(span.clone())
+    .await?;
+    span.record("job.id", id.as_str());
+    Ok(id)
 }
 
 /// One job's status.

@@ -8,6 +8,7 @@ pub mod demo;
 mod error;
 pub mod jobs;
 pub mod render;
+pub mod report;
 pub mod watch;
 
 pub use error::CtlError;
@@ -44,6 +45,7 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
         Command::List { output } => jobs::list(c, output).await,
         Command::Cancel { job } => jobs::cancel(c, &job).await,
         Command::Workers { output } => jobs::workers(c, output).await,
+        Command::Report { job, out } => report::report(c, &job, &out).await,
         Command::Watch { job } => Ok(render::status_text(&watch::watch(c, &job).await?)),
         Command::Dataset(d) => match d {
             DatasetCommand::FromNpz {

@@ -4,9 +4,11 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() {
-    ctcluster_common::telemetry::init_logging("warn");
+    let telemetry = ctcluster_common::telemetry::init("ctctl", "warn");
     let cli = ctctl::cli::Cli::parse();
-    match ctctl::run(cli).await {
+    let result = ctctl::run(cli).await;
+    telemetry.shutdown().await;
+    match result {
         Ok(text) => {
             print!("{text}");
             if !text.ends_with('\n') {

@@ -3,6 +3,7 @@
 //! to find the shared real data and the built binaries.
 
 pub mod chaos;
+pub mod otlp;
 pub mod procs;
 
 use std::path::PathBuf;

@@ -125,14 +125,41 @@ impl Cache {
         Ok(params)
     }
 
-    /// The task's samples as a batch (raw pixels, labels, dropout masks for training).
-    pub async fn batch(
+    /// Reads and decodes the shards a task needs that are not cached yet; returns how many it
+    /// read.
+    pub async fn load_shards(
         &mut self,
         task: &pb::Task,
         job: &pb::TaskJob,
-    ) -> Result<BatchInput, WorkerError> {
-        let train = task.kind == pb::TaskKind::Train as i32;
+    ) -> Result<u64, WorkerError> {
         let entry = self.job(job).await?;
+        let mut read = 0u64;
+        for sample in &task.samples {
+            let key = (job.split.clone(), sample.shard);
+            if entry.shards.contains_key(&key) {
+                continue;
+            }
+            let shard = load_shard(
+                &entry.dataset,
+                &entry.manifest,
+                &job.split,
+                sample.shard as usize,
+            )
+            .await?;
+            read += 1;
+            entry.shards.insert(key, Arc::new(shard));
+        }
+        Ok(read)
+    }
+
+    /// The task's samples as a batch (raw pixels, labels, dropout masks for training), from
+    /// shards loaded by [`Cache::load_shards`].
+    pub fn batch(&self, task: &pb::Task, job: &pb::TaskJob) -> Result<BatchInput, WorkerError> {
+        let train = task.kind == pb::TaskKind::Train as i32;
+        let entry = self
+            .jobs
+            .get(&job.job_id)
+            .ok_or_else(|| WorkerError::Config(format!("job {} is not loaded", job.job_id)))?;
         let mut batch = BatchInput::default();
         let dropout = if train && entry.model.dropout > 0.0 {
             Some(entry.model.dropout)
@@ -141,23 +168,12 @@ impl Cache {
         };
         let mut masks = Vec::new();
         for sample in &task.samples {
-            let key = (job.split.clone(), sample.shard);
-            let shard = match entry.shards.get(&key) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = Arc::new(
-                        load_shard(
-                            &entry.dataset,
-                            &entry.manifest,
-                            &job.split,
-                            sample.shard as usize,
-                        )
-                        .await?,
-                    );
-                    entry.shards.insert(key, s.clone());
-                    s
-                }
-            };
+            let shard = entry
+                .shards
+                .get(&(job.split.clone(), sample.shard))
+                .ok_or_else(|| {
+                    WorkerError::Config(format!("shard {} is not loaded", sample.shard))
+                })?;
             let row = sample.row as usize;
             if row >= shard.ids.len() {
                 return Err(Error::dataset(

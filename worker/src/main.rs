@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    ctcluster_common::telemetry::init_logging("info");
+    let telemetry = ctcluster_common::telemetry::init("ctcluster-worker", "info");
     let args = Args::parse();
     let config = WorkerConfig::try_from(&args)?;
     let shutdown = CancellationToken::new();
@@ -16,7 +16,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!("stopping after the task in flight");
         trigger.cancel();
     });
-    run_worker(config, shutdown).await?;
+    let result = run_worker(config, shutdown).await;
+    telemetry.shutdown().await;
+    result?;
     Ok(())
 }
 

@@ -4,11 +4,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ctcluster_common::telemetry::{TraceCarrier, carrier_from_metadata, child_of_carrier};
 use ctcluster_common::tensor_bytes::f32_to_le_bytes;
+use ctcluster_common::trace_span;
 use ctcluster_proto as pb;
 use pb::worker_service_client::WorkerServiceClient;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use crate::WorkerError;
 use crate::cache::Cache;
@@ -142,14 +146,16 @@ async fn work_loop(
             r = client.fetch_work(pb::FetchWorkRequest { worker_id: worker_id.to_string() }) => r?,
             _ = shutdown.cancelled() => return Ok(()),
         };
+        let trace = carrier_from_metadata(fetched.metadata());
         let Some(task) = fetched.into_inner().task else {
             continue;
         };
+        let span = task_span(&trace, &task, worker_id);
         let started = Instant::now();
         if let Some(delay) = config.faults.delay {
             tokio::time::sleep(delay).await;
         }
-        let outcome = process(&mut client, &task, compute, cache).await;
+        let outcome = process(&mut client, &task, compute, cache, &span).await;
         let seconds = started.elapsed().as_secs_f64();
         let fetch_seconds = outcome.as_ref().map_or(0.0, |(_, f)| *f);
         let outcome = outcome.map(|(o, _)| o);
@@ -189,43 +195,87 @@ async fn work_loop(
             Ok(Output::Eval(e)) => {
                 header.loss_sum = e.loss_sum;
                 header.correct = e.correct;
+                header.confusion = e.confusion;
             }
             Err(e @ (WorkerError::Rpc(_) | WorkerError::Transport(_))) => return Err(e),
             Err(e) => {
-                tracing::warn!(task = task.task_id, error = %e, "task failed");
+                span.in_scope(|| tracing::warn!(task = task.task_id, error = %e, "task failed"));
                 header.error = e.to_string();
             }
         }
-        push(&mut client, header, &gradient).await?;
+        span.record("loss", header.loss_sum / f64::from(header.samples.max(1)));
+        let push_span = trace_span!(parent: &span, "push", bytes = 4 * gradient.len());
+        push(&mut client, header, &gradient)
+            .instrument(push_span)
+            .await?;
         if shutdown.is_cancelled() {
             return Ok(());
         }
     }
 }
 
+/// The span of one task in its job's trace: a child of the coordinator's step (or
+/// evaluation) span when the coordinator sent its context, else disabled.
+fn task_span(trace: &TraceCarrier, task: &pb::Task, worker_id: &str) -> Span {
+    if trace.is_empty() {
+        return Span::none();
+    }
+    let eval = task.kind == pb::TaskKind::Eval as i32;
+    let span = trace_span!(
+        "micro_batch",
+        job.id = task.job.as_ref().map_or("", |j| j.job_id.as_str()),
+        worker.id = worker_id,
+        task = task.task_id,
+        kind = if eval { "eval" } else { "train" },
+        epoch = task.epoch,
+        step = task.step,
+        samples = task.samples.len(),
+        loss = Empty,
+    );
+    child_of_carrier(&span, trace);
+    span
+}
+
+/// Gets what a task needs and computes it; returns the output and the seconds spent getting
+/// parameters and data and building the batch.
 async fn process(
     client: &mut Client,
     task: &pb::Task,
     compute: &ComputeThread,
     cache: &mut Cache,
+    span: &Span,
 ) -> Result<(Output, f64), WorkerError> {
     let started = Instant::now();
     let job = task
         .job
         .as_ref()
         .ok_or_else(|| WorkerError::Config("task without a job".into()))?;
-    let model = cache.model(job).await?;
-    let params = cache
-        .params(client, job, task.params_version, task.num_params)
-        .await?;
-    let batch = cache.batch(task, job).await?;
-    let work = if task.kind == pb::TaskKind::Eval as i32 {
-        Work::Eval
-    } else {
-        Work::Train
-    };
+    let fetch = trace_span!(parent: span, "fetch", params_version = task.params_version, shards_read = Empty);
+    let (model, params) = async {
+        let model = cache.model(job).await?;
+        let params = cache
+            .params(client, job, task.params_version, task.num_params)
+            .await?;
+        let read = cache.load_shards(task, job).await?;
+        Span::current().record("shards_read", read);
+        Ok::<_, WorkerError>((model, params))
+    }
+    .instrument(fetch)
+    .await?;
+    let batch = trace_span!(parent: span, "preprocess", samples = task.samples.len())
+        .in_scope(|| cache.batch(task, job))?;
+    let eval = task.kind == pb::TaskKind::Eval as i32;
+    let work = if eval { Work::Eval } else { Work::Train };
     let fetch_seconds = started.elapsed().as_secs_f64();
-    let out = compute.run(work, model, Arc::clone(&params), batch).await?;
+    let compute_span = trace_span!(
+        parent: span,
+        "forward_backward",
+        otel.name = if eval { "forward" } else { "forward_backward" },
+    );
+    let out = compute
+        .run(work, model, Arc::clone(&params), batch)
+        .instrument(compute_span)
+        .await?;
     Ok((out, fetch_seconds))
 }
 

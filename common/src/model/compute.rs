@@ -42,6 +42,8 @@ pub struct EvalOutput {
     pub correct: u32,
     /// Class probabilities, `classes` values per image.
     pub probs: Vec<f32>,
+    /// Counts of (true class, predicted class), row-major, `classes` x `classes`.
+    pub confusion: Vec<u32>,
 }
 
 /// The dropout keep-mask of one sample, derived from (seed, epoch, step, sample id) so it is
@@ -219,6 +221,17 @@ fn count_correct(logits: &[f32], labels: &[u32], classes: usize) -> u32 {
     correct
 }
 
+/// Counts of (true class, arg-max class), row-major; labels out of range are not counted.
+fn confusion_counts(scores: &[f32], labels: &[u32], classes: usize) -> Vec<u32> {
+    let mut counts = vec![0u32; classes * classes];
+    for (row, &label) in scores.chunks_exact(classes).zip(labels) {
+        if (label as usize) < classes {
+            counts[label as usize * classes + argmax(row)] += 1;
+        }
+    }
+    counts
+}
+
 fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
         let msg = panic
@@ -292,6 +305,7 @@ pub fn eval_batch(
         Ok(EvalOutput {
             loss_sum: f64::from(loss_sum),
             correct: count_correct(&probs, &batch.labels, cfg.classes),
+            confusion: confusion_counts(&probs, &batch.labels, cfg.classes),
             probs,
         })
     })
@@ -335,6 +349,19 @@ mod tests {
             "{} vs {}",
             eval.loss_sum,
             out.loss_sum
+        );
+        // The confusion counts hold every image once, row = its label, and their diagonal is
+        // the correct count.
+        assert_eq!(eval.confusion.len(), 9);
+        assert_eq!(eval.confusion.iter().sum::<u32>(), 4);
+        for class in 0..3 {
+            let row: u32 = eval.confusion[class * 3..class * 3 + 3].iter().sum();
+            let want = b.labels.iter().filter(|&&l| l == class as u32).count() as u32;
+            assert_eq!(row, want, "row {class}");
+        }
+        assert_eq!(
+            eval.confusion[0] + eval.confusion[4] + eval.confusion[8],
+            eval.correct
         );
         // Central differences on a few coordinates of each layer (f32: loose tolerance).
         let layout = cfg.layout();

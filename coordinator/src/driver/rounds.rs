@@ -2,14 +2,16 @@
 
 use std::collections::HashMap;
 
-use ctcluster_common::Error;
+use ctcluster_common::telemetry::carrier_of;
+use ctcluster_common::{Error, trace_span};
 use ctcluster_proto as pb;
 use tokio::sync::mpsc;
+use tracing::Span;
 
 use crate::error::CoordError;
 use crate::job::JobHandle;
 use crate::plan::SplitRefs;
-use crate::scheduler::TaskResult;
+use crate::scheduler::{RoundTrace, TaskResult};
 use crate::state::Coordinator;
 
 use super::run::Stop;
@@ -33,9 +35,10 @@ pub(super) async fn run_round(
     coord: &Coordinator,
     job: &JobHandle,
     tasks: Vec<pb::Task>,
+    trace: &RoundTrace,
 ) -> Result<Vec<TaskResult>, Stop> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let ids = coord.scheduler.submit(&job.id, tasks, &tx);
+    let ids = coord.scheduler.submit(&job.id, tasks, trace, &tx);
     drop(tx);
     let index: HashMap<_, _> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     let mut slots: Vec<Option<TaskResult>> = (0..ids.len()).map(|_| None).collect();
@@ -62,24 +65,36 @@ pub(super) async fn reduce_and_step(
     progress: Progress,
     results: Vec<TaskResult>,
     batch: u32,
+    step_span: &Span,
 ) -> Result<Progress, Stop> {
+    let step_span = step_span.clone();
     let out = tokio::task::spawn_blocking(move || {
         let Progress {
             params,
             mut adam,
             state,
         } = progress;
+        let reduce = trace_span!(
+            parent: &step_span,
+            "reduce",
+            results = results.len(),
+            bytes = 4 * params.len() * results.len(),
+        );
         let mut sum = vec![0f32; params.len()];
-        for r in &results {
-            for (s, g) in sum.iter_mut().zip(&r.gradient) {
-                *s += *g;
+        reduce.in_scope(|| {
+            for r in &results {
+                for (s, g) in sum.iter_mut().zip(&r.gradient) {
+                    *s += *g;
+                }
             }
-        }
-        let b = batch as f32;
-        for s in sum.iter_mut() {
-            *s /= b;
-        }
-        let params = adam.step(params, sum)?;
+            let b = batch as f32;
+            for s in sum.iter_mut() {
+                *s /= b;
+            }
+        });
+        drop(reduce);
+        let params = trace_span!(parent: &step_span, "optimizer", params = params.len())
+            .in_scope(|| adam.step(params, sum))?;
         Ok::<_, Error>(Progress {
             params,
             adam,
@@ -91,13 +106,26 @@ pub(super) async fn reduce_and_step(
     Ok(out)
 }
 
+/// The model on the validation split.
+pub(super) struct Validation {
+    /// Mean loss.
+    pub loss: f64,
+    /// Accuracy.
+    pub accuracy: f64,
+    /// `confusion[true][predicted]`.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+/// Evaluates the parameters on the validation split; `None` when it is empty.
 pub(super) async fn evaluate(
     coord: &Coordinator,
     job: &JobHandle,
     val: &SplitRefs,
     model_json: &str,
+    classes: usize,
     p: &Progress,
-) -> Result<Option<(f64, f64)>, Stop> {
+    span: &Span,
+) -> Result<Option<Validation>, Stop> {
     if val.samples.is_empty() {
         return Ok(None);
     }
@@ -115,9 +143,26 @@ pub(super) async fn evaluate(
             ..Default::default()
         })
         .collect();
-    let results = run_round(coord, job, tasks).await?;
+    let trace = RoundTrace {
+        tasks: carrier_of(span),
+        failures: carrier_of(span),
+    };
+    let results = run_round(coord, job, tasks, &trace).await?;
     let n: u64 = results.iter().map(|r| u64::from(r.samples)).sum();
     let loss: f64 = results.iter().map(|r| r.loss_sum).sum();
     let correct: u64 = results.iter().map(|r| u64::from(r.correct)).sum();
-    Ok(Some((loss / n as f64, correct as f64 / n as f64)))
+    let mut confusion = vec![vec![0u64; classes]; classes];
+    for r in results
+        .iter()
+        .filter(|r| r.confusion.len() == classes * classes)
+    {
+        for (i, &c) in r.confusion.iter().enumerate() {
+            confusion[i / classes][i % classes] += u64::from(c);
+        }
+    }
+    Ok(Some(Validation {
+        loss: loss / n as f64,
+        accuracy: correct as f64 / n as f64,
+        confusion,
+    }))
 }

@@ -4,17 +4,22 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
+
 use ctcluster_common::checkpoint::{ModelCard, export_model};
 use ctcluster_common::dataset::load_manifest;
 use ctcluster_common::job::{EpochMetrics, JobState};
 use ctcluster_common::model::ModelConfig;
 use ctcluster_common::storage::StoreUrl;
-use ctcluster_common::{Error, Step};
+use ctcluster_common::telemetry::{carrier_of, child_of_carrier};
+use ctcluster_common::{Error, Step, trace_span};
 use ctcluster_proto as pb;
 
 use crate::error::CoordError;
 use crate::job::JobHandle;
 use crate::records;
+use crate::scheduler::RoundTrace;
 use crate::state::Coordinator;
 
 use super::pace::{RateMeter, wait_for_workers};
@@ -36,8 +41,19 @@ impl<E: Into<CoordError>> From<E> for Stop {
 
 /// Runs a job to its end and records how it ended.
 pub async fn run(coord: Arc<Coordinator>, job: Arc<JobHandle>) {
+    let record = job.record();
+    // The job's span joins the trace of the `ctctl submit` that created it (also when this
+    // coordinator resumes the job after a restart).
+    let span = trace_span!(
+        "job",
+        job.id = %job.id,
+        job.name = %job.spec.name,
+        resumes = record.resumes,
+        state = Empty,
+    );
+    child_of_carrier(&span, &record.trace_context);
     let outcome = tokio::select! {
-        r = train(&coord, &job) => r,
+        r = train(&coord, &job).instrument(span.clone()) => r,
         _ = job.cancel.cancelled() => Err(Stop::Cancelled),
         _ = coord.shutdown.cancelled() => Err(Stop::Shutdown),
     };
@@ -56,7 +72,7 @@ pub async fn run(coord: Arc<Coordinator>, job: Arc<JobHandle>) {
             return;
         }
         Err(Stop::Failed(e)) => {
-            tracing::error!(job = %job.id, error = %e, "job failed");
+            span.in_scope(|| tracing::error!(job = %job.id, error = %e, "job failed"));
             job.update(|r| {
                 r.state = JobState::Failed;
                 r.message = e.to_string();
@@ -64,6 +80,7 @@ pub async fn run(coord: Arc<Coordinator>, job: Arc<JobHandle>) {
         }
     }
     let record = job.record();
+    span.record("state", record.state.as_str());
     tracing::info!(job = %job.id, state = record.state.as_str(), "job ended");
     if let Err(e) = records::save(&coord.config.state_url, &record).await {
         tracing::error!(job = %job.id, error = %e, "could not write the job record");
@@ -109,13 +126,18 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
         job = %job.id, train = plan.train.samples.len(), val = plan.val.samples.len(),
         steps_per_epoch = spe, total_steps, params = p.params.len(), "job planned"
     );
-    job.update(|r| r.total_steps = total_steps);
+    job.update(|r| {
+        r.total_steps = total_steps;
+        r.classes = manifest.classes.clone();
+    });
     job.publish_params(p.state.step.0, &p.params);
     let mut rate = RateMeter::default();
     let mut last_checkpoint = None;
+    let job_span = Span::current();
 
     'epochs: while p.state.epoch < spec.epochs {
         let epoch = p.state.epoch;
+        let epoch_span = trace_span!(parent: &job_span, "epoch", job.id = %job.id, epoch);
         let order = plan.epoch_order(spec.seed, epoch);
         while p.state.step_in_epoch < spe {
             if p.state.step.0 >= total_steps {
@@ -124,6 +146,19 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
             wait_for_workers(coord, job).await;
             let started = Instant::now();
             let step = p.state.step.0;
+            let step_span = if coord.config.traces_step(epoch, step) {
+                trace_span!(parent: &epoch_span, "step", job.id = %job.id, epoch, step, samples = Empty, loss = Empty)
+            } else {
+                Span::none()
+            };
+            let round_trace = RoundTrace {
+                tasks: carrier_of(&step_span),
+                failures: carrier_of(if step_span.is_disabled() {
+                    &epoch_span
+                } else {
+                    &step_span
+                }),
+            };
             let tasks: Vec<pb::Task> = plan
                 .micro_batches(&order, p.state.step_in_epoch, spec)
                 .into_iter()
@@ -144,16 +179,21 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
                     .flat_map(|t| t.samples.iter().map(|s| [s.shard, s.row]))
                     .collect()
             });
-            let results = run_round(coord, job, tasks).await?;
+            let results = run_round(coord, job, tasks, &round_trace).await?;
             let samples: u64 = results.iter().map(|r| u64::from(r.samples)).sum();
             let loss: f64 = results.iter().map(|r| r.loss_sum).sum();
+            let correct: u64 = results.iter().map(|r| u64::from(r.correct)).sum();
+            step_span.record("samples", samples);
+            step_span.record("loss", loss / samples.max(1) as f64);
             let batch = u32::try_from(samples).map_err(|_| Error::invalid("batch", "too large"))?;
-            p = reduce_and_step(p, results, batch).await?;
+            p = reduce_and_step(p, results, batch, &step_span).await?;
             p.state.step = Step(step + 1);
             p.state.step_in_epoch += 1;
             p.state.epoch_loss_sum += loss;
             p.state.epoch_samples += samples;
-            job.publish_params(p.state.step.0, &p.params);
+            p.state.epoch_correct += correct;
+            trace_span!(parent: &step_span, "publish", version = p.state.step.0)
+                .in_scope(|| job.publish_params(p.state.step.0, &p.params));
             if let Some(samples) = audited {
                 write_audit(&job_output, epoch, step, plan.train.samples.len(), samples).await?;
             }
@@ -162,25 +202,61 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
             job.update(|r| {
                 r.step = p.state.step.0;
                 r.epoch = epoch;
-                r.metrics.train_loss =
-                    Some(p.state.epoch_loss_sum / p.state.epoch_samples.max(1) as f64);
+                let seen = p.state.epoch_samples.max(1) as f64;
+                r.metrics.train_loss = Some(p.state.epoch_loss_sum / seen);
+                r.metrics.train_accuracy = Some(p.state.epoch_correct as f64 / seen);
+                r.loss_curve.record(step, loss / samples.max(1) as f64);
                 r.images_per_sec = ips;
                 r.eta_seconds = rate.eta(total_steps.saturating_sub(p.state.step.0));
                 r.workers = workers;
             });
             if p.state.step.0 % spec.checkpoint.every_steps == 0 {
-                checkpoint(job, &p, &job_output).await?;
+                let parent = if step_span.is_disabled() {
+                    &epoch_span
+                } else {
+                    &step_span
+                };
+                let span = trace_span!(parent: parent, "checkpoint", step = p.state.step.0);
+                checkpoint(job, &p, &job_output).instrument(span).await?;
                 last_checkpoint = Some(p.state.step);
             }
         }
         // The epoch is complete: evaluate, then move the cursor to the next epoch.
-        let val = evaluate(coord, job, &plan.val, &model_json, &p).await?;
-        let train_loss = p.state.epoch_loss_sum / p.state.epoch_samples.max(1) as f64;
+        let eval_span = trace_span!(
+            parent: &epoch_span,
+            "evaluate",
+            job.id = %job.id,
+            epoch,
+            step = p.state.step.0,
+            samples = plan.val.samples.len(),
+            val_loss = Empty,
+            val_accuracy = Empty,
+        );
+        let val = evaluate(
+            coord,
+            job,
+            &plan.val,
+            &model_json,
+            model.classes,
+            &p,
+            &eval_span,
+        )
+        .await?;
+        if let Some(v) = &val {
+            eval_span.record("val_loss", v.loss);
+            eval_span.record("val_accuracy", v.accuracy);
+        }
+        drop(eval_span);
+        let seen = p.state.epoch_samples.max(1) as f64;
+        let train_loss = p.state.epoch_loss_sum / seen;
+        let train_accuracy = p.state.epoch_correct as f64 / seen;
         job.update(|r| {
             r.metrics.train_loss = Some(train_loss);
-            if let Some((loss, acc)) = val {
-                r.metrics.val_loss = Some(loss);
-                r.metrics.val_accuracy = Some(acc);
+            r.metrics.train_accuracy = Some(train_accuracy);
+            if let Some(v) = &val {
+                r.metrics.val_loss = Some(v.loss);
+                r.metrics.val_accuracy = Some(v.accuracy);
+                r.val_confusion = v.confusion.clone();
             }
             let metrics = r.metrics;
             r.history.push(EpochMetrics {
@@ -189,17 +265,19 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
                 metrics,
             });
         });
-        if let Some((loss, acc)) = val {
-            tracing::info!(job = %job.id, epoch, train_loss, val_loss = loss, val_accuracy = acc, "epoch done");
+        if let Some(v) = &val {
+            tracing::info!(job = %job.id, epoch, train_loss, val_loss = v.loss, val_accuracy = v.accuracy, "epoch done");
         }
         p.state.epoch += 1;
         p.state.step_in_epoch = 0;
         p.state.epoch_loss_sum = 0.0;
         p.state.epoch_samples = 0;
+        p.state.epoch_correct = 0;
         records::save(&coord.config.state_url, &job.record()).await?;
     }
     if last_checkpoint != Some(p.state.step) {
-        checkpoint(job, &p, &job_output).await?;
+        let span = trace_span!(parent: &job_span, "checkpoint", step = p.state.step.0);
+        checkpoint(job, &p, &job_output).instrument(span).await?;
     }
     let card = ModelCard {
         model: model.clone(),
@@ -207,7 +285,10 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
         job_id: job.id.to_string(),
         step: p.state.step,
     };
-    let url = export_model(&job_output, &card, &p.params).await?;
+    let span = trace_span!(parent: &job_span, "export_model", step = p.state.step.0);
+    let url = export_model(&job_output, &card, &p.params)
+        .instrument(span)
+        .await?;
     job.update(|r| r.model = Some(url.to_string()));
     Ok(())
 }

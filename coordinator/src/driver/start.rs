@@ -120,6 +120,7 @@ pub(super) async fn start_point(
                 step_in_epoch: 0,
                 epoch_loss_sum: 0.0,
                 epoch_samples: 0,
+                epoch_correct: 0,
                 spec_yaml: spec.to_yaml(),
                 model: model.clone(),
                 adam_time: 0,

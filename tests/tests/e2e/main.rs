@@ -5,5 +5,6 @@ mod chaos;
 mod exactness;
 mod learning;
 mod lifecycle;
+mod observability;
 mod processes;
 mod resume;
