@@ -51,11 +51,33 @@ pub async fn get(coordinator: &str, job: &str) -> Result<pb::JobStatus, CtlError
 }
 
 /// `ctctl status` output.
+/// `ctctl status` output: the job, then the cluster's worker table.
 pub async fn status(coordinator: &str, job: &str, format: Format) -> Result<String, CtlError> {
     let s = get(coordinator, job).await?;
+    let mut c = connect(coordinator).await?;
+    let w = c
+        .list_workers(pb::ListWorkersRequest {})
+        .await?
+        .into_inner();
     Ok(match format {
-        Format::Json => json(&StatusJson::from(&s)),
-        Format::Table => status_text(&s),
+        Format::Json => {
+            let mut v = serde_json::to_value(StatusJson::from(&s)).unwrap_or_default();
+            v["worker_table"] = workers_json(&w)["workers"].take();
+            json(&v)
+        }
+        Format::Table => format!("{}\n{}", status_text(&s), workers_text(&w)),
+    })
+}
+
+fn workers_json(r: &pb::ListWorkersResponse) -> serde_json::Value {
+    serde_json::json!({
+        "workers": r.workers.iter().map(|w| serde_json::json!({
+            "id": w.id, "name": w.name, "device": w.device, "last_seen_ms": w.last_seen_ms,
+            "tasks": w.tasks, "images_per_sec": w.images_per_sec, "fetch_seconds": w.fetch_seconds,
+            "compute_seconds": w.compute_seconds, "network_seconds": w.network_seconds,
+        })).collect::<Vec<_>>(),
+        "slowest_worker": (!r.slowest_worker.is_empty()).then_some(&r.slowest_worker),
+        "slowest_reason": (!r.slowest_reason.is_empty()).then_some(&r.slowest_reason),
     })
 }
 
@@ -77,15 +99,7 @@ pub async fn workers(coordinator: &str, format: Format) -> Result<String, CtlErr
         .await?
         .into_inner();
     Ok(match format {
-        Format::Json => json(&serde_json::json!({
-            "workers": r.workers.iter().map(|w| serde_json::json!({
-                "id": w.id, "name": w.name, "device": w.device, "last_seen_ms": w.last_seen_ms,
-                "tasks": w.tasks, "images_per_sec": w.images_per_sec, "fetch_seconds": w.fetch_seconds,
-                "compute_seconds": w.compute_seconds, "network_seconds": w.network_seconds,
-            })).collect::<Vec<_>>(),
-            "slowest_worker": (!r.slowest_worker.is_empty()).then_some(&r.slowest_worker),
-            "slowest_reason": (!r.slowest_reason.is_empty()).then_some(&r.slowest_reason),
-        })),
+        Format::Json => json(&workers_json(&r)),
         Format::Table => workers_text(&r),
     })
 }

@@ -8,51 +8,16 @@
 use std::time::Instant;
 
 use burn::tensor::Device;
-use ctcluster_common::dataset::{
-    SynthOptions, convert_npz, load_manifest, load_shard, write_synthetic,
-};
+use ctcluster_common::dataset::{load_manifest, load_shard};
 use ctcluster_common::model::{BatchInput, ModelConfig, train_batch};
 use ctcluster_common::optim::FlatAdam;
 use ctcluster_common::spec::AdamSpec;
 use ctcluster_common::storage::StoreUrl;
-use ctcluster_proto as pb;
-use ctcluster_tests::{Cluster, shared_data, spec};
-
-const BATCH: usize = 128;
-const MICRO: usize = 32;
-const WARMUP: u64 = 5;
+use ctcluster_tests::bench::{BATCH, MICRO, WARMUP, dataset, distributed};
 
 struct Row {
     setup: String,
     images_per_sec: f64,
-}
-
-async fn dataset() -> (StoreUrl, String) {
-    let ds = StoreUrl::parse("memory://bench/ds").unwrap();
-    if let Some(data) = shared_data() {
-        convert_npz(
-            &data.join("pneumoniamnist/pneumoniamnist.npz"),
-            &ds,
-            None,
-            2048,
-        )
-        .await
-        .unwrap();
-        (ds, "PneumoniaMNIST train split (4708 x 28x28 u8)".into())
-    } else {
-        write_synthetic(
-            &ds,
-            SynthOptions {
-                train: 4096,
-                test: 16,
-                size: 28,
-                seed: 1,
-            },
-        )
-        .await
-        .unwrap();
-        (ds, "synthetic 28x28 (../shared/data absent)".into())
-    }
 }
 
 /// Forward/backward over micro-batches of 32, sum, Adam: what a step costs with no network.
@@ -98,41 +63,6 @@ async fn single_process(ds: &StoreUrl, steps: u64, micro: usize) -> f64 {
     })
     .await
     .unwrap()
-}
-
-/// The full distributed step: coordinator and `workers` workers over gRPC on loopback.
-async fn distributed(ds: &StoreUrl, workers: usize, steps: u64) -> f64 {
-    let cluster = Cluster::start(&format!("memory://bench-state-{workers}/s"), workers).await;
-    let job = cluster
-        .submit(&spec(
-            "bench",
-            ds.as_str(),
-            &format!("memory://bench-out-{workers}/o"),
-            &format!(
-                "batch_size: {BATCH}\nmicro_batch_size: {MICRO}\nepochs: 50\nmax_steps: {}\nvalidation:\n  fraction: 0\ncheckpoint:\n  every_steps: 1000000\n",
-                steps + WARMUP
-            ),
-        ))
-        .await
-        .unwrap();
-    let mut client = cluster.client().await;
-    let mut stream = client
-        .watch(pb::WatchRequest { job_id: job })
-        .await
-        .unwrap()
-        .into_inner();
-    let (mut t0, mut t1) = (None, None);
-    while let Some(s) = stream.message().await.unwrap() {
-        if s.step >= WARMUP && t0.is_none() {
-            t0 = Some((Instant::now(), s.step));
-        }
-        if s.step >= steps + WARMUP && t1.is_none() {
-            t1 = Some((Instant::now(), s.step));
-        }
-    }
-    cluster.stop().await;
-    let ((a, sa), (b, sb)) = (t0.unwrap(), t1.unwrap());
-    ((sb - sa) as usize * BATCH) as f64 / (b - a).as_secs_f64()
 }
 
 #[tokio::main]

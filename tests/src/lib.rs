@@ -2,6 +2,7 @@
 //! real workers talking gRPC over loopback) that tests can grow, shrink and query, plus helpers
 //! to find the shared real data and the built binaries.
 
+pub mod bench;
 pub mod chaos;
 pub mod otlp;
 pub mod procs;

@@ -154,15 +154,26 @@ async fn status_names_the_slow_worker_and_why() {
         .poll_status(&id, |s| !s.slowest_worker.is_empty())
         .await;
     let mut c = cluster.client().await;
+    // What a user sees: `ctctl status -o json`.
+    let text = ctctl::jobs::status(&cluster.url, &id, ctctl::cli::Format::Json)
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let slowest = status["slowest_worker"].as_str().unwrap_or_default();
+    let reason = status["slowest_reason"].as_str().unwrap_or_default();
+    assert!(slowest.contains("test-worker-0"), "{text}");
+    assert!(reason.starts_with("computing"), "{text}");
+    assert!(named.step <= 6, "named within a few steps (at step {})", named.step);
+    let table = status["worker_table"].as_array().unwrap();
+    assert_eq!(table.len(), 3, "{text}");
+    let slow_row = table
+        .iter()
+        .find(|w| w["name"] == "test-worker-0")
+        .unwrap();
+    let fast_row = table.iter().find(|w| w["name"] != "test-worker-0").unwrap();
     assert!(
-        named.slowest_worker.contains("test-worker-0"),
-        "{}",
-        named.slowest_worker
-    );
-    assert!(
-        named.slowest_reason.starts_with("computing"),
-        "{}",
-        named.slowest_reason
+        slow_row["compute_seconds"].as_f64() > fast_row["compute_seconds"].as_f64(),
+        "{text}"
     );
     let workers = c
         .list_workers(pb::ListWorkersRequest {})
