@@ -103,14 +103,17 @@ pub async fn run(args: &DemoArgs) -> Result<String, CtlError> {
         }
         let test = evaluate(&status.model, data.as_str(), "test").await?;
         let val = status.metrics.and_then(|m| m.val_accuracy).unwrap_or(f64::NAN);
+        let report_dir = dir.join("report");
+        crate::report::report(&url, &id, &report_dir).await?;
         Ok(format!(
-            "job {id} succeeded in {} steps\nvalidation accuracy {val:.4}\ntest accuracy       {:.4} (ROC-AUC {:.4}) on {} held-out images\ncheckpoint {}\nmodel      {}\n",
+            "job {id} succeeded in {} steps\nvalidation accuracy {val:.4}\ntest accuracy       {:.4} (ROC-AUC {:.4}) on {} held-out images\ncheckpoint {}\nmodel      {}\nreport     {}\n",
             status.step,
             test.accuracy,
             test.roc_auc.unwrap_or(f64::NAN),
             test.samples,
             status.checkpoint,
-            status.model
+            status.model,
+            report_dir.join("index.html").display()
         ))
     }
     .await;

@@ -37,7 +37,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// One measurement, in this (child) process.
 async fn child(steps: u64, export: bool) {
     let telemetry = ctcluster_common::telemetry::init("ctcluster-bench", "warn");
-    assert_eq!(telemetry.exporting(), export, "OTEL_* variables not as expected");
+    assert_eq!(
+        telemetry.exporting(),
+        export,
+        "OTEL_* variables not as expected"
+    );
     let (ds, _) = dataset().await;
     let ips = distributed(&ds, 2, steps).await;
     telemetry.shutdown().await;
@@ -105,7 +109,12 @@ async fn main() {
     );
     println!("| traces | runs (images/s) | median images/s |");
     println!("|---|---|---:|");
-    let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+    let fmt = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     println!("| not exported | {} | {p:.0} |", fmt(&plain));
     println!(
         "| exported over OTLP/gRPC ({spans} spans received) | {} | {e:.0} |",

@@ -79,4 +79,3 @@ pub async fn distributed(ds: &StoreUrl, workers: usize, steps: u64) -> f64 {
     let ((a, sa), (b, sb)) = (t0.unwrap(), t1.unwrap());
     ((sb - sa) as usize * BATCH) as f64 / (b - a).as_secs_f64()
 }
-

@@ -82,6 +82,9 @@ pub struct ChaosReport {
     pub audit: Vec<EpochAudit>,
     /// Whether the final parameters are bit-identical to an undisturbed run (if compared).
     pub equals_undisturbed: Option<bool>,
+    /// Whether a `ctctl watch` started at submit followed the job through every kill and
+    /// exited successfully with the job's final state.
+    pub watch_followed_to_the_end: bool,
 }
 
 struct Cluster {
@@ -233,6 +236,27 @@ pub async fn audit(job_output: &StoreUrl) -> Vec<EpochAudit> {
 }
 
 /// Runs the chaos scenario; panics if the cluster cannot be started at all.
+/// Waits (bounded) for the watcher to exit; true if it exited 0 having printed the final
+/// state.
+async fn watched_to_the_end(mut watcher: Proc, state: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        match watcher.0.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ => return false,
+        }
+    };
+    let mut out = String::new();
+    if let Some(mut stdout) = watcher.0.stdout.take() {
+        use std::io::Read;
+        let _ = stdout.read_to_string(&mut out);
+    }
+    status.success() && out.contains(&format!("state      {state}"))
+}
+
 pub async fn run(opts: &ChaosOptions) -> ChaosReport {
     let root = opts.dir.display().to_string();
     let dataset = StoreUrl::parse(&format!("{root}/ds")).unwrap();
@@ -257,6 +281,16 @@ pub async fn run(opts: &ChaosOptions) -> ChaosReport {
     }
     let url = cluster.url();
     let job = submit(&url, spec(opts, dataset.as_str(), &format!("{root}/chaos"))).await;
+    // A user following the job: it must ride out the coordinator kills.
+    let watcher = Proc(
+        std::process::Command::new(crate::procs::binary("ctctl"))
+            .args(["--coordinator", &url, "watch", &job])
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start ctctl watch"),
+    );
     let total = loop {
         let s = status(&url, &job).await;
         if s.total_steps > 0 {
@@ -292,6 +326,7 @@ pub async fn run(opts: &ChaosOptions) -> ChaosReport {
         steps: 0,
         audit: Vec::new(),
         equals_undisturbed: None,
+        watch_followed_to_the_end: false,
     };
     let audit_dir = StoreUrl::parse(&format!("{root}/chaos/{job}/audit")).unwrap();
     let started = Instant::now();
@@ -356,6 +391,7 @@ pub async fn run(opts: &ChaosOptions) -> ChaosReport {
     report.steps = end.step;
     let job_output = StoreUrl::parse(&format!("{root}/chaos/{job}")).unwrap();
     report.audit = audit(&job_output).await;
+    report.watch_followed_to_the_end = watched_to_the_end(watcher, &report.state).await;
     if opts.compare && report.state == "succeeded" {
         let calm = submit(&url, spec(opts, dataset.as_str(), &format!("{root}/calm"))).await;
         let calm_end = wait_end(&url, &calm).await;

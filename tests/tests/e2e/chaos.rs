@@ -19,6 +19,10 @@ async fn killing_workers_and_the_coordinator_loses_nothing_and_changes_nothing()
     let report = run(&opts).await;
     eprintln!("chaos report: {}", serde_json::to_string(&report).unwrap());
     assert_eq!(report.state, "succeeded");
+    assert!(
+        report.watch_followed_to_the_end,
+        "ctctl watch did not survive the coordinator kill"
+    );
     assert_eq!((report.worker_kills, report.coordinator_kills), (5, 1));
     assert_eq!(report.audit.len(), 3, "{:?}", report.audit);
     for epoch in &report.audit {

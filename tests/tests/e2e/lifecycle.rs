@@ -163,13 +163,14 @@ async fn status_names_the_slow_worker_and_why() {
     let reason = status["slowest_reason"].as_str().unwrap_or_default();
     assert!(slowest.contains("test-worker-0"), "{text}");
     assert!(reason.starts_with("computing"), "{text}");
-    assert!(named.step <= 6, "named within a few steps (at step {})", named.step);
+    assert!(
+        named.step <= 6,
+        "named within a few steps (at step {})",
+        named.step
+    );
     let table = status["worker_table"].as_array().unwrap();
     assert_eq!(table.len(), 3, "{text}");
-    let slow_row = table
-        .iter()
-        .find(|w| w["name"] == "test-worker-0")
-        .unwrap();
+    let slow_row = table.iter().find(|w| w["name"] == "test-worker-0").unwrap();
     let fast_row = table.iter().find(|w| w["name"] != "test-worker-0").unwrap();
     assert!(
         slow_row["compute_seconds"].as_f64() > fast_row["compute_seconds"].as_f64(),

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod chaos;
+mod deploy;
 mod exactness;
 mod learning;
 mod lifecycle;
