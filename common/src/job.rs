@@ -127,6 +127,10 @@ pub struct JobRecord {
     /// Training loss per step, thinned to at most [`LossCurve::MAX_POINTS`] points.
     #[serde(default)]
     pub loss_curve: LossCurve,
+    /// The user who submitted the job (`anonymous` on an `--insecure` coordinator). Only
+    /// they and admins see and cancel it.
+    #[serde(default)]
+    pub owner: String,
     /// The trace context of the `ctctl submit` that created the job: the job's spans join that
     /// trace, also after a coordinator restart. Empty when the submit was not traced.
     #[serde(default)]
@@ -158,6 +162,7 @@ impl JobRecord {
             resumes: 0,
             resumed_from_step: None,
             trace_context: TraceCarrier::new(),
+            owner: String::new(),
             classes: Vec::new(),
             val_confusion: Vec::new(),
             loss_curve: LossCurve::default(),

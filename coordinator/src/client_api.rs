@@ -10,7 +10,9 @@ use ctcluster_proto as pb;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::principal;
 use crate::error::CoordError;
+use crate::job::JobHandle;
 use crate::state::{Coordinator, state_to_proto};
 use crate::workers::slowest;
 
@@ -37,6 +39,7 @@ pub fn record_to_proto(r: &JobRecord) -> pb::JobStatus {
         resumed_from_step: r.resumed_from_step,
         slowest_worker: String::new(),
         slowest_reason: String::new(),
+        owner: r.owner.clone(),
     }
 }
 
@@ -87,6 +90,20 @@ impl ClientApi {
     pub fn new(coord: Arc<Coordinator>) -> Self {
         ClientApi { coord }
     }
+
+    /// A job the caller may see: its owner, or an admin.
+    fn visible_job<T>(&self, req: &Request<T>, raw_id: &str) -> Result<Arc<JobHandle>, Status> {
+        let who = principal(req)?;
+        let job = self.coord.job(&job_id(raw_id.to_string())?)?;
+        let owner = job.record().owner;
+        if !who.may_access(&owner) {
+            return Err(Status::permission_denied(format!(
+                "job {} belongs to another user",
+                job.id
+            )));
+        }
+        Ok(job)
+    }
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobStatus, Status>> + Send>>;
@@ -98,9 +115,10 @@ impl pb::client_service_server::ClientService for ClientApi {
         req: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
         let trace = carrier_from_metadata(req.metadata());
+        let owner = principal(&req)?;
         let id = self
             .coord
-            .submit(&req.into_inner().spec_yaml, trace)
+            .submit(&req.into_inner().spec_yaml, trace, owner.name())
             .await?;
         Ok(Response::new(pb::SubmitResponse {
             job_id: id.to_string(),
@@ -111,7 +129,7 @@ impl pb::client_service_server::ClientService for ClientApi {
         &self,
         req: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::JobStatus>, Status> {
-        let job = self.coord.job(&job_id(req.into_inner().job_id)?)?;
+        let job = self.visible_job(&req, &req.get_ref().job_id)?;
         let mut status = record_to_proto(&job.record());
         if let Some((who, why)) = slowest(&self.coord.workers.snapshot()) {
             status.slowest_worker = who;
@@ -124,7 +142,7 @@ impl pb::client_service_server::ClientService for ClientApi {
         &self,
         req: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::JobReport>, Status> {
-        let job = self.coord.job(&job_id(req.into_inner().job_id)?)?;
+        let job = self.visible_job(&req, &req.get_ref().job_id)?;
         Ok(Response::new(record_to_report(&job.record())))
     }
 
@@ -157,13 +175,16 @@ impl pb::client_service_server::ClientService for ClientApi {
 
     async fn list_jobs(
         &self,
-        _: Request<pb::ListJobsRequest>,
+        req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let who = principal(&req)?;
         let jobs = self
             .coord
             .list()
             .iter()
-            .map(|j| record_to_proto(&j.record()))
+            .map(|j| j.record())
+            .filter(|r| who.may_access(&r.owner))
+            .map(|r| record_to_proto(&r))
             .collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
@@ -172,7 +193,8 @@ impl pb::client_service_server::ClientService for ClientApi {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::JobStatus>, Status> {
-        let job = self.coord.cancel(&job_id(req.into_inner().job_id)?)?;
+        let job = self.visible_job(&req, &req.get_ref().job_id)?;
+        let job = self.coord.cancel(&job.id)?;
         Ok(Response::new(record_to_proto(&job.record())))
     }
 
@@ -182,7 +204,7 @@ impl pb::client_service_server::ClientService for ClientApi {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let job = self.coord.job(&job_id(req.into_inner().job_id)?)?;
+        let job = self.visible_job(&req, &req.get_ref().job_id)?;
         let rx = job.subscribe();
         let shutdown = self.coord.shutdown.clone();
         // Sends the current record, then every change, and ends after a terminal state.

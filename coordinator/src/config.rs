@@ -1,11 +1,49 @@
 //! The coordinator's command line and its validated configuration.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
+use ctcluster_common::auth::UsersFile;
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_common::{Error, Result};
+
+use crate::auth::Security;
+use crate::scope::StorageScope;
+use crate::tls::TlsFiles;
+
+fn read_file(flag: &str, path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| Error::invalid("tls", format!("{flag} {}: {e}", path.display())))
+}
+
+/// TLS and users from the flags: all four files, or `--insecure`.
+fn security_from(a: &Args) -> Result<(Security, Option<TlsFiles>)> {
+    match (&a.tls_cert, &a.tls_key, &a.client_ca, &a.users, a.insecure) {
+        (None, None, None, None, true) => Ok((Security::Insecure, None)),
+        (Some(cert), Some(key), Some(ca), Some(users), false) => {
+            let text = String::from_utf8(read_file("--users", users)?)
+                .map_err(|e| Error::invalid("users file", e.to_string()))?;
+            let users = UsersFile::from_yaml(&text, &users.display().to_string())?;
+            let files = TlsFiles {
+                cert_pem: read_file("--tls-cert", cert)?,
+                key_pem: read_file("--tls-key", key)?,
+                client_ca_pem: read_file("--client-ca", ca)?,
+            };
+            Ok((Security::tls(&users), Some(files)))
+        }
+        (_, _, _, _, true) => Err(Error::invalid(
+            "tls",
+            "--insecure cannot be combined with --tls-cert, --tls-key, --client-ca or --users",
+        )),
+        _ => Err(Error::invalid(
+            "tls",
+            "the coordinator serves TLS only: give --tls-cert, --tls-key, --client-ca and --users \
+             (`ctctl certs init DIR` creates them), or --insecure for plain text on a trusted network",
+        )),
+    }
+}
 
 /// Command-line arguments of `ctcluster-coordinator`.
 #[derive(Debug, Clone, Parser)]
@@ -32,6 +70,29 @@ pub struct Args {
     /// no steps.
     #[arg(long, env = "CT_TRACE_EVERY_STEPS", default_value_t = 10)]
     pub trace_every_steps: u64,
+    /// A URL prefix jobs may read datasets and checkpoints from (repeat, or comma-separate in
+    /// the variable). With no --allow-read/--allow-write, jobs may use any URL.
+    #[arg(long, env = "CT_ALLOW_READ", value_delimiter = ',')]
+    pub allow_read: Vec<String>,
+    /// A URL prefix jobs may write their output under (and read from).
+    #[arg(long, env = "CT_ALLOW_WRITE", value_delimiter = ',')]
+    pub allow_write: Vec<String>,
+    /// The coordinator's TLS certificate (PEM; `ctctl certs init` makes one).
+    #[arg(long, env = "CT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "CT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificate that signs worker certificates (PEM).
+    #[arg(long, env = "CT_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// The users file: names, admin flags, sha256 of their bearer tokens (YAML).
+    #[arg(long, env = "CT_USERS")]
+    pub users: Option<PathBuf>,
+    /// Serve plain text with no authentication (a warning is printed). Only for a trusted
+    /// private network.
+    #[arg(long, env = "CT_INSECURE")]
+    pub insecure: bool,
 }
 
 /// Validated coordinator settings.
@@ -45,16 +106,25 @@ pub struct CoordinatorConfig {
     pub worker_lease: Duration,
     /// After the first epoch, traces record every Nth step (0: none).
     pub trace_every_steps: u64,
+    /// Where jobs may read and write.
+    pub scope: StorageScope,
+    /// How callers are authenticated.
+    pub security: Security,
+    /// TLS material; `None` serves plain text (only with [`Security::Insecure`]).
+    pub tls: Option<TlsFiles>,
 }
 
 impl CoordinatorConfig {
     /// Settings for tests and the demo: records under `state_url`, short lease.
     pub fn local(state_url: StoreUrl) -> Self {
         CoordinatorConfig {
-            state_url,
             heartbeat: Duration::from_millis(500),
             worker_lease: Duration::from_secs(3),
             trace_every_steps: 10,
+            scope: StorageScope::default().protecting_state(state_url.as_str()),
+            state_url,
+            security: Security::Insecure,
+            tls: None,
         }
     }
 }
@@ -76,7 +146,14 @@ impl TryFrom<&Args> for CoordinatorConfig {
                 "must be larger than heartbeat-ms, which must be positive",
             ));
         }
+        let scope = StorageScope::new(&a.allow_read, &a.allow_write)
+            .map_err(|e| Error::invalid("storage scope", e))?
+            .protecting_state(&a.state_url);
+        let (security, tls) = security_from(a)?;
         Ok(CoordinatorConfig {
+            security,
+            tls,
+            scope,
             state_url: StoreUrl::parse(&a.state_url)?,
             heartbeat: Duration::from_millis(a.heartbeat_ms),
             worker_lease: Duration::from_millis(a.worker_lease_ms),

@@ -41,6 +41,16 @@ pub enum CoordError {
     /// The coordinator is shutting down.
     #[error("the coordinator is shutting down")]
     ShuttingDown,
+    /// A job names a URL outside the storage scope.
+    #[error("{field} {url} is outside the storage scope: {reason}")]
+    OutOfScope {
+        /// The spec field.
+        field: &'static str,
+        /// The URL as given.
+        url: String,
+        /// The rule it broke.
+        reason: String,
+    },
 }
 
 impl CoordError {
@@ -69,6 +79,7 @@ impl From<CoordError> for Status {
             }
             CoordError::BadRequest { .. } => Status::invalid_argument(msg),
             CoordError::ShuttingDown => Status::unavailable(msg),
+            CoordError::OutOfScope { .. } => Status::permission_denied(msg),
             CoordError::TaskFailed(_) => Status::aborted(msg),
         }
     }

@@ -1,6 +1,7 @@
 //! ctcluster's coordinator: job lifecycle, data plan, task scheduling, gradient all-reduce,
 //! Adam and checkpoints, served over gRPC.
 
+pub mod auth;
 pub mod client_api;
 pub mod config;
 pub mod driver;
@@ -9,8 +10,10 @@ pub mod job;
 pub mod plan;
 pub mod records;
 pub mod scheduler;
+pub mod scope;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod worker_api;
 pub mod workers;
 

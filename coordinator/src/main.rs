@@ -4,21 +4,44 @@ use clap::Parser;
 use ctcluster_coordinator::{Args, CoordinatorConfig, serve};
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() {
     let telemetry = ctcluster_common::telemetry::init("ctcluster-coordinator", "info");
     let args = Args::parse();
-    let config = CoordinatorConfig::try_from(&args)?;
     if telemetry.exporting() {
-        tracing::info!(
-            every_steps = config.trace_every_steps,
-            "exporting traces over OTLP"
+        tracing::info!("exporting traces over OTLP");
+    }
+    let result = run(args).await;
+    telemetry.shutdown().await;
+    if let Err(e) = result {
+        eprintln!("ctcluster-coordinator: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let config = CoordinatorConfig::try_from(&args)?;
+    if config.tls.is_none() {
+        tracing::warn!(
+            "--insecure: serving plain text with no authentication; anyone who can reach this \
+             port can submit jobs and read results. Use only on a trusted private network."
         );
     }
+    if !config.scope.is_restricted() {
+        tracing::warn!(
+            "no --allow-read/--allow-write: jobs may read and write any URL this coordinator's \
+             credentials reach"
+        );
+    } else {
+        tracing::info!(scope = %config.scope.describe(), "storage scope");
+    }
+    tracing::debug!(
+        every_steps = config.trace_every_steps,
+        "detailed step traces"
+    );
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, state = %config.state_url, "coordinator listening");
     serve(listener, config, shutdown_signal()).await?;
     tracing::info!("coordinator stopped");
-    telemetry.shutdown().await;
     Ok(())
 }
 

@@ -111,11 +111,18 @@ impl Coordinator {
         self: &Arc<Self>,
         spec_yaml: &str,
         trace_context: TraceCarrier,
+        owner: &str,
     ) -> Result<JobId, CoordError> {
         if self.shutdown.is_cancelled() {
             return Err(CoordError::ShuttingDown);
         }
         let spec = JobSpec::from_yaml(spec_yaml)?;
+        let scope = &self.config.scope;
+        scope.check_read("dataset", &spec.dataset)?;
+        scope.check_write("output", &spec.output)?;
+        if let Some(r) = &spec.resume_from {
+            scope.check_read("resume_from", r)?;
+        }
         let dataset =
             StoreUrl::parse(&spec.dataset).map_err(|e| Error::invalid("dataset", e.to_string()))?;
         let manifest = load_manifest(&dataset)
@@ -148,6 +155,7 @@ impl Coordinator {
             spec.epochs,
         );
         record.trace_context = trace_context;
+        record.owner = owner.to_string();
         records::save(&self.config.state_url, &record).await?;
         let handle = self.insert(spec, record);
         tracing::info!(job = %id, name = %handle.spec.name, "job submitted");

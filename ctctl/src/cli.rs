@@ -13,9 +13,18 @@ pub struct Cli {
         long,
         global = true,
         env = "CTCTL_COORDINATOR",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "https://127.0.0.1:50051"
     )]
     pub coordinator: String,
+    /// The cluster CA certificate (PEM) that signed the coordinator's certificate.
+    #[arg(long, global = true, env = "CTCTL_CA")]
+    pub ca: Option<PathBuf>,
+    /// A file holding your bearer token (or set CTCTL_TOKEN to the token itself).
+    #[arg(long, global = true, env = "CTCTL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Talk plain text, without a token, to an `--insecure` coordinator.
+    #[arg(long, global = true, env = "CTCTL_INSECURE")]
+    pub insecure: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -80,6 +89,9 @@ pub enum Command {
         #[arg(long, default_value = "report")]
         out: PathBuf,
     },
+    /// Create a cluster's TLS certificates and user tokens.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Create and inspect datasets.
     #[command(subcommand)]
     Dataset(DatasetCommand),
@@ -100,6 +112,26 @@ pub enum Command {
     },
     /// Run the whole thing locally: generated data, a coordinator, two workers, a training job.
     Demo(DemoArgs),
+}
+
+/// `ctctl certs ...`
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Write a CA, the coordinator's certificate, worker certificates and user tokens.
+    Init {
+        /// The folder to create them in.
+        dir: PathBuf,
+        /// Extra names the coordinator is reached by (DNS names or IPs; localhost and
+        /// 127.0.0.1 are always included).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Worker certificates to make.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Users besides `admin` (comma-separated); each gets a token file.
+        #[arg(long, value_delimiter = ',')]
+        users: Vec<String>,
+    },
 }
 
 /// `ctctl dataset ...`

@@ -7,6 +7,8 @@ use ctcluster_common::dataset::{MANIFEST_FILE, SynthOptions, write_synthetic};
 use ctcluster_common::evaluate::evaluate;
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_coordinator::CoordinatorConfig;
+use ctcluster_coordinator::auth::Security;
+use ctcluster_coordinator::scope::StorageScope;
 use ctcluster_worker::WorkerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -59,13 +61,22 @@ pub async fn run(args: &DemoArgs) -> Result<String, CtlError> {
         .await
         .map_err(demo_err)?;
     let addr = listener.local_addr().map_err(demo_err)?;
-    let url = format!("http://{addr}");
+    // Secure like a real cluster: a fresh CA, TLS, worker certificates, an admin token.
+    let tls = crate::certs::generate(&[], args.workers, &[])?.local()?;
+    let url = format!("https://{addr}");
+    let target = crate::Target::secure(&url, tls.ca_pem.clone(), &tls.admin_token);
     let stop_coordinator = CancellationToken::new();
     let stop_workers = CancellationToken::new();
     let tasks = TaskTracker::new();
     {
         let stop = stop_coordinator.clone();
-        let config = CoordinatorConfig::local(state);
+        let mut config = CoordinatorConfig::local(state);
+        config.security = Security::tls(&tls.users);
+        config.tls = Some(tls.coordinator.clone());
+        config.scope =
+            StorageScope::new(&[data.as_str().to_string()], &[output.as_str().to_string()])
+                .map_err(demo_err)?
+                .protecting_state(config.state_url.as_str());
         tasks.spawn(async move {
             if let Err(e) =
                 ctcluster_coordinator::serve(listener, config, stop.cancelled_owned()).await
@@ -74,12 +85,13 @@ pub async fn run(args: &DemoArgs) -> Result<String, CtlError> {
             }
         });
     }
-    for i in 0..args.workers {
+    for (i, identity) in tls.workers.iter().enumerate() {
         let config = WorkerConfig {
             coordinator: url.clone(),
             name: format!("demo-worker-{i}"),
             device: "cpu".into(),
             faults: Default::default(),
+            tls: Some(identity.clone()),
         };
         let stop = stop_workers.clone();
         tasks.spawn(async move {
@@ -88,12 +100,15 @@ pub async fn run(args: &DemoArgs) -> Result<String, CtlError> {
             }
         });
     }
-    println!("coordinator on {url} with {} workers", args.workers);
+    println!(
+        "coordinator on {url} (TLS, worker certificates, token) with {} workers",
+        args.workers
+    );
 
     let outcome = async {
-        let id = jobs::submit_text(&url, demo_spec(data.as_str(), output.as_str(), args.epochs)).await?;
+        let id = jobs::submit_text(&target, demo_spec(data.as_str(), output.as_str(), args.epochs)).await?;
         println!("submitted job {id}");
-        let status = watch::watch(&url, &id).await?;
+        let status = watch::watch(&target, &id).await?;
         if state_name(status.state) != "succeeded" {
             return Err(CtlError::JobDidNotSucceed {
                 id,
@@ -104,7 +119,7 @@ pub async fn run(args: &DemoArgs) -> Result<String, CtlError> {
         let test = evaluate(&status.model, data.as_str(), "test").await?;
         let val = status.metrics.and_then(|m| m.val_accuracy).unwrap_or(f64::NAN);
         let report_dir = dir.join("report");
-        crate::report::report(&url, &id, &report_dir).await?;
+        crate::report::report(&target, &id, &report_dir).await?;
         Ok(format!(
             "job {id} succeeded in {} steps\nvalidation accuracy {val:.4}\ntest accuracy       {:.4} (ROC-AUC {:.4}) on {} held-out images\ncheckpoint {}\nmodel      {}\nreport     {}\n",
             status.step,

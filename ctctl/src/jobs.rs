@@ -10,7 +10,7 @@ use tracing::field::Empty;
 
 use crate::CtlError;
 use crate::cli::Format;
-use crate::connect::connect;
+use crate::connect::{Target, connect};
 use crate::render::{StatusJson, list_text, status_text, workers_text};
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -18,7 +18,7 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// Reads a spec file and submits it; returns the job id.
-pub async fn submit(coordinator: &str, file: &Path) -> Result<String, CtlError> {
+pub async fn submit(coordinator: &Target, file: &Path) -> Result<String, CtlError> {
     let spec_yaml = std::fs::read_to_string(file)
         .map_err(|e| CtlError::Usage(format!("{}: {e}", file.display())))?;
     submit_text(coordinator, spec_yaml).await
@@ -26,7 +26,7 @@ pub async fn submit(coordinator: &str, file: &Path) -> Result<String, CtlError> 
 
 /// Submits a spec given as text; returns the job id. When traces are exported this is where
 /// the job's trace starts: the coordinator's job span is a child of this `submit` span.
-pub async fn submit_text(coordinator: &str, spec_yaml: String) -> Result<String, CtlError> {
+pub async fn submit_text(coordinator: &Target, spec_yaml: String) -> Result<String, CtlError> {
     let span = trace_span!("submit", otel.kind = "client", job.id = Empty);
     let mut request = tonic::Request::new(pb::SubmitRequest { spec_yaml });
     carrier_to_metadata(&carrier_of(&span), request.metadata_mut());
@@ -41,7 +41,7 @@ pub async fn submit_text(coordinator: &str, spec_yaml: String) -> Result<String,
 }
 
 /// One job's status.
-pub async fn get(coordinator: &str, job: &str) -> Result<pb::JobStatus, CtlError> {
+pub async fn get(coordinator: &Target, job: &str) -> Result<pb::JobStatus, CtlError> {
     let mut c = connect(coordinator).await?;
     Ok(c.get_job(pb::GetJobRequest {
         job_id: job.to_string(),
@@ -52,7 +52,7 @@ pub async fn get(coordinator: &str, job: &str) -> Result<pb::JobStatus, CtlError
 
 /// `ctctl status` output.
 /// `ctctl status` output: the job, then the cluster's worker table.
-pub async fn status(coordinator: &str, job: &str, format: Format) -> Result<String, CtlError> {
+pub async fn status(coordinator: &Target, job: &str, format: Format) -> Result<String, CtlError> {
     let s = get(coordinator, job).await?;
     let mut c = connect(coordinator).await?;
     let w = c
@@ -82,7 +82,7 @@ fn workers_json(r: &pb::ListWorkersResponse) -> serde_json::Value {
 }
 
 /// `ctctl list` output.
-pub async fn list(coordinator: &str, format: Format) -> Result<String, CtlError> {
+pub async fn list(coordinator: &Target, format: Format) -> Result<String, CtlError> {
     let mut c = connect(coordinator).await?;
     let jobs = c.list_jobs(pb::ListJobsRequest {}).await?.into_inner().jobs;
     Ok(match format {
@@ -92,7 +92,7 @@ pub async fn list(coordinator: &str, format: Format) -> Result<String, CtlError>
 }
 
 /// `ctctl workers` output.
-pub async fn workers(coordinator: &str, format: Format) -> Result<String, CtlError> {
+pub async fn workers(coordinator: &Target, format: Format) -> Result<String, CtlError> {
     let mut c = connect(coordinator).await?;
     let r = c
         .list_workers(pb::ListWorkersRequest {})
@@ -105,7 +105,7 @@ pub async fn workers(coordinator: &str, format: Format) -> Result<String, CtlErr
 }
 
 /// `ctctl cancel` output.
-pub async fn cancel(coordinator: &str, job: &str) -> Result<String, CtlError> {
+pub async fn cancel(coordinator: &Target, job: &str) -> Result<String, CtlError> {
     let mut c = connect(coordinator).await?;
     let s = c
         .cancel_job(pb::CancelJobRequest {

@@ -1,6 +1,7 @@
 //! `ctctl`, ctcluster's command line, as a library: each command returns what it prints, so
 //! tests can call the same code the binary runs.
 
+pub mod certs;
 pub mod cli;
 pub mod connect;
 pub mod dataset;
@@ -11,19 +12,60 @@ pub mod render;
 pub mod report;
 pub mod watch;
 
+pub use connect::Target;
 pub use error::CtlError;
 
-use cli::{Cli, Command, DatasetCommand, Format};
+/// The coordinator target from the global flags: TLS with the CA and a token (from
+/// `CTCTL_TOKEN` or `--token-file`), or plain text with `--insecure`.
+pub fn target_from(
+    url: &str,
+    ca: Option<&std::path::Path>,
+    token_file: Option<&std::path::Path>,
+    insecure: bool,
+) -> Result<Target, CtlError> {
+    if insecure {
+        return Ok(Target::insecure(url));
+    }
+    let ca = ca.ok_or_else(|| {
+        CtlError::Usage(
+            "no CA certificate: pass --ca FILE or set CTCTL_CA (or --insecure for a plain-text coordinator)"
+                .into(),
+        )
+    })?;
+    let ca_pem =
+        std::fs::read(ca).map_err(|e| CtlError::Usage(format!("--ca {}: {e}", ca.display())))?;
+    let token = match (std::env::var("CTCTL_TOKEN"), token_file) {
+        (Ok(t), _) if !t.trim().is_empty() => t,
+        (_, Some(f)) => std::fs::read_to_string(f)
+            .map_err(|e| CtlError::Usage(format!("--token-file {}: {e}", f.display())))?,
+        _ => {
+            return Err(CtlError::Usage(
+                "no token: set CTCTL_TOKEN or pass --token-file FILE".into(),
+            ));
+        }
+    };
+    Ok(Target::secure(url, ca_pem, &token))
+}
+
+use cli::{CertsCommand, Cli, Command, DatasetCommand, Format};
 use ctcluster_common::dataset::SynthOptions;
 
 /// Runs one command; returns the text to print.
 pub async fn run(cli: Cli) -> Result<String, CtlError> {
-    let c = &cli.coordinator;
+    let target = || {
+        target_from(
+            &cli.coordinator,
+            cli.ca.as_deref(),
+            cli.token_file.as_deref(),
+            cli.insecure,
+        )
+    };
     match cli.command {
         Command::Submit {
             file,
             watch: follow,
         } => {
+            let c = &target()?;
             let id = jobs::submit(c, &file).await?;
             if !follow {
                 return Ok(id);
@@ -41,12 +83,12 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
                 })
             }
         }
-        Command::Status { job, output } => jobs::status(c, &job, output).await,
-        Command::List { output } => jobs::list(c, output).await,
-        Command::Cancel { job } => jobs::cancel(c, &job).await,
-        Command::Workers { output } => jobs::workers(c, output).await,
-        Command::Report { job, out } => report::report(c, &job, &out).await,
-        Command::Watch { job } => Ok(render::status_text(&watch::watch(c, &job).await?)),
+        Command::Status { job, output } => jobs::status(&target()?, &job, output).await,
+        Command::List { output } => jobs::list(&target()?, output).await,
+        Command::Cancel { job } => jobs::cancel(&target()?, &job).await,
+        Command::Workers { output } => jobs::workers(&target()?, output).await,
+        Command::Report { job, out } => report::report(&target()?, &job, &out).await,
+        Command::Watch { job } => Ok(render::status_text(&watch::watch(&target()?, &job).await?)),
         Command::Dataset(d) => match d {
             DatasetCommand::FromNpz {
                 file,
@@ -87,5 +129,11 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
             })
         }
         Command::Demo(args) => demo::run(&args).await,
+        Command::Certs(CertsCommand::Init {
+            dir,
+            hosts,
+            workers,
+            users,
+        }) => certs::init(&dir, &hosts, workers, &users),
     }
 }

@@ -6,6 +6,11 @@ use clap::Parser;
 async fn main() {
     let telemetry = ctcluster_common::telemetry::init("ctctl", "warn");
     let cli = ctctl::cli::Cli::parse();
+    if cli.insecure {
+        eprintln!(
+            "ctctl: warning: --insecure: plain text, no token; use only on a trusted network"
+        );
+    }
     let result = ctctl::run(cli).await;
     telemetry.shutdown().await;
     match result {

@@ -46,6 +46,8 @@ pub struct StatusJson {
     pub slowest_worker: Option<String>,
     /// Why it is slow.
     pub slowest_reason: Option<String>,
+    /// Who submitted the job.
+    pub owner: String,
 }
 
 /// Metrics in the JSON status.
@@ -109,6 +111,7 @@ impl From<&pb::JobStatus> for StatusJson {
             resumed_from_step: s.resumed_from_step,
             slowest_worker: non_empty(&s.slowest_worker),
             slowest_reason: non_empty(&s.slowest_reason),
+            owner: s.owner.clone(),
         }
     }
 }

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::CtlError;
-use crate::connect::connect;
+use crate::connect::{Target, connect};
 use crate::render::{StatusJson, is_terminal, state_name};
 
 fn message(s: &pb::JobStatus) -> String {
@@ -26,7 +26,7 @@ fn message(s: &pb::JobStatus) -> String {
 }
 
 /// Follows a job until it ends; returns its final status.
-pub async fn watch(coordinator: &str, job: &str) -> Result<pb::JobStatus, CtlError> {
+pub async fn watch(coordinator: &Target, job: &str) -> Result<pb::JobStatus, CtlError> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} steps  {msg}")

@@ -111,6 +111,7 @@ impl Cluster {
             "200",
             "--worker-lease-ms",
             "1000",
+            "--insecure",
         ];
         self.coordinator = Some(Proc::start("ctcluster-coordinator", &args, &[]));
         wait_for_port(self.port, "coordinator");
@@ -126,6 +127,7 @@ impl Cluster {
                 &url,
                 "--name",
                 &format!("chaos-{}", self.started),
+                "--insecure",
             ],
             &[],
         )
@@ -284,7 +286,7 @@ pub async fn run(opts: &ChaosOptions) -> ChaosReport {
     // A user following the job: it must ride out the coordinator kills.
     let watcher = Proc(
         std::process::Command::new(crate::procs::binary("ctctl"))
-            .args(["--coordinator", &url, "watch", &job])
+            .args(["--insecure", "--coordinator", &url, "watch", &job])
             .env("RUST_LOG", "error")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())

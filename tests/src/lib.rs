@@ -16,10 +16,8 @@ use ctcluster_common::storage::StoreUrl;
 use ctcluster_coordinator::CoordinatorConfig;
 use ctcluster_proto as pb;
 use ctcluster_worker::{Faults, WorkerConfig};
-use pb::client_service_client::ClientServiceClient;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Channel;
 
 /// The longest any test waits for a job.
 pub const JOB_TIMEOUT: Duration = Duration::from_secs(600);
@@ -28,6 +26,9 @@ pub const JOB_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct Cluster {
     /// The coordinator's URL.
     pub url: String,
+    /// How `ctctl` reaches it (as admin on a secure cluster).
+    pub target: ctctl::Target,
+    worker_tls: Vec<ctcluster_worker::WorkerTls>,
     stop_coordinator: CancellationToken,
     workers: Vec<CancellationToken>,
     tasks: TaskTracker,
@@ -36,13 +37,50 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a coordinator (job records under `state`) and `workers` workers.
     pub async fn start(state: &str, workers: usize) -> Cluster {
+        let config = CoordinatorConfig::local(StoreUrl::parse(state).expect("state url"));
+        Self::start_with(config, workers).await
+    }
+
+    /// Starts a coordinator with TLS, worker certificates and user tokens from a fresh
+    /// `ctctl certs` bundle (users `admin`, `alice`, `bob`), and `workers` workers.
+    pub async fn start_secure(state: &str, workers: usize) -> (Cluster, ctctl::certs::Bundle) {
+        let bundle = ctctl::certs::generate(&[], workers.max(1), &["alice".into(), "bob".into()])
+            .expect("certificates");
+        let tls = bundle.local().expect("bundle");
+        let mut config = CoordinatorConfig::local(StoreUrl::parse(state).expect("state url"));
+        config.security = ctcluster_coordinator::auth::Security::tls(&tls.users);
+        config.tls = Some(tls.coordinator.clone());
+        let cluster = Self::launch(config, workers, Some(tls)).await;
+        (cluster, bundle)
+    }
+
+    /// Starts a coordinator with the given settings and `workers` workers.
+    pub async fn start_with(config: CoordinatorConfig, workers: usize) -> Cluster {
+        Self::launch(config, workers, None).await
+    }
+
+    async fn launch(
+        config: CoordinatorConfig,
+        workers: usize,
+        tls: Option<ctctl::certs::LocalTls>,
+    ) -> Cluster {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let addr = listener.local_addr().expect("addr");
+        let (url, target, worker_tls) = match tls {
+            Some(t) => {
+                let url = format!("https://{addr}");
+                let target = ctctl::Target::secure(&url, t.ca_pem.clone(), &t.admin_token);
+                (url, target, t.workers)
+            }
+            None => {
+                let url = format!("http://{addr}");
+                (url.clone(), ctctl::Target::insecure(&url), Vec::new())
+            }
+        };
         let stop_coordinator = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let config = CoordinatorConfig::local(StoreUrl::parse(state).expect("state url"));
         let stop = stop_coordinator.clone();
         tasks.spawn(async move {
             ctcluster_coordinator::serve(listener, config, stop.cancelled_owned())
@@ -51,6 +89,8 @@ impl Cluster {
         });
         let mut cluster = Cluster {
             url,
+            target,
+            worker_tls,
             stop_coordinator,
             workers: Vec::new(),
             tasks,
@@ -74,6 +114,8 @@ impl Cluster {
             name: format!("test-worker-{}", self.workers.len()),
             device: "cpu".into(),
             faults,
+            tls: (!self.worker_tls.is_empty())
+                .then(|| self.worker_tls[self.workers.len() % self.worker_tls.len()].clone()),
         };
         let stop = token.clone();
         self.tasks.spawn(async move {
@@ -85,11 +127,11 @@ impl Cluster {
         self.workers.len() - 1
     }
 
-    /// A client for the coordinator.
-    pub async fn client(&self) -> ClientServiceClient<Channel> {
+    /// A client for the coordinator (the admin on a secure cluster).
+    pub async fn client(&self) -> ctctl::connect::Client {
         tokio::time::timeout(
             Duration::from_secs(10),
-            ClientServiceClient::connect(self.url.clone()),
+            ctctl::connect::connect(&self.target),
         )
         .await
         .expect("connect timeout")

@@ -1,5 +1,7 @@
 //! The worker's command line and validated configuration.
 
+use std::path::{Path, PathBuf};
+
 use clap::Parser;
 
 /// Command-line arguments of `ctcluster-worker`.
@@ -11,8 +13,24 @@ use clap::Parser;
 )]
 pub struct Args {
     /// The coordinator's URL.
-    #[arg(long, env = "CT_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "CT_COORDINATOR",
+        default_value = "https://127.0.0.1:50051"
+    )]
     pub coordinator: String,
+    /// The cluster CA certificate (PEM), to check the coordinator's certificate.
+    #[arg(long, env = "CT_CA")]
+    pub ca: Option<PathBuf>,
+    /// This worker's certificate (PEM), signed by the cluster CA (`ctctl certs init` makes them).
+    #[arg(long, env = "CT_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "CT_KEY")]
+    pub key: Option<PathBuf>,
+    /// Talk plain text to an `--insecure` coordinator (a warning is printed).
+    #[arg(long, env = "CT_INSECURE")]
+    pub insecure: bool,
     /// Name shown in status tables (default: host name and process id).
     #[arg(long, env = "CT_WORKER_NAME")]
     pub name: Option<String>,
@@ -36,6 +54,28 @@ pub struct Faults {
     pub delay: Option<std::time::Duration>,
 }
 
+/// The worker's TLS identity and trust.
+#[derive(Clone)]
+pub struct WorkerTls {
+    /// The cluster CA (PEM).
+    pub ca_pem: Vec<u8>,
+    /// The worker's certificate (PEM).
+    pub cert_pem: Vec<u8>,
+    /// Its key (PEM).
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for WorkerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkerTls { .. }")
+    }
+}
+
+fn read(flag: &str, path: &Path) -> Result<Vec<u8>, crate::WorkerError> {
+    std::fs::read(path)
+        .map_err(|e| crate::WorkerError::Config(format!("{flag} {}: {e}", path.display())))
+}
+
 /// Validated worker settings.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -47,6 +87,8 @@ pub struct WorkerConfig {
     pub device: String,
     /// Deliberate faults (tests only).
     pub faults: Faults,
+    /// TLS; `None` talks plain text (`--insecure`).
+    pub tls: Option<WorkerTls>,
 }
 
 impl TryFrom<&Args> for WorkerConfig {
@@ -54,12 +96,42 @@ impl TryFrom<&Args> for WorkerConfig {
 
     fn try_from(a: &Args) -> Result<Self, Self::Error> {
         crate::device::parse_device(&a.device)?;
-        if !(a.coordinator.starts_with("http://") || a.coordinator.starts_with("https://")) {
-            return Err(crate::WorkerError::Config(format!(
-                "--coordinator {:?} must be an http:// or https:// URL",
-                a.coordinator
-            )));
-        }
+        let tls = match (&a.ca, &a.cert, &a.key, a.insecure) {
+            (None, None, None, true) => {
+                if !a.coordinator.starts_with("http://") {
+                    return Err(crate::WorkerError::Config(format!(
+                        "--insecure talks plain text: --coordinator {:?} must be http://",
+                        a.coordinator
+                    )));
+                }
+                None
+            }
+            (Some(ca), Some(cert), Some(key), false) => {
+                if !a.coordinator.starts_with("https://") {
+                    return Err(crate::WorkerError::Config(format!(
+                        "--coordinator {:?} must be an https:// URL (or pass --insecure)",
+                        a.coordinator
+                    )));
+                }
+                Some(WorkerTls {
+                    ca_pem: read("--ca", ca)?,
+                    cert_pem: read("--cert", cert)?,
+                    key_pem: read("--key", key)?,
+                })
+            }
+            (_, _, _, true) => {
+                return Err(crate::WorkerError::Config(
+                    "--insecure cannot be combined with --ca, --cert or --key".into(),
+                ));
+            }
+            _ => {
+                return Err(crate::WorkerError::Config(
+                    "workers talk TLS with a client certificate: give --ca, --cert and --key \
+                     (`ctctl certs init DIR` creates them), or --insecure for plain text"
+                        .into(),
+                ));
+            }
+        };
         let name = a.name.clone().unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
             format!("{host}-{}", std::process::id())
@@ -77,6 +149,7 @@ impl TryFrom<&Args> for WorkerConfig {
                 nan_every: a.fault_nan_every,
                 delay: a.fault_delay_ms.map(std::time::Duration::from_millis),
             },
+            tls,
         })
     }
 }

@@ -9,6 +9,6 @@ pub mod device;
 mod error;
 pub mod runner;
 
-pub use config::{Args, Faults, WorkerConfig};
+pub use config::{Args, Faults, WorkerConfig, WorkerTls};
 pub use error::WorkerError;
 pub use runner::run_worker;

@@ -5,21 +5,32 @@ use ctcluster_worker::{Args, WorkerConfig, run_worker};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() {
     let telemetry = ctcluster_common::telemetry::init("ctcluster-worker", "info");
     let args = Args::parse();
+    let result = run(args).await;
+    telemetry.shutdown().await;
+    if let Err(e) = result {
+        eprintln!("ctcluster-worker: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<(), ctcluster_worker::WorkerError> {
     let config = WorkerConfig::try_from(&args)?;
+    if config.tls.is_none() {
+        tracing::warn!("--insecure: talking plain text to the coordinator, without a certificate");
+    }
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
-    tokio::spawn(async move {
+    let signals = tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("stopping after the task in flight");
         trigger.cancel();
     });
     let result = run_worker(config, shutdown).await;
-    telemetry.shutdown().await;
-    result?;
-    Ok(())
+    signals.abort();
+    result
 }
 
 async fn wait_for_signal() {

@@ -10,7 +10,7 @@ use ctcluster_common::trace_span;
 use ctcluster_proto as pb;
 use pb::worker_service_client::WorkerServiceClient;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
@@ -33,9 +33,19 @@ pub async fn run_worker(
     let device = parse_device(&config.device)?;
     let compute = ComputeThread::start(device);
     let mut cache = Cache::default();
-    let endpoint = Endpoint::from_shared(config.coordinator.clone())
+    let mut endpoint = Endpoint::from_shared(config.coordinator.clone())
         .map_err(|e| WorkerError::Config(format!("--coordinator: {e}")))?
-        .connect_timeout(Duration::from_secs(5));
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    if let Some(tls) = &config.tls {
+        endpoint = endpoint
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                    .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)),
+            )
+            .map_err(|e| WorkerError::Config(format!("TLS: {e}")))?;
+    }
     let mut backoff = Duration::from_millis(100);
     loop {
         if shutdown.is_cancelled() {
@@ -59,7 +69,14 @@ pub async fn run_worker(
         let (client, reg) = tokio::select! {
             r = session => match r {
                 Ok(ok) => ok,
-                Err(WorkerError::Rpc(s)) if s.code() == tonic::Code::FailedPrecondition => {
+                Err(WorkerError::Rpc(s))
+                    if matches!(
+                        s.code(),
+                        tonic::Code::FailedPrecondition
+                            | tonic::Code::Unauthenticated
+                            | tonic::Code::PermissionDenied
+                    ) =>
+                {
                     return Err(WorkerError::Rpc(s));
                 }
                 Err(e) => {

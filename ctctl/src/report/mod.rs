@@ -10,7 +10,7 @@ use std::path::Path;
 use ctcluster_proto as pb;
 
 use crate::CtlError;
-use crate::connect::connect;
+use crate::connect::{Target, connect};
 use chart::{LineChart, PALETTE, Series, confusion_chart};
 
 /// The report's files: name and bytes.
@@ -136,7 +136,7 @@ pub fn build(r: &pb::JobReport) -> Result<Files, CtlError> {
 
 /// Fetches a job's report from the coordinator and writes it under `out`; returns what it
 /// wrote.
-pub async fn report(coordinator: &str, job: &str, out: &Path) -> Result<String, CtlError> {
+pub async fn report(coordinator: &Target, job: &str, out: &Path) -> Result<String, CtlError> {
     let mut c = connect(coordinator).await?;
     let r = c
         .get_job_report(pb::GetJobRequest {

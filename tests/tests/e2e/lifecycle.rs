@@ -155,7 +155,7 @@ async fn status_names_the_slow_worker_and_why() {
         .await;
     let mut c = cluster.client().await;
     // What a user sees: `ctctl status -o json`.
-    let text = ctctl::jobs::status(&cluster.url, &id, ctctl::cli::Format::Json)
+    let text = ctctl::jobs::status(&cluster.target, &id, ctctl::cli::Format::Json)
         .await
         .unwrap();
     let status: serde_json::Value = serde_json::from_str(&text).unwrap();

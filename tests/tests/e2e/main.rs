@@ -9,3 +9,4 @@ mod lifecycle;
 mod observability;
 mod processes;
 mod resume;
+mod security;

@@ -51,6 +51,7 @@ fn one_trace_spans_ctctl_the_coordinator_and_every_worker() {
             &format!("{root}/state"),
             "--trace-every-steps",
             &EVERY.to_string(),
+            "--insecure",
         ],
         &otel,
     );
@@ -59,7 +60,13 @@ fn one_trace_spans_ctctl_the_coordinator_and_every_worker() {
         .map(|i| {
             Proc::start(
                 "ctcluster-worker",
-                &["--coordinator", &url, "--name", &format!("traced-{i}")],
+                &[
+                    "--coordinator",
+                    &url,
+                    "--name",
+                    &format!("traced-{i}"),
+                    "--insecure",
+                ],
                 &otel,
             )
         })
@@ -76,7 +83,7 @@ fn one_trace_spans_ctctl_the_coordinator_and_every_worker() {
     )
     .unwrap();
     let out = Command::new(binary("ctctl"))
-        .args(["--coordinator", &url, "submit", "--watch"])
+        .args(["--insecure", "--coordinator", &url, "submit", "--watch"])
         .arg(&spec_file)
         .envs(otel.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "warn")
@@ -257,7 +264,7 @@ async fn report_writes_charts_and_a_page_that_shows_them() {
         ))
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let out = ctctl::report::report(&cluster.url, &s.id, dir.path())
+    let out = ctctl::report::report(&cluster.target, &s.id, dir.path())
         .await
         .unwrap();
     assert!(out.contains("index.html"), "{out}");

@@ -23,10 +23,24 @@ fn s3_env(cmd: &mut Command, s3_port: u16) -> &mut Command {
 }
 
 fn ctctl(s3_port: u16, coordinator: &str, args: &[&str]) -> String {
+    ctctl_as(s3_port, coordinator, None, args)
+}
+
+/// `ctctl` with the cluster CA and a user's token file from a `ctctl certs init` folder.
+fn ctctl_as(
+    s3_port: u16,
+    coordinator: &str,
+    certs: Option<(&Path, &str)>,
+    args: &[&str],
+) -> String {
     let mut cmd = Command::new(binary("ctctl"));
     s3_env(&mut cmd, s3_port)
         .env("CTCTL_COORDINATOR", coordinator)
         .args(args);
+    if let Some((dir, user)) = certs {
+        cmd.env("CTCTL_CA", dir.join("ca.pem"))
+            .env("CTCTL_TOKEN_FILE", dir.join(format!("{user}.token")));
+    }
     let out = cmd.output().expect("run ctctl");
     assert!(
         out.status.success(),
@@ -68,9 +82,19 @@ fn binaries_train_from_s3_and_ctctl_reports_json() {
     let tmp = tempfile::tempdir().unwrap();
     let (_s3, s3_port) = start_s3(&tmp.path().join("s3"));
     let port = free_port();
-    let coordinator = format!("http://127.0.0.1:{port}");
+    let coordinator = format!("https://127.0.0.1:{port}");
     let listen = format!("127.0.0.1:{port}");
-    let none = "http://127.0.0.1:1";
+    let none = "https://127.0.0.1:1";
+    // A secure cluster, as a new user makes one: `ctctl certs init`.
+    let certs = tmp.path().join("certs");
+    let made = ctctl(
+        s3_port,
+        none,
+        &["certs", "init", certs.to_str().unwrap(), "--workers", "2"],
+    );
+    assert!(made.contains("ctcluster-coordinator --tls-cert"), "{made}");
+    let c = |name: &str| certs.join(name).display().to_string();
+    let admin = Some((certs.as_path(), "admin"));
 
     let summary = ctctl(
         s3_port,
@@ -102,6 +126,18 @@ fn binaries_train_from_s3_and_ctctl_reports_json() {
         "s3://bucket/state",
         "--worker-lease-ms",
         "3000",
+        "--tls-cert",
+        &c("coordinator.pem"),
+        "--tls-key",
+        &c("coordinator-key.pem"),
+        "--client-ca",
+        &c("ca.pem"),
+        "--users",
+        &c("users.yaml"),
+        "--allow-read",
+        "s3://bucket/ds",
+        "--allow-write",
+        "s3://bucket/out",
     ];
     let mut coord = spawn(s3_port, "ctcluster-coordinator", &state_args);
     wait_for_port(port, "coordinator");
@@ -110,7 +146,18 @@ fn binaries_train_from_s3_and_ctctl_reports_json() {
             spawn(
                 s3_port,
                 "ctcluster-worker",
-                &["--coordinator", &coordinator, "--name", &format!("w{i}")],
+                &[
+                    "--coordinator",
+                    &coordinator,
+                    "--name",
+                    &format!("w{i}"),
+                    "--ca",
+                    &c("ca.pem"),
+                    "--cert",
+                    &c(&format!("worker-{i}.pem")),
+                    "--key",
+                    &c(&format!("worker-{i}-key.pem")),
+                ],
             )
         })
         .collect();
@@ -121,16 +168,22 @@ fn binaries_train_from_s3_and_ctctl_reports_json() {
         "name: s3-job\ndataset: s3://bucket/ds\noutput: s3://bucket/out\nbatch_size: 64\nepochs: 2\ncheckpoint:\n  every_steps: 4\n  keep: 2\n",
     )
     .unwrap();
-    let id = ctctl(s3_port, &coordinator, &["submit", spec.to_str().unwrap()])
-        .trim()
-        .to_string();
-    assert!(id.starts_with("job-"), "{id}");
-    let watched = ctctl(s3_port, &coordinator, &["watch", &id]);
-    assert!(watched.contains("succeeded"), "{watched}");
-
-    let json: serde_json::Value = serde_json::from_str(&ctctl(
+    let id = ctctl_as(
         s3_port,
         &coordinator,
+        admin,
+        &["submit", spec.to_str().unwrap()],
+    )
+    .trim()
+    .to_string();
+    assert!(id.starts_with("job-"), "{id}");
+    let watched = ctctl_as(s3_port, &coordinator, admin, &["watch", &id]);
+    assert!(watched.contains("succeeded"), "{watched}");
+
+    let json: serde_json::Value = serde_json::from_str(&ctctl_as(
+        s3_port,
+        &coordinator,
+        admin,
         &["status", &id, "-o", "json"],
     ))
     .unwrap();
@@ -156,7 +209,7 @@ fn binaries_train_from_s3_and_ctctl_reports_json() {
             .join(format!("s3/bucket/out/{id}/model.safetensors"))
             .is_file()
     );
-    assert!(ctctl(s3_port, &coordinator, &["list"]).contains(&id));
+    assert!(ctctl_as(s3_port, &coordinator, admin, &["list"]).contains(&id));
 
     let eval: serde_json::Value = serde_json::from_str(&ctctl(
         s3_port,
@@ -184,9 +237,10 @@ fn binaries_train_from_s3_and_ctctl_reports_json() {
     // A restarted coordinator still knows the job: its record lives in the object store.
     let _coord = spawn(s3_port, "ctcluster-coordinator", &state_args);
     wait_for_port(port, "restarted coordinator");
-    let json: serde_json::Value = serde_json::from_str(&ctctl(
+    let json: serde_json::Value = serde_json::from_str(&ctctl_as(
         s3_port,
         &coordinator,
+        admin,
         &["status", &id, "-o", "json"],
     ))
     .unwrap();
@@ -258,10 +312,16 @@ async fn sigkilled_workers_lose_nothing_and_change_nothing() {
             "200",
             "--worker-lease-ms",
             "1000",
+            "--insecure",
         ],
     );
     wait_for_port(port, "coordinator");
-    let worker = |name: &str| local("ctcluster-worker", &["--coordinator", &url, "--name", name]);
+    let worker = |name: &str| {
+        local(
+            "ctcluster-worker",
+            &["--coordinator", &url, "--name", name, "--insecure"],
+        )
+    };
     let mut workers = [worker("w0"), worker("w1")];
     let mut client = ClientServiceClient::connect(url.clone()).await.unwrap();
     let spec = |out: &str| {

@@ -1,0 +1,239 @@
+//! `ctctl certs init DIR`: a cluster CA, the coordinator's certificate, worker certificates and
+//! user tokens, so a new cluster is secure from its first start.
+
+use std::path::Path;
+
+use ctcluster_common::auth::{UserEntry, UsersFile, generate_token, hash_token};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+
+use crate::CtlError;
+
+/// One file of the bundle.
+pub struct BundleFile {
+    /// Name inside the folder.
+    pub name: String,
+    /// Contents.
+    pub bytes: Vec<u8>,
+    /// Written readable by the owner only (keys, tokens).
+    pub secret: bool,
+}
+
+/// Everything `certs init` writes.
+pub struct Bundle {
+    /// The files.
+    pub files: Vec<BundleFile>,
+}
+
+impl Bundle {
+    /// A file's contents by name.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.files
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.bytes.as_slice())
+    }
+}
+
+fn err(e: rcgen::Error) -> CtlError {
+    CtlError::Usage(format!("certificate generation: {e}"))
+}
+
+fn named(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn.push(DnType::OrganizationName, "ctcluster");
+    dn
+}
+
+/// Generates the bundle: `ca.pem` (+ key), `coordinator.pem` (+ key) valid for `localhost`,
+/// `127.0.0.1` and `hosts`, `worker-N.pem` (+ key) for `workers` workers, and a token per
+/// user (`admin` first, an admin) with `users.yaml` holding their hashes.
+pub fn generate(hosts: &[String], workers: usize, users: &[String]) -> Result<Bundle, CtlError> {
+    let mut files = Vec::new();
+    let mut push = |name: String, bytes: Vec<u8>, secret: bool| {
+        files.push(BundleFile {
+            name,
+            bytes,
+            secret,
+        })
+    };
+    let ca_key = KeyPair::generate().map_err(err)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca.distinguished_name = named("ctcluster CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+    push("ca.pem".into(), ca_cert.pem().into_bytes(), false);
+    push(
+        "ca-key.pem".into(),
+        ca_key.serialize_pem().into_bytes(),
+        true,
+    );
+    let issuer = Issuer::new(ca, ca_key);
+
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    names.extend(hosts.iter().cloned());
+    let key = KeyPair::generate().map_err(err)?;
+    let mut p = CertificateParams::new(names).map_err(err)?;
+    p.distinguished_name = named("ctcluster coordinator");
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = p.signed_by(&key, &issuer).map_err(err)?;
+    push("coordinator.pem".into(), cert.pem().into_bytes(), false);
+    push(
+        "coordinator-key.pem".into(),
+        key.serialize_pem().into_bytes(),
+        true,
+    );
+
+    for i in 0..workers {
+        let key = KeyPair::generate().map_err(err)?;
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        p.distinguished_name = named(&format!("worker-{i}"));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = p.signed_by(&key, &issuer).map_err(err)?;
+        push(format!("worker-{i}.pem"), cert.pem().into_bytes(), false);
+        push(
+            format!("worker-{i}-key.pem"),
+            key.serialize_pem().into_bytes(),
+            true,
+        );
+    }
+
+    let mut entries = Vec::new();
+    let mut all = vec!["admin".to_string()];
+    all.extend(users.iter().filter(|u| u.as_str() != "admin").cloned());
+    for (i, name) in all.iter().enumerate() {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(CtlError::Usage(format!(
+                "--users: {name:?} is not a user name (letters, digits, - _ .)"
+            )));
+        }
+        let token = generate_token();
+        entries.push(UserEntry {
+            name: name.clone(),
+            token_sha256: hash_token(&token),
+            admin: i == 0,
+        });
+        push(
+            format!("{name}.token"),
+            format!("{token}\n").into_bytes(),
+            true,
+        );
+    }
+    push(
+        "users.yaml".into(),
+        UsersFile { users: entries }.to_yaml().into_bytes(),
+        false,
+    );
+    Ok(Bundle { files })
+}
+
+fn write(dir: &Path, f: &BundleFile) -> Result<(), CtlError> {
+    let path = dir.join(&f.name);
+    let io = |e: std::io::Error| CtlError::Usage(format!("{}: {e}", path.display()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if f.secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    use std::io::Write;
+    options
+        .open(&path)
+        .map_err(io)?
+        .write_all(&f.bytes)
+        .map_err(io)
+}
+
+/// `ctctl certs init`: writes the bundle into `dir` (which must not hold one already).
+pub fn init(
+    dir: &Path,
+    hosts: &[String],
+    workers: usize,
+    users: &[String],
+) -> Result<String, CtlError> {
+    if dir.join("ca.pem").exists() {
+        return Err(CtlError::Usage(format!(
+            "{} already holds a cluster CA (ca.pem); choose another folder",
+            dir.display()
+        )));
+    }
+    let bundle = generate(hosts, workers, users)?;
+    std::fs::create_dir_all(dir).map_err(|e| CtlError::Usage(format!("{}: {e}", dir.display())))?;
+    for f in &bundle.files {
+        write(dir, f)?;
+    }
+    let d = dir.display();
+    Ok(format!(
+        "wrote {} files to {d} (keys and tokens readable by you only)\n\n\
+         coordinator: ctcluster-coordinator --tls-cert {d}/coordinator.pem --tls-key {d}/coordinator-key.pem \\\n\
+         \x20            --client-ca {d}/ca.pem --users {d}/users.yaml\n\
+         worker:      ctcluster-worker --coordinator https://HOST:50051 --ca {d}/ca.pem \\\n\
+         \x20            --cert {d}/worker-0.pem --key {d}/worker-0-key.pem\n\
+         ctctl:       export CTCTL_CA={d}/ca.pem CTCTL_TOKEN_FILE={d}/admin.token\n\
+         \x20            ctctl --coordinator https://HOST:50051 list\n\
+         Keep ca-key.pem offline: it signs new worker certificates.\n",
+        bundle.files.len()
+    ))
+}
+
+/// A bundle's pieces for a cluster in one process (the demo, the tests).
+pub struct LocalTls {
+    /// The coordinator's TLS files.
+    pub coordinator: ctcluster_coordinator::tls::TlsFiles,
+    /// Its users.
+    pub users: UsersFile,
+    /// One identity per worker certificate.
+    pub workers: Vec<ctcluster_worker::WorkerTls>,
+    /// The CA, for clients.
+    pub ca_pem: Vec<u8>,
+    /// The admin's token.
+    pub admin_token: String,
+}
+
+impl Bundle {
+    fn need(&self, name: &str) -> Result<Vec<u8>, CtlError> {
+        self.get(name)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| CtlError::Usage(format!("the bundle has no {name}")))
+    }
+
+    /// The bundle as in-memory settings.
+    pub fn local(&self) -> Result<LocalTls, CtlError> {
+        let ca_pem = self.need("ca.pem")?;
+        let users = UsersFile::from_yaml(
+            &String::from_utf8_lossy(&self.need("users.yaml")?),
+            "users.yaml",
+        )?;
+        let workers = (0..)
+            .map_while(|i| {
+                Some(ctcluster_worker::WorkerTls {
+                    ca_pem: ca_pem.clone(),
+                    cert_pem: self.get(&format!("worker-{i}.pem"))?.to_vec(),
+                    key_pem: self.get(&format!("worker-{i}-key.pem"))?.to_vec(),
+                })
+            })
+            .collect();
+        Ok(LocalTls {
+            coordinator: ctcluster_coordinator::tls::TlsFiles {
+                cert_pem: self.need("coordinator.pem")?,
+                key_pem: self.need("coordinator-key.pem")?,
+                client_ca_pem: ca_pem.clone(),
+            },
+            users,
+            workers,
+            admin_token: String::from_utf8_lossy(&self.need("admin.token")?)
+                .trim()
+                .to_string(),
+            ca_pem,
+        })
+    }
+}
