@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::model::ModelConfig;
 use crate::optim::AdamSnapshot;
+use crate::seal::{DataKey, Encryption};
 use crate::spec::JobSpec;
 use crate::storage::StoreUrl;
 use crate::tensor_bytes::{f32_from_le_bytes, f32_to_le_bytes};
@@ -60,13 +61,19 @@ pub struct Checkpoint {
     pub adam: AdamSnapshot,
 }
 
-#[derive(Serialize, Deserialize)]
+/// A checkpoint's `manifest.json`, written last: the files and their sha256.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CheckpointManifest {
-    format: String,
-    step: u64,
-    /// File name -> sha256.
-    files: BTreeMap<String, String>,
+pub struct CheckpointManifest {
+    /// [`CHECKPOINT_FORMAT`].
+    pub format: String,
+    /// The step it holds.
+    pub step: u64,
+    /// File name -> sha256 (of the stored, possibly sealed, bytes).
+    pub files: BTreeMap<String, String>,
+    /// Set when the files are sealed: which key opens them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
 }
 
 /// The folder name of the checkpoint at a step.
@@ -74,13 +81,15 @@ pub fn checkpoint_dir_name(step: Step) -> String {
     format!("step-{:010}", step.0)
 }
 
-fn sha(bytes: &[u8]) -> String {
+/// sha256 of bytes, lowercase hex.
+pub fn sha(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
 impl Checkpoint {
-    /// Writes the checkpoint under `job_output/checkpoints/step-N`; returns its URL.
-    pub async fn write(&self, job_output: &StoreUrl) -> Result<StoreUrl> {
+    /// Writes the checkpoint under `job_output/checkpoints/step-N`, each file sealed with
+    /// `key` when given; returns its URL.
+    pub async fn write(&self, job_output: &StoreUrl, key: Option<&DataKey>) -> Result<StoreUrl> {
         let dir = job_output
             .join(CHECKPOINTS_DIR)?
             .join(&checkpoint_dir_name(self.state.step))?;
@@ -97,6 +106,10 @@ impl Checkpoint {
         ];
         let mut hashes = BTreeMap::new();
         for (name, bytes) in files {
+            let bytes = match key {
+                Some(k) => k.seal(name, &bytes)?,
+                None => bytes,
+            };
             hashes.insert(name.to_string(), sha(&bytes));
             dir.join(name)?.put(bytes).await?;
         }
@@ -104,6 +117,7 @@ impl Checkpoint {
             format: CHECKPOINT_FORMAT.into(),
             step: self.state.step.0,
             files: hashes,
+            encryption: key.map(Encryption::with),
         };
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| Error::Compute(format!("checkpoint manifest: {e}")))?;
@@ -124,29 +138,52 @@ impl Checkpoint {
                 }
                 other => other,
             })?;
-        let manifest: CheckpointManifest = serde_json::from_slice(&manifest)
-            .map_err(|e| Error::checkpoint(&loc, format!("bad manifest.json: {e}")))?;
-        if manifest.format != CHECKPOINT_FORMAT {
-            return Err(Error::checkpoint(
-                &loc,
-                format!("unknown format {:?}", manifest.format),
-            ));
-        }
+        let manifest = parse_manifest(&manifest, &loc)?;
         let mut files = BTreeMap::new();
-        for name in ["params.bin", "adam_m1.bin", "adam_m2.bin", "state.json"] {
+        for name in CHECKPOINT_FILES {
+            let bytes = dir.join(name)?.get().await?;
+            files.insert(name, bytes);
+        }
+        Checkpoint::decode(&manifest, &files, &loc)
+    }
+
+    /// Verifies a checkpoint's files against its manifest and decodes them; `loc` names the
+    /// checkpoint in errors. Pure: what [`Checkpoint::load`] does once the bytes are read.
+    pub fn decode(
+        manifest: &CheckpointManifest,
+        files: &BTreeMap<&str, bytes::Bytes>,
+        loc: &str,
+    ) -> Result<Checkpoint> {
+        for name in CHECKPOINT_FILES {
             let want = manifest
                 .files
                 .get(name)
-                .ok_or_else(|| Error::checkpoint(&loc, format!("manifest lists no {name}")))?;
-            let bytes = dir.join(name)?.get().await?;
-            if &sha(&bytes) != want {
+                .ok_or_else(|| Error::checkpoint(loc, format!("manifest lists no {name}")))?;
+            let bytes = files
+                .get(name)
+                .ok_or_else(|| Error::checkpoint(loc, format!("no {name}")))?;
+            if &sha(bytes) != want {
                 return Err(Error::checkpoint(
-                    &loc,
+                    loc,
                     format!("{name} does not match its sha256: corrupt or truncated"),
                 ));
             }
-            files.insert(name, bytes);
         }
+        let opened;
+        let files = match &manifest.encryption {
+            None => files,
+            Some(e) => {
+                let key = DataKey::from_env(&e.key_id, &format!("checkpoint {loc}"))?;
+                let mut out = BTreeMap::new();
+                for name in CHECKPOINT_FILES {
+                    let plain = key.open(name, &files[name], &format!("{loc}/{name}"))?;
+                    out.insert(name, bytes::Bytes::from(plain));
+                }
+                opened = out;
+                &opened
+            }
+        };
+        let loc = loc.to_string();
         let state: TrainingState = serde_json::from_slice(&files["state.json"])
             .map_err(|e| Error::checkpoint(&loc, format!("bad state.json: {e}")))?;
         let params = f32_from_le_bytes(&files["params.bin"], "params.bin")?;
@@ -184,6 +221,22 @@ impl Checkpoint {
     pub fn spec(&self) -> Result<JobSpec> {
         JobSpec::from_yaml(&self.state.spec_yaml)
     }
+}
+
+/// The files of a checkpoint besides its manifest.
+pub const CHECKPOINT_FILES: [&str; 4] = ["params.bin", "adam_m1.bin", "adam_m2.bin", "state.json"];
+
+/// Parses and checks a checkpoint's `manifest.json`.
+pub fn parse_manifest(bytes: &[u8], loc: &str) -> Result<CheckpointManifest> {
+    let manifest: CheckpointManifest = serde_json::from_slice(bytes)
+        .map_err(|e| Error::checkpoint(loc, format!("bad manifest.json: {e}")))?;
+    if manifest.format != CHECKPOINT_FORMAT {
+        return Err(Error::checkpoint(
+            loc,
+            format!("unknown format {:?}", manifest.format),
+        ));
+    }
+    Ok(manifest)
 }
 
 /// Step folders under `job_output/checkpoints` that have a manifest, oldest first.
@@ -345,7 +398,7 @@ mod tests {
         let mut ck = sample();
         for step in [7, 8, 9] {
             ck.state.step = Step(step);
-            ck.write(&out).await.unwrap();
+            ck.write(&out, None).await.unwrap();
         }
         let dirs = list_complete(&out).await.unwrap();
         assert_eq!(dirs.len(), 3);

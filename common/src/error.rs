@@ -66,6 +66,26 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Data sealed with a key this process does not have.
+    #[error("{what} is encrypted with key {key_id:?}, which this process does not have: {hint}")]
+    KeyMissing {
+        /// What needed the key (a dataset, a checkpoint).
+        what: String,
+        /// The key's id, from the manifest.
+        key_id: String,
+        /// Where keys are looked for.
+        hint: String,
+    },
+    /// A sealed file that cannot be opened with its key.
+    #[error("{what}: cannot decrypt with key {key_id:?}: {reason}")]
+    Sealed {
+        /// The file.
+        what: String,
+        /// The key tried.
+        key_id: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Error {

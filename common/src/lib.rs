@@ -11,6 +11,7 @@ pub mod job;
 pub mod model;
 pub mod optim;
 pub mod rng;
+pub mod seal;
 pub mod spec;
 pub mod storage;
 pub mod telemetry;

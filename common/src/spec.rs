@@ -59,6 +59,18 @@ pub struct JobSpec {
     /// URL of a checkpoint (`.../checkpoints/step-NNNNNNNN`) to continue from.
     #[serde(default)]
     pub resume_from: Option<String>,
+    /// Seal the job's checkpoints with this key (AES-256-GCM). The key itself never travels:
+    /// the coordinator finds it by id in its environment (`CT_KEY_<ID>` or `$CT_KEYRING/<id>.key`).
+    #[serde(default)]
+    pub encryption: Option<SpecEncryption>,
+}
+
+/// Encryption at rest for a job's checkpoints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecEncryption {
+    /// The key's id.
+    pub key_id: String,
 }
 
 /// The model architecture and its options.

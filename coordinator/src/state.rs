@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use ctcluster_common::dataset::load_manifest;
 use ctcluster_common::job::{JobRecord, JobState};
+use ctcluster_common::seal::DataKey;
 use ctcluster_common::spec::JobSpec;
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_common::telemetry::TraceCarrier;
@@ -128,6 +129,15 @@ impl Coordinator {
         let manifest = load_manifest(&dataset)
             .await
             .map_err(|e| Error::invalid("dataset", e.to_string()))?;
+        // Encrypted data, or checkpoints to encrypt: the key must be here now, not fail later.
+        if let Some(e) = &manifest.encryption {
+            DataKey::from_env(&e.key_id, &format!("dataset {}", spec.dataset))
+                .map_err(|e| Error::invalid("dataset", e.to_string()))?;
+        }
+        if let Some(e) = &spec.encryption {
+            DataKey::from_env(&e.key_id, "the job's checkpoints")
+                .map_err(|e| Error::invalid("encryption.key_id", e.to_string()))?;
+        }
         if let Some(split) = &spec.validation.split {
             manifest
                 .split(split, dataset.as_str())

@@ -112,6 +112,22 @@ pub enum Command {
     },
     /// Run the whole thing locally: generated data, a coordinator, two workers, a training job.
     Demo(DemoArgs),
+    /// Encryption keys for datasets and checkpoints.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `ctctl keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Write a new random AES-256 key to DIR/ID.key (readable by you only).
+    New {
+        /// The key's id, recorded in manifests (letters, digits, - and _).
+        id: String,
+        /// The keyring folder (point CT_KEYRING at it on every process that needs the key).
+        #[arg(long, env = "CT_KEYRING", default_value = "keys")]
+        dir: PathBuf,
+    },
 }
 
 /// `ctctl certs ...`
@@ -150,6 +166,10 @@ pub enum DatasetCommand {
         /// Rows per shard.
         #[arg(long, default_value_t = 2048)]
         shard_rows: usize,
+        /// Seal the shards with this key (AES-256-GCM), found by id in CT_KEY_<ID> or
+        /// $CT_KEYRING/<id>.key (`ctctl keys new` makes one).
+        #[arg(long)]
+        encrypt_key: Option<String>,
     },
     /// Generate the demo's synthetic lesion dataset.
     Synth {
@@ -168,6 +188,9 @@ pub enum DatasetCommand {
         /// Generator seed.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Seal the shards with this key (see `from-npz`).
+        #[arg(long)]
+        encrypt_key: Option<String>,
     },
     /// Summarise a dataset: shape, classes, splits, class histogram.
     Inspect {

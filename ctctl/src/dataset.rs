@@ -3,9 +3,10 @@
 use std::path::Path;
 
 use ctcluster_common::dataset::{
-    Manifest, SynthOptions, convert_npz, load_manifest, write_synthetic,
+    Manifest, SynthOptions, convert_npz_sealed, load_manifest, write_synthetic_sealed,
 };
 use ctcluster_common::evaluate::EvalReport;
+use ctcluster_common::seal::DataKey;
 use ctcluster_common::storage::StoreUrl;
 
 use crate::CtlError;
@@ -25,6 +26,9 @@ pub fn describe(url: &str, m: &Manifest) -> String {
         m.pixel_stats.min,
         m.pixel_stats.max
     );
+    if let Some(e) = &m.encryption {
+        out.push_str(&format!("sealed   {} with key {}\n", e.algorithm, e.key_id));
+    }
     for (name, split) in &m.splits {
         let hist: Vec<String> = m
             .classes
@@ -48,17 +52,55 @@ pub async fn from_npz(
     out: &str,
     classes: Option<Vec<String>>,
     shard_rows: usize,
+    encrypt_key: Option<&str>,
 ) -> Result<String, CtlError> {
     let url = StoreUrl::parse(out)?;
-    let m = convert_npz(file, &url, classes, shard_rows).await?;
+    let key = sealing_key(encrypt_key, &url)?;
+    let m = convert_npz_sealed(file, &url, classes, shard_rows, key).await?;
     Ok(describe(url.as_str(), &m))
 }
 
 /// `ctctl dataset synth`.
-pub async fn synth(out: &str, opts: SynthOptions) -> Result<String, CtlError> {
+pub async fn synth(
+    out: &str,
+    opts: SynthOptions,
+    encrypt_key: Option<&str>,
+) -> Result<String, CtlError> {
     let url = StoreUrl::parse(out)?;
-    let m = write_synthetic(&url, opts).await?;
+    let key = sealing_key(encrypt_key, &url)?;
+    let m = write_synthetic_sealed(&url, opts, key).await?;
     Ok(describe(url.as_str(), &m))
+}
+
+fn sealing_key(id: Option<&str>, url: &StoreUrl) -> Result<Option<DataKey>, CtlError> {
+    Ok(match id {
+        Some(id) => Some(DataKey::from_env(id, &format!("dataset {}", url.as_str()))?),
+        None => None,
+    })
+}
+
+/// `ctctl keys new`: a random key in `dir/<id>.key`, readable by its owner only.
+pub fn new_key(id: &str, dir: &Path) -> Result<String, CtlError> {
+    let key = DataKey::generate(id)?;
+    std::fs::create_dir_all(dir).map_err(|e| CtlError::Usage(format!("{}: {e}", dir.display())))?;
+    let path = dir.join(format!("{id}.key"));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    use std::io::Write;
+    options
+        .open(&path)
+        .and_then(|mut f| f.write_all(format!("{}\n", key.to_hex()).as_bytes()))
+        .map_err(|e| CtlError::Usage(format!("{}: {e}", path.display())))?;
+    Ok(format!(
+        "wrote {}\nset CT_KEYRING={} on ctctl, the coordinator and the workers, then\n  ctctl dataset from-npz FILE --out URL --encrypt-key {id}\n  or in a job spec: encryption: {{key_id: {id}}}\n",
+        path.display(),
+        dir.display()
+    ))
 }
 
 /// `ctctl dataset inspect`.

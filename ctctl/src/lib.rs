@@ -47,7 +47,7 @@ pub fn target_from(
     Ok(Target::secure(url, ca_pem, &token))
 }
 
-use cli::{CertsCommand, Cli, Command, DatasetCommand, Format};
+use cli::{CertsCommand, Cli, Command, DatasetCommand, Format, KeysCommand};
 use ctcluster_common::dataset::SynthOptions;
 
 /// Runs one command; returns the text to print.
@@ -95,13 +95,15 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
                 out,
                 classes,
                 shard_rows,
-            } => dataset::from_npz(&file, &out, classes, shard_rows).await,
+                encrypt_key,
+            } => dataset::from_npz(&file, &out, classes, shard_rows, encrypt_key.as_deref()).await,
             DatasetCommand::Synth {
                 out,
                 train,
                 test,
                 size,
                 seed,
+                encrypt_key,
             } => {
                 dataset::synth(
                     &out,
@@ -111,6 +113,7 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
                         size,
                         seed,
                     },
+                    encrypt_key.as_deref(),
                 )
                 .await
             }
@@ -129,6 +132,7 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
             })
         }
         Command::Demo(args) => demo::run(&args).await,
+        Command::Keys(KeysCommand::New { id, dir }) => dataset::new_key(&id, &dir),
         Command::Certs(CertsCommand::Init {
             dir,
             hosts,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::seal::Encryption;
 use crate::storage::StoreUrl;
 use crate::{Error, Result};
 
@@ -147,6 +148,9 @@ pub struct Manifest {
     /// Where the data came from (free text).
     #[serde(default)]
     pub source: String,
+    /// Set when the shards are sealed (AES-256-GCM): which key opens them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
 }
 
 impl Manifest {
@@ -162,6 +166,16 @@ impl Manifest {
                 "image {}x{} is outside 1..={MAX_SIDE} pixels a side",
                 im.height, im.width
             ));
+        }
+        if let Some(e) = &self.encryption {
+            if e.algorithm != crate::seal::ALGORITHM {
+                return bad(format!(
+                    "encryption {:?} is not {}",
+                    e.algorithm,
+                    crate::seal::ALGORITHM
+                ));
+            }
+            crate::seal::check_key_id(&e.key_id)?;
         }
         if im.channels != 1 && im.channels != 3 {
             return bad(format!("{} channels (1 or 3 supported)", im.channels));

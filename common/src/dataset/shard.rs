@@ -9,6 +9,7 @@ use arrow_schema::{DataType, Field, Schema};
 use sha2::{Digest, Sha256};
 
 use super::manifest::{ImageInfo, Manifest, ShardInfo};
+use crate::seal::DataKey;
 use crate::storage::StoreUrl;
 use crate::{Error, Result};
 
@@ -71,14 +72,34 @@ pub fn decode_shard(
     classes: usize,
     location: &str,
 ) -> Result<DecodedShard> {
-    let bad = |reason: String| Error::dataset(location, reason);
+    check_sha256(bytes, info, location)?;
+    decode_arrow(bytes, info, image, classes, location)
+}
+
+/// Checks the stored bytes against the manifest's sha256.
+fn check_sha256(bytes: &[u8], info: &ShardInfo, location: &str) -> Result<()> {
     let digest = hex::encode(Sha256::digest(bytes));
     if digest != info.sha256 {
-        return Err(bad(format!(
-            "sha256 mismatch (manifest {}, file {digest}): the shard is corrupt or was replaced",
-            info.sha256
-        )));
+        return Err(Error::dataset(
+            location,
+            format!(
+                "sha256 mismatch (manifest {}, file {digest}): the shard is corrupt or was replaced",
+                info.sha256
+            ),
+        ));
     }
+    Ok(())
+}
+
+/// Decodes verified Arrow bytes.
+fn decode_arrow(
+    bytes: &[u8],
+    info: &ShardInfo,
+    image: &ImageInfo,
+    classes: usize,
+    location: &str,
+) -> Result<DecodedShard> {
+    let bad = |reason: String| Error::dataset(location, reason);
     let reader = arrow_ipc::reader::FileReader::try_new(Cursor::new(bytes), None)
         .map_err(|e| bad(format!("not an Arrow IPC file: {e}")))?;
     let schema = reader.schema();
@@ -191,8 +212,22 @@ pub async fn load_shard(
     let classes = manifest.classes.len();
     let info = info.clone();
     let location = url.as_str().to_string();
-    // Hashing and decoding is CPU work: keep it off the async threads.
-    tokio::task::spawn_blocking(move || decode_shard(&bytes, &info, &image, classes, &location))
-        .await
-        .map_err(|e| Error::Compute(format!("shard decoder panicked: {e}")))?
+    let key = match &manifest.encryption {
+        Some(e) => Some(DataKey::from_env(
+            &e.key_id,
+            &format!("dataset {}", dataset.as_str()),
+        )?),
+        None => None,
+    };
+    // Hashing, decrypting and decoding is CPU work: keep it off the async threads.
+    tokio::task::spawn_blocking(move || match key {
+        None => decode_shard(&bytes, &info, &image, classes, &location),
+        Some(key) => {
+            check_sha256(&bytes, &info, &location)?;
+            let plain = key.open(&info.file, &bytes, &location)?;
+            decode_arrow(&plain, &info, &image, classes, &location)
+        }
+    })
+    .await
+    .map_err(|e| Error::Compute(format!("shard decoder panicked: {e}")))?
 }

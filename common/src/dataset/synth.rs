@@ -5,6 +5,7 @@ use super::manifest::{ImageInfo, Manifest, PixelType};
 use super::writer::DatasetWriter;
 use crate::Result;
 use crate::rng::{KeyedRng, derive};
+use crate::seal::DataKey;
 use crate::storage::StoreUrl;
 
 /// What to generate.
@@ -69,6 +70,15 @@ fn render(size: u32, lesion: bool, rng: &mut KeyedRng) -> Vec<u8> {
 
 /// Writes the generated dataset (splits `train` and `test`, classes `normal` and `lesion`).
 pub async fn write_synthetic(out: &StoreUrl, opts: SynthOptions) -> Result<Manifest> {
+    write_synthetic_sealed(out, opts, None).await
+}
+
+/// [`write_synthetic`], sealing the shards with `key` when given.
+pub async fn write_synthetic_sealed(
+    out: &StoreUrl,
+    opts: SynthOptions,
+    key: Option<DataKey>,
+) -> Result<Manifest> {
     let image = ImageInfo {
         height: opts.size,
         width: opts.size,
@@ -77,6 +87,9 @@ pub async fn write_synthetic(out: &StoreUrl, opts: SynthOptions) -> Result<Manif
     };
     let classes = vec!["normal".to_string(), "lesion".to_string()];
     let mut w = DatasetWriter::new(out.clone(), image, classes, 512, "synthetic lesion phantom")?;
+    if let Some(k) = key {
+        w = w.encrypt_with(k);
+    }
     for (split, n, key) in [("train", opts.train, 1u64), ("test", opts.test, 2)] {
         for i in 0..n {
             let mut rng = KeyedRng::new(derive(&[opts.seed, key, i as u64]));

@@ -10,6 +10,7 @@ use super::manifest::{
 };
 use super::npz::read_npz;
 use super::shard::encode_shard;
+use crate::seal::{DataKey, Encryption};
 use crate::storage::StoreUrl;
 use crate::{Error, Result};
 
@@ -40,6 +41,7 @@ pub struct DatasetWriter {
     stats: StatsAcc,
     source: String,
     scratch: Vec<f32>,
+    key: Option<DataKey>,
 }
 
 impl DatasetWriter {
@@ -67,7 +69,14 @@ impl DatasetWriter {
             },
             source: source.into(),
             scratch: Vec::new(),
+            key: None,
         })
+    }
+
+    /// Seals every shard with `key` (AES-256-GCM); the manifest records the key's id.
+    pub fn encrypt_with(mut self, key: DataKey) -> Self {
+        self.key = Some(key);
+        self
     }
 
     /// Adds one image (raw little-endian pixels of the declared type) to a split.
@@ -116,7 +125,7 @@ impl DatasetWriter {
         pending.labels.push(label_i32);
         pending.images.push(pixels);
         if pending.ids.len() >= self.shard_rows {
-            Self::flush(&self.out, split, pending, classes).await?;
+            Self::flush(&self.out, split, pending, classes, self.key.as_ref()).await?;
         }
         Ok(())
     }
@@ -126,12 +135,18 @@ impl DatasetWriter {
         split: &str,
         p: &mut PendingSplit,
         classes: usize,
+        key: Option<&DataKey>,
     ) -> Result<()> {
         if p.ids.is_empty() {
             return Ok(());
         }
-        let bytes = encode_shard(&p.ids, &p.labels, &p.images)?;
         let file = format!("{split}-{:05}.arrow", p.info.shards.len());
+        let bytes = encode_shard(&p.ids, &p.labels, &p.images)?;
+        // Sealed shards are bound to their file name; the sha256 covers the stored bytes.
+        let bytes = match key {
+            Some(k) => k.seal(&file, &bytes)?,
+            None => bytes,
+        };
         let mut per_class = vec![0u64; classes];
         for &l in &p.labels {
             per_class[l as usize] += 1;
@@ -158,7 +173,7 @@ impl DatasetWriter {
     pub async fn finish(mut self) -> Result<Manifest> {
         let classes = self.classes.len();
         for (name, pending) in self.splits.iter_mut() {
-            Self::flush(&self.out, name, pending, classes).await?;
+            Self::flush(&self.out, name, pending, classes, self.key.as_ref()).await?;
         }
         let s = &self.stats;
         if s.n == 0.0 {
@@ -177,6 +192,7 @@ impl DatasetWriter {
                 max: s.max,
             },
             source: self.source,
+            encryption: self.key.as_ref().map(Encryption::with),
         };
         manifest.validate(self.out.as_str())?;
         let json = serde_json::to_vec_pretty(&manifest)
@@ -193,6 +209,17 @@ pub async fn convert_npz(
     out: &StoreUrl,
     class_names: Option<Vec<String>>,
     shard_rows: usize,
+) -> Result<Manifest> {
+    convert_npz_sealed(npz, out, class_names, shard_rows, None).await
+}
+
+/// [`convert_npz`], sealing the shards with `key` when given.
+pub async fn convert_npz_sealed(
+    npz: &Path,
+    out: &StoreUrl,
+    class_names: Option<Vec<String>>,
+    shard_rows: usize,
+    key: Option<DataKey>,
 ) -> Result<Manifest> {
     let what = npz.display().to_string();
     let arrays = read_npz(npz)?;
@@ -285,6 +312,9 @@ pub async fn convert_npz(
         shard_rows,
         format!("npz:{what}"),
     )?;
+    if let Some(k) = key {
+        writer = writer.encrypt_with(k);
+    }
     let per_image = image.bytes();
     for (split, images, labels) in splits {
         for (i, label) in labels.iter().enumerate() {

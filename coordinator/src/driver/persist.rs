@@ -2,6 +2,7 @@
 
 use ctcluster_common::checkpoint::{Checkpoint, apply_retention};
 use ctcluster_common::optim::AdamSnapshot;
+use ctcluster_common::seal::DataKey;
 use ctcluster_common::storage::StoreUrl;
 
 use crate::job::JobHandle;
@@ -23,7 +24,14 @@ pub(super) async fn checkpoint(
             moment_2: vec![],
         }),
     };
-    let url = ck.write(job_output).await?;
+    let key = match &job.spec.encryption {
+        Some(e) => Some(DataKey::from_env(
+            &e.key_id,
+            &format!("the checkpoints of job {}", job.id),
+        )?),
+        None => None,
+    };
+    let url = ck.write(job_output, key.as_ref()).await?;
     apply_retention(job_output, job.spec.checkpoint.keep as usize).await?;
     tracing::info!(job = %job.id, checkpoint = %url, "checkpoint written");
     job.update(|r| r.checkpoint = Some(url.to_string()));

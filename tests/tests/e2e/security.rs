@@ -1,11 +1,13 @@
 //! Security: who may call what (TLS, worker certificates, user tokens, job owners) and what
 //! jobs may touch (storage scope).
 
+use std::path::Path;
+
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_coordinator::CoordinatorConfig;
 use ctcluster_coordinator::scope::StorageScope;
 use ctcluster_proto as pb;
-use ctcluster_tests::{Cluster, spec, synthetic};
+use ctcluster_tests::{Cluster, Proc, binary, free_port, spec, synthetic, wait_for_port};
 use ctctl::certs::Bundle;
 use pb::client_service_client::ClientServiceClient;
 use pb::worker_service_client::WorkerServiceClient;
@@ -261,4 +263,211 @@ async fn users_see_and_cancel_only_their_own_jobs() {
     let s = cluster.wait(&id).await;
     assert_eq!(ctctl::render::state_name(s.state), "cancelled");
     cluster.stop().await;
+}
+
+fn ctctl_env(env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(binary("ctctl"));
+    cmd.args(args)
+        .env("RUST_LOG", "error")
+        .env_remove("CT_KEYRING");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A coordinator and one worker (plain text; this test is about data at rest) with the given
+/// keyring.
+fn cluster_procs(root: &Path, keyring: Option<&Path>) -> (Vec<Proc>, String) {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let env: Vec<(&str, String)> = keyring
+        .map(|k| vec![("CT_KEYRING", k.display().to_string())])
+        .unwrap_or_default();
+    let state = root.join(format!("state-{port}")).display().to_string();
+    let coordinator = Proc::start(
+        "ctcluster-coordinator",
+        &[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--state-url",
+            &state,
+            "--insecure",
+        ],
+        &env,
+    );
+    wait_for_port(port, "coordinator");
+    let worker = Proc::start(
+        "ctcluster-worker",
+        &["--coordinator", &url, "--insecure"],
+        &env,
+    );
+    (vec![coordinator, worker], url)
+}
+
+fn model_params(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.data().to_vec()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn encrypted_data_and_checkpoints_train_the_same_and_refuse_a_wrong_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let keys = root.join("keys");
+    let wrong = root.join("wrong-keys");
+    let keyring = [("CT_KEYRING", keys.to_str().unwrap())];
+    ok(ctctl_env(
+        &[],
+        &["keys", "new", "site-a", "--dir", keys.to_str().unwrap()],
+    ));
+    ok(ctctl_env(
+        &[],
+        &["keys", "new", "site-a", "--dir", wrong.to_str().unwrap()],
+    ));
+    let plain = root.join("plain").display().to_string();
+    let sealed = root.join("sealed").display().to_string();
+    let synth = [
+        "dataset", "synth", "--train", "400", "--test", "16", "--seed", "4", "--out",
+    ];
+    ok(ctctl_env(&[], &[&synth[..], &[plain.as_str()]].concat()));
+    ok(ctctl_env(
+        &keyring,
+        &[&synth[..], &[sealed.as_str(), "--encrypt-key", "site-a"]].concat(),
+    ));
+
+    // At rest: the shards are sealed and hold none of the images.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("sealed/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["encryption"]["key_id"], "site-a");
+    assert_eq!(manifest["encryption"]["algorithm"], "AES-256-GCM");
+    let stored = std::fs::read(root.join("sealed/train-00000.arrow")).unwrap();
+    assert!(stored.starts_with(b"CTCSEAL1"));
+    let clear = std::fs::read(root.join("plain/train-00000.arrow")).unwrap();
+    assert!(clear.starts_with(b"ARROW1"), "the plaintext shard is Arrow");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let shard = rt.block_on(async {
+        let ds = StoreUrl::parse(&plain).unwrap();
+        let m = ctcluster_common::dataset::load_manifest(&ds).await.unwrap();
+        ctcluster_common::dataset::load_shard(&ds, &m, "train", 0)
+            .await
+            .unwrap()
+    });
+    for row in 0..20 {
+        let pixels: Vec<u8> = shard.image(row).iter().map(|&p| p as u8).collect();
+        assert!(
+            !stored.windows(pixels.len()).any(|w| w == pixels.as_slice()),
+            "image {row} appears in the sealed shard"
+        );
+    }
+
+    // Training with the key gives the same model as training on the plaintext.
+    let (procs, url) = cluster_procs(root, Some(&keys));
+    let job = |name: &str, ds: &str, extra: &str| {
+        let file = root.join(format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            spec(
+                name,
+                ds,
+                &root.join("out").display().to_string(),
+                &format!("epochs: 2\nseed: 9\ncheckpoint:\n  every_steps: 4\n{extra}"),
+            ),
+        )
+        .unwrap();
+        file
+    };
+    let run = |file: &Path, env: &[(&str, &str)]| {
+        ctctl_env(
+            env,
+            &[
+                "--insecure",
+                "--coordinator",
+                &url,
+                "submit",
+                "--watch",
+                file.to_str().unwrap(),
+            ],
+        )
+    };
+    let id_of = |out: &str| out.lines().next().unwrap().trim().to_string();
+    let plain_id = id_of(&ok(run(&job("plain", &plain, ""), &[])));
+    let sealed_id = id_of(&ok(run(
+        &job("sealed", &sealed, "encryption:\n  key_id: site-a\n"),
+        &[],
+    )));
+    let out = root.join("out");
+    assert_eq!(
+        model_params(&out.join(&plain_id)),
+        model_params(&out.join(&sealed_id)),
+        "training on the sealed dataset gives the same parameters"
+    );
+    // Its checkpoints are sealed too, and hold none of the parameters in the clear.
+    let last = |id: &str| {
+        let mut steps: Vec<_> = std::fs::read_dir(out.join(id).join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        steps.sort();
+        steps.pop().unwrap()
+    };
+    let clear_params = std::fs::read(last(&plain_id).join("params.bin")).unwrap();
+    let sealed_params = std::fs::read(last(&sealed_id).join("params.bin")).unwrap();
+    assert!(sealed_params.starts_with(b"CTCSEAL1"));
+    assert!(!sealed_params.windows(64).any(|w| w == &clear_params[..64]));
+    let ck_manifest = std::fs::read_to_string(last(&sealed_id).join("manifest.json")).unwrap();
+    assert!(ck_manifest.contains("site-a"), "{ck_manifest}");
+    drop(procs);
+
+    // A coordinator without the key refuses the job at submit, naming dataset and key.
+    let (procs, url) = cluster_procs(root, None);
+    let refused = ctctl_env(
+        &[],
+        &[
+            "--insecure",
+            "--coordinator",
+            &url,
+            "submit",
+            job("nokey", &sealed, "").to_str().unwrap(),
+        ],
+    );
+    assert!(!refused.status.success());
+    let msg = String::from_utf8_lossy(&refused.stderr);
+    assert!(msg.contains("site-a") && msg.contains("sealed"), "{msg}");
+    drop(procs);
+    // With a wrong key of the same id, the job fails clearly; no garbage tensors.
+    let (_procs, url) = cluster_procs(root, Some(&wrong));
+    let failed = ctctl_env(
+        &[],
+        &[
+            "--insecure",
+            "--coordinator",
+            &url,
+            "submit",
+            "--watch",
+            job("wrongkey", &sealed, "").to_str().unwrap(),
+        ],
+    );
+    assert!(!failed.status.success());
+    let msg = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        msg.contains("site-a") && msg.contains("wrong key") && msg.contains("train-00000.arrow"),
+        "{msg}"
+    );
 }
