@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::CoordinatorConfig;
+
+/// Largest job spec accepted, in bytes (checked before parsing).
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 use crate::error::CoordError;
 use crate::job::JobHandle;
 use crate::scheduler::Scheduler;
@@ -116,6 +119,15 @@ impl Coordinator {
     ) -> Result<JobId, CoordError> {
         if self.shutdown.is_cancelled() {
             return Err(CoordError::ShuttingDown);
+        }
+        if spec_yaml.len() > MAX_SPEC_BYTES {
+            return Err(CoordError::bad(
+                "spec",
+                format!(
+                    "{} bytes; a job spec may have at most {MAX_SPEC_BYTES}",
+                    spec_yaml.len()
+                ),
+            ));
         }
         let spec = JobSpec::from_yaml(spec_yaml)?;
         let scope = &self.config.scope;
