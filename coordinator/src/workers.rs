@@ -64,21 +64,29 @@ impl WorkerStats {
     }
 }
 
-/// The worker that stands out as slow, and why: taking at least twice the median time per task.
+/// The worker that stands out as slow, and why: taking at least three times the median time
+/// per task (six times while it has finished fewer than three tasks).
 pub fn slowest(workers: &[(WorkerId, WorkerEntry)]) -> Option<(String, String)> {
-    let mut busy: Vec<&(WorkerId, WorkerEntry)> =
-        workers.iter().filter(|(_, w)| w.stats.tasks >= 3).collect();
-    if busy.len() < 2 {
+    let mut seen: Vec<&(WorkerId, WorkerEntry)> =
+        workers.iter().filter(|(_, w)| w.stats.tasks >= 1).collect();
+    if seen.len() < 2 {
         return None;
     }
-    busy.sort_by(|a, b| a.1.stats.per_task().total_cmp(&b.1.stats.per_task()));
-    let median = busy[busy.len() / 2 - usize::from(busy.len().is_multiple_of(2))]
-        .1
-        .stats
-        .per_task();
-    let (id, w) = busy[busy.len() - 1];
+    seen.sort_by(|a, b| a.1.stats.per_task().total_cmp(&b.1.stats.per_task()));
+    // The baseline comes from workers with a few tasks behind them (all, if too few have).
+    let steady: Vec<_> = seen.iter().filter(|(_, w)| w.stats.tasks >= 3).collect();
+    let baseline: Vec<f64> = if steady.len() >= 2 {
+        steady.iter().map(|(_, w)| w.stats.per_task()).collect()
+    } else {
+        seen.iter().map(|(_, w)| w.stats.per_task()).collect()
+    };
+    let median = baseline[(baseline.len() - 1) / 2];
+    let (id, w) = seen[seen.len() - 1];
     let t = w.stats.per_task();
-    (t >= 2.0 * median).then(|| {
+    // Three times the median stands out from noise on a shared machine; a worker with a
+    // single slow task must stand out further.
+    let factor = if w.stats.tasks >= 3 { 3.0 } else { 6.0 };
+    (t >= factor * median).then(|| {
         (
             format!("{id} ({})", w.name),
             format!(
@@ -229,5 +237,24 @@ mod tests {
         );
         let even: Vec<_> = reg.snapshot().into_iter().take(2).collect();
         assert!(slowest(&even).is_none(), "no worker stands out");
+    }
+
+    #[test]
+    fn noise_is_not_a_straggler_but_one_very_slow_task_is() {
+        let reg = WorkerRegistry::default();
+        let ids: Vec<WorkerId> = (0..3)
+            .map(|i| reg.register(format!("w{i}"), "cpu".into()))
+            .collect();
+        for _ in 0..4 {
+            reg.record(ids[0], 32, 0.001, 0.020, 0.022);
+            reg.record(ids[1], 32, 0.001, 0.045, 0.047);
+        }
+        assert!(
+            slowest(&reg.snapshot()).is_none(),
+            "2x is noise on a busy machine"
+        );
+        reg.record(ids[2], 32, 0.001, 0.340, 0.342);
+        let (who, _) = slowest(&reg.snapshot()).unwrap();
+        assert!(who.contains("w2"), "{who}");
     }
 }

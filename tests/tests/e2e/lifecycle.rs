@@ -151,7 +151,7 @@ async fn status_names_the_slow_worker_and_why() {
     );
     let id = cluster.submit(&yaml).await.unwrap();
     let named = cluster
-        .poll_status(&id, |s| !s.slowest_worker.is_empty())
+        .poll_status(&id, |s| s.slowest_worker.contains("test-worker-0"))
         .await;
     let mut c = cluster.client().await;
     // What a user sees: `ctctl status -o json`.
