@@ -200,6 +200,23 @@ pub enum DatasetCommand {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// Draw a labelled grid of a split's first images into a PNG.
+    Preview {
+        /// The dataset URL.
+        url: String,
+        /// The PNG to write.
+        #[arg(long, default_value = "grid.png")]
+        out: PathBuf,
+        /// The split.
+        #[arg(long, default_value = "train")]
+        split: String,
+        /// Images to show (1..=256).
+        #[arg(long, default_value_t = 32)]
+        count: usize,
+        /// Display window: the data's own range, or a CT preset in Hounsfield units.
+        #[arg(long, value_enum, default_value = "auto")]
+        window: crate::preview::Window,
+    },
 }
 
 /// `ctctl demo` options.

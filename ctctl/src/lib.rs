@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod demo;
 mod error;
 pub mod jobs;
+pub mod preview;
 pub mod render;
 pub mod report;
 pub mod watch;
@@ -118,6 +119,13 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
                 .await
             }
             DatasetCommand::Inspect { url, output } => dataset::inspect(&url, output).await,
+            DatasetCommand::Preview {
+                url,
+                out,
+                split,
+                count,
+                window,
+            } => preview::preview(&url, &split, count, window, &out).await,
         },
         Command::Evaluate {
             model,

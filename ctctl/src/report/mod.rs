@@ -1,7 +1,7 @@
 //! `ctctl report JOB --out DIR`: PNG charts of a job (loss and accuracy per epoch, the
 //! validation confusion matrix) and a self-contained HTML page showing them.
 
-mod canvas;
+pub(crate) mod canvas;
 mod chart;
 mod html;
 
