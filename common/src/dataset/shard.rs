@@ -99,6 +99,31 @@ fn decode_arrow(
     classes: usize,
     location: &str,
 ) -> Result<DecodedShard> {
+    // arrow-ipc 60 trusts buffer offsets inside a file and panics on some malformed ones
+    // (found by fuzzing): a bad file must be an error naming it, not a crashed worker.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_arrow_unguarded(bytes, info, image, classes, location)
+    }))
+    .unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown reason".into());
+        Err(Error::dataset(
+            location,
+            format!("malformed Arrow IPC file: {why}"),
+        ))
+    })
+}
+
+fn decode_arrow_unguarded(
+    bytes: &[u8],
+    info: &ShardInfo,
+    image: &ImageInfo,
+    classes: usize,
+    location: &str,
+) -> Result<DecodedShard> {
     let bad = |reason: String| Error::dataset(location, reason);
     let reader = arrow_ipc::reader::FileReader::try_new(Cursor::new(bytes), None)
         .map_err(|e| bad(format!("not an Arrow IPC file: {e}")))?;
@@ -119,10 +144,12 @@ fn decode_arrow(
     }
     let expect_rows = usize::try_from(info.rows).map_err(|_| bad("row count too large".into()))?;
     let per_image = image.pixels();
+    // Capacity from what the file can hold, never from the manifest's word alone.
+    let fits = (bytes.len() / image.bytes().max(1)).min(expect_rows);
     let mut out = DecodedShard {
-        ids: Vec::with_capacity(expect_rows),
-        labels: Vec::with_capacity(expect_rows),
-        pixels: Vec::with_capacity(expect_rows.saturating_mul(per_image)),
+        ids: Vec::with_capacity(fits),
+        labels: Vec::with_capacity(fits),
+        pixels: Vec::with_capacity(fits.saturating_mul(per_image)),
         pixels_per_image: per_image,
     };
     for batch in reader {
@@ -230,4 +257,59 @@ pub async fn load_shard(
     })
     .await
     .map_err(|e| Error::Compute(format!("shard decoder panicked: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::PixelType;
+
+    #[test]
+    fn a_shard_with_a_bad_buffer_offset_is_an_error_not_a_panic() {
+        // Found by the `shard` fuzz target: arrow-ipc panics slicing a buffer at an offset
+        // past the end of the file.
+        let bytes = include_bytes!("testdata/arrow-bad-buffer-offset.arrow");
+        let info = ShardInfo {
+            file: "train-00000.arrow".into(),
+            rows: 8,
+            sha256: hex::encode(Sha256::digest(bytes)),
+            per_class: vec![0; 2],
+        };
+        let image = ImageInfo {
+            height: 8,
+            width: 8,
+            channels: 1,
+            pixel_type: PixelType::U8,
+        };
+        let e = decode_shard(bytes, &info, &image, 2, "memory://d/train-00000.arrow")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("train-00000.arrow") && e.contains("malformed Arrow IPC"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_manifest_claiming_a_trillion_rows_allocates_nothing_for_them() {
+        let images = vec![vec![7u8; 64]; 3];
+        let ids: Vec<String> = (0..3).map(|i| format!("r{i}")).collect();
+        let bytes = encode_shard(&ids, &[0, 1, 0], &images).unwrap();
+        let info = ShardInfo {
+            file: "train-00000.arrow".into(),
+            rows: 1_000_000_000_000,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            per_class: vec![0; 2],
+        };
+        let image = ImageInfo {
+            height: 8,
+            width: 8,
+            channels: 1,
+            pixel_type: PixelType::U8,
+        };
+        let e = decode_shard(&bytes, &info, &image, 2, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("3 rows"), "{e}");
+    }
 }
