@@ -117,6 +117,45 @@ fn decode_arrow(
     })
 }
 
+/// Checks that every block the file's footer lists lies inside the file: arrow-ipc allocates
+/// what a block declares before reading it, so a forged footer could ask for terabytes (found
+/// by fuzzing).
+fn check_blocks(bytes: &[u8]) -> std::result::Result<(), String> {
+    let n = bytes.len();
+    // ... footer | footer length (i32 LE) | "ARROW1"
+    if n < 6 + 2 + 4 + 6 || !bytes.ends_with(b"ARROW1") {
+        return Err("no Arrow IPC file trailer".into());
+    }
+    let len_at = n - 10;
+    let footer_len = i32::from_le_bytes([
+        bytes[len_at],
+        bytes[len_at + 1],
+        bytes[len_at + 2],
+        bytes[len_at + 3],
+    ]);
+    let footer_len = usize::try_from(footer_len)
+        .ok()
+        .filter(|l| *l <= len_at)
+        .ok_or_else(|| format!("footer length {footer_len} does not fit the file"))?;
+    let footer = arrow_ipc::root_as_footer(&bytes[len_at - footer_len..len_at])
+        .map_err(|e| format!("unreadable footer: {e}"))?;
+    let blocks = footer
+        .recordBatches()
+        .into_iter()
+        .flatten()
+        .chain(footer.dictionaries().into_iter().flatten());
+    for b in blocks {
+        let (offset, meta, body) = (b.offset(), b.metaDataLength(), b.bodyLength());
+        let end = i128::from(offset) + i128::from(meta) + i128::from(body);
+        if offset < 0 || meta < 0 || body < 0 || end > n as i128 {
+            return Err(format!(
+                "a block claims bytes {offset}..{end} of a {n}-byte file"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn decode_arrow_unguarded(
     bytes: &[u8],
     info: &ShardInfo,
@@ -125,6 +164,7 @@ fn decode_arrow_unguarded(
     location: &str,
 ) -> Result<DecodedShard> {
     let bad = |reason: String| Error::dataset(location, reason);
+    check_blocks(bytes).map_err(|e| bad(format!("malformed Arrow IPC file: {e}")))?;
     let reader = arrow_ipc::reader::FileReader::try_new(Cursor::new(bytes), None)
         .map_err(|e| bad(format!("not an Arrow IPC file: {e}")))?;
     let schema = reader.schema();
@@ -288,6 +328,29 @@ mod tests {
             e.contains("train-00000.arrow") && e.contains("malformed Arrow IPC"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_footer_declaring_a_huge_block_is_an_error_not_an_allocation() {
+        // Found by the `shard` fuzz target: a block of 2^49 bytes in the footer made
+        // arrow-ipc try to allocate it.
+        let bytes = include_bytes!("testdata/arrow-huge-block.arrow");
+        let info = ShardInfo {
+            file: "train-00000.arrow".into(),
+            rows: 8,
+            sha256: hex::encode(Sha256::digest(bytes)),
+            per_class: vec![0; 2],
+        };
+        let image = ImageInfo {
+            height: 8,
+            width: 8,
+            channels: 1,
+            pixel_type: PixelType::U8,
+        };
+        let e = decode_shard(bytes, &info, &image, 2, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("malformed Arrow IPC"), "{e}");
     }
 
     #[test]
