@@ -83,23 +83,13 @@ pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result
     let manifest = load_manifest(&dataset).await?;
     let info = manifest.split(split, dataset.as_str())?;
     let m = &card.model;
-    if (
-        manifest.image.height as usize,
-        manifest.image.width as usize,
-        manifest.image.channels as usize,
-    ) != (m.height, m.width, m.channels)
-        || manifest.classes.len() != m.classes
-    {
+    if manifest.image.channels as usize != m.channels || manifest.classes.len() != m.classes {
         return Err(Error::invalid(
             "dataset",
             format!(
-                "{dataset_url} has {}x{}x{} images in {} classes; the model takes {}x{}x{} in {}",
-                manifest.image.height,
-                manifest.image.width,
+                "{dataset_url} has {}-channel images in {} classes; the model takes {} channels in {}",
                 manifest.image.channels,
                 manifest.classes.len(),
-                m.height,
-                m.width,
                 m.channels,
                 m.classes
             ),
@@ -114,6 +104,7 @@ pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result
         let data = load_shard(&dataset, &manifest, split, shard).await?;
         let model = card.model.clone();
         let p = params.clone();
+        let src = manifest.image;
         // Batches of EVAL_BATCH images bound the memory a large shard of large images needs.
         let outputs = tokio::task::spawn_blocking(move || {
             let per = data.pixels_per_image;
@@ -121,8 +112,19 @@ pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result
                 .step_by(EVAL_BATCH)
                 .map(|start| {
                     let end = (start + EVAL_BATCH).min(data.labels.len());
+                    let mut pixels = Vec::with_capacity((end - start) * per);
+                    for row in start..end {
+                        model.input.apply(
+                            data.image(row),
+                            &src,
+                            model.height,
+                            model.width,
+                            None,
+                            &mut pixels,
+                        );
+                    }
                     let batch = BatchInput {
-                        pixels: data.pixels[start * per..end * per].to_vec(),
+                        pixels,
                         labels: data.labels[start..end].to_vec(),
                         keep_mask: None,
                     };

@@ -10,6 +10,7 @@ pub mod ids;
 pub mod job;
 pub mod model;
 pub mod optim;
+pub mod preprocess;
 pub mod rng;
 pub mod seal;
 pub mod spec;

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::preprocess::{Augment, Window};
 use crate::storage::StoreUrl;
 use crate::{Error, Result};
 
@@ -63,6 +64,101 @@ pub struct JobSpec {
     /// the coordinator finds it by id in its environment (`CT_KEY_<ID>` or `$CT_KEYRING/<id>.key`).
     #[serde(default)]
     pub encryption: Option<SpecEncryption>,
+    /// What workers do to stored pixels before the model sees them (also at evaluation).
+    #[serde(default, skip_serializing_if = "PreprocessSpec::is_default")]
+    pub preprocess: PreprocessSpec,
+    /// Random augmentation of training samples, drawn from (seed, epoch, sample id).
+    #[serde(default, skip_serializing_if = "Augment::is_off")]
+    pub augment: Augment,
+}
+
+/// Windowing, resizing and normalisation of the model's input.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessSpec {
+    /// A CT window: a preset name (`brain`, `subdural`, `bone`, `lung`) or `{center, width}`
+    /// in Hounsfield units. Windowed values lie in [0, 1].
+    #[serde(default)]
+    pub window: Option<WindowSpec>,
+    /// Resize every image to `[height, width]` (the model's input size).
+    #[serde(default)]
+    pub resize: Option<[u32; 2]>,
+    /// Subtract `mean` and divide by `std` last. Default: the dataset's pixel statistics, or
+    /// mean 0.5 and std 0.5 after a window.
+    #[serde(default)]
+    pub normalize: Option<Normalize>,
+}
+
+/// A window by preset name or by value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WindowSpec {
+    /// A preset's name.
+    Preset(String),
+    /// Centre and width.
+    Custom(Window),
+}
+
+/// Fixed normalisation constants.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Normalize {
+    /// Subtracted from every value.
+    pub mean: f32,
+    /// Values are divided by this (> 0).
+    pub std: f32,
+}
+
+impl PreprocessSpec {
+    fn is_default(&self) -> bool {
+        *self == PreprocessSpec::default()
+    }
+
+    /// The window, if any, with presets resolved.
+    pub fn window(&self) -> Result<Option<Window>> {
+        let w = match &self.window {
+            None => return Ok(None),
+            Some(WindowSpec::Preset(name)) => Window::preset(name)?,
+            Some(WindowSpec::Custom(w)) => *w,
+        };
+        w.validate()?;
+        Ok(Some(w))
+    }
+
+    /// The normalisation: given, or 0.5/0.5 after a window, or the dataset's statistics.
+    pub fn normalization(&self, dataset_mean: f64, dataset_std: f64) -> Result<(f32, f32)> {
+        if let Some(n) = self.normalize {
+            return Ok((n.mean, n.std));
+        }
+        if self.window()?.is_some() {
+            return Ok((0.5, 0.5));
+        }
+        let std = if dataset_std > 0.0 { dataset_std } else { 1.0 };
+        Ok((dataset_mean as f32, std as f32))
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.window()?;
+        if let Some([h, w]) = self.resize {
+            check(
+                (10..=crate::dataset::MAX_SIDE).contains(&h)
+                    && (10..=crate::dataset::MAX_SIDE).contains(&w),
+                "preprocess.resize",
+                format!(
+                    "[{h}, {w}]: sides must be in 10..={}",
+                    crate::dataset::MAX_SIDE
+                ),
+            )?;
+        }
+        if let Some(n) = self.normalize {
+            check(
+                n.mean.is_finite() && n.std.is_finite() && n.std > 0.0,
+                "preprocess.normalize",
+                "mean and std must be finite with std > 0",
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Encryption at rest for a job's checkpoints.
@@ -349,7 +445,8 @@ impl JobSpec {
             "checkpoint.keep",
             "must be at least 1",
         )?;
-        Ok(())
+        self.preprocess.validate()?;
+        self.augment.validate()
     }
 }
 
@@ -368,6 +465,29 @@ mod tests {
         assert_eq!(s.model.name, "seed-cnn");
         assert_eq!(s.validation.fraction, 0.1);
         assert_eq!(JobSpec::from_yaml(&s.to_yaml()).unwrap(), s);
+    }
+
+    #[test]
+    fn preprocessing_and_augmentation_parse_and_round_trip() {
+        let yaml = format!(
+            "{MINIMAL}preprocess:\n  window: brain\n  resize: [64, 64]\naugment:\n  crop_padding: 4\n  rotation_degrees: 10\n  hflip: true\n  intensity: 0.1\n"
+        );
+        let s = JobSpec::from_yaml(&yaml).unwrap();
+        assert_eq!(
+            s.preprocess.window().unwrap(),
+            Some(Window {
+                center: 40.0,
+                width: 80.0
+            })
+        );
+        assert_eq!(s.preprocess.normalization(100.0, 20.0).unwrap(), (0.5, 0.5));
+        assert_eq!(s.augment.crop_padding, 4);
+        assert_eq!(JobSpec::from_yaml(&s.to_yaml()).unwrap(), s);
+        let custom = format!("{MINIMAL}preprocess:\n  window: {{center: -600, width: 1500}}\n");
+        let s = JobSpec::from_yaml(&custom).unwrap();
+        assert_eq!(s.preprocess.window().unwrap().unwrap().center, -600.0);
+        let plain = JobSpec::from_yaml(MINIMAL).unwrap();
+        assert_eq!(plain.preprocess.normalization(100.0, 20.0).unwrap(), (100.0, 20.0));
     }
 
     #[test]
@@ -399,6 +519,23 @@ mod tests {
                 "dataset",
             ),
             ("name: [unclosed\n".to_string(), "spec"),
+            (
+                format!("{MINIMAL}preprocess:\n  window: liver\n"),
+                "preprocess.window",
+            ),
+            (
+                format!("{MINIMAL}preprocess:\n  window: {{center: 40, width: -1}}\n"),
+                "preprocess.window",
+            ),
+            (
+                format!("{MINIMAL}preprocess:\n  resize: [4, 4]\n"),
+                "preprocess.resize",
+            ),
+            (
+                format!("{MINIMAL}augment:\n  rotation_degrees: 400\n"),
+                "augment.rotation_degrees",
+            ),
+            (format!("{MINIMAL}augment:\n  shear: 3\n"), "shear"),
         ];
         for (yaml, field) in cases {
             let err = JobSpec::from_yaml(&yaml).unwrap_err().to_string();

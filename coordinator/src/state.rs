@@ -155,13 +155,7 @@ impl Coordinator {
                 .split(split, dataset.as_str())
                 .map_err(|e| Error::invalid("validation.split", e.to_string()))?;
         }
-        ctcluster_common::model::ModelConfig::seed_cnn(
-            &manifest.image,
-            manifest.classes.len(),
-            spec.model.dropout,
-            0.0,
-            1.0,
-        )?;
+        ctcluster_common::model::model_for_job(&spec, &manifest)?;
         if let Some(r) = &spec.resume_from {
             let url = StoreUrl::parse(r)?;
             ctcluster_common::checkpoint::Checkpoint::load(&url)

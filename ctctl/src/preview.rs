@@ -28,14 +28,17 @@ pub enum Window {
 impl Window {
     /// The (low, high) values shown as black and white.
     fn range(self, min: f64, max: f64) -> (f64, f64) {
-        let (centre, width) = match self {
+        let name = match self {
             Window::Auto => return (min, if max > min { max } else { min + 1.0 }),
-            Window::Brain => (40.0, 80.0),
-            Window::Subdural => (75.0, 215.0),
-            Window::Bone => (600.0, 2800.0),
-            Window::Lung => (-600.0, 1500.0),
+            Window::Brain => "brain",
+            Window::Subdural => "subdural",
+            Window::Bone => "bone",
+            Window::Lung => "lung",
         };
-        (centre - width / 2.0, centre + width / 2.0)
+        // The same presets the workers' `preprocess.window` uses.
+        let (lo, hi) = ctcluster_common::preprocess::Window::preset(name)
+            .map_or((min as f32, max as f32), |w| w.range());
+        (f64::from(lo), f64::from(hi))
     }
 }
 

@@ -185,7 +185,25 @@ impl Cache {
                 )
                 .into());
             }
-            batch.pixels.extend_from_slice(shard.image(row));
+            let model = &entry.model;
+            let src = &entry.manifest.image;
+            let draw = (train && !model.input.augment.is_off())
+                .then(|| model.input.augment.draw(job.seed, task.epoch, &shard.ids[row]));
+            if model.input.is_identity()
+                && (src.height as usize, src.width as usize) == (model.height, model.width)
+                && src.channels == 1
+            {
+                batch.pixels.extend_from_slice(shard.image(row));
+            } else {
+                model.input.apply(
+                    shard.image(row),
+                    src,
+                    model.height,
+                    model.width,
+                    draw.as_ref(),
+                    &mut batch.pixels,
+                );
+            }
             batch.labels.push(shard.labels[row]);
             if let Some(p) = dropout {
                 masks.extend(dropout_keep_mask(

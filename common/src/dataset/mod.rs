@@ -7,7 +7,8 @@ mod synth;
 mod writer;
 
 pub use manifest::{
-    ImageInfo, MANIFEST_FILE, Manifest, PixelStats, PixelType, ShardInfo, SplitInfo, load_manifest,
+    ImageInfo, MANIFEST_FILE, MAX_SIDE, Manifest, PixelStats, PixelType, ShardInfo, SplitInfo,
+    load_manifest,
 };
 pub use npz::{NpyArray, read_npz, read_npz_bytes};
 pub use shard::{DecodedShard, decode_shard, encode_shard, load_shard};

@@ -1,9 +1,11 @@
 //! The CNN models: configuration and parameter layout (plain Rust), and the burn computation.
 
 mod compute;
+mod for_job;
 mod seed_cnn;
 
 pub use compute::{
     BatchInput, EvalOutput, TrainOutput, argmax, dropout_keep_mask, eval_batch, train_batch,
 };
+pub use for_job::model_for_job;
 pub use seed_cnn::{ModelConfig, ParamSpec, SEED_CNN};

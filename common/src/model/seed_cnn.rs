@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::ImageInfo;
+use crate::preprocess::InputPipeline;
 use crate::rng::{KeyedRng, derive};
 use crate::{Error, Result};
 
@@ -41,6 +42,10 @@ pub struct ModelConfig {
     pub norm_mean: f32,
     /// Standard deviation pixels are divided by.
     pub norm_std: f32,
+    /// Windowing and augmentation applied by the workers before normalisation (stored images
+    /// are resized to `height` x `width`).
+    #[serde(default, skip_serializing_if = "InputPipeline::is_identity")]
+    pub input: InputPipeline,
 }
 
 /// One named parameter tensor of the layout.
@@ -89,6 +94,7 @@ impl ModelConfig {
             dropout,
             norm_mean,
             norm_std,
+            input: InputPipeline::default(),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -123,7 +129,7 @@ impl ModelConfig {
                 "normalisation must be finite with std > 0",
             ));
         }
-        Ok(())
+        self.input.validate()
     }
 
     fn feature_side(&self, side: usize) -> usize {

@@ -10,7 +10,7 @@ use tracing::{Instrument, Span};
 use ctcluster_common::checkpoint::{ModelCard, export_model};
 use ctcluster_common::dataset::load_manifest;
 use ctcluster_common::job::{EpochMetrics, JobState};
-use ctcluster_common::model::ModelConfig;
+use ctcluster_common::model::model_for_job;
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_common::telemetry::{carrier_of, child_of_carrier};
 use ctcluster_common::{Error, Step, trace_span};
@@ -102,18 +102,7 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
         )
         .into());
     }
-    let stats = manifest.pixel_stats;
-    let model = ModelConfig::seed_cnn(
-        &manifest.image,
-        manifest.classes.len(),
-        spec.model.dropout,
-        stats.mean as f32,
-        if stats.std > 0.0 {
-            stats.std as f32
-        } else {
-            1.0
-        },
-    )?;
+    let model = model_for_job(spec, &manifest)?;
     let model_json = serde_json::to_string(&model).map_err(|e| Error::Compute(e.to_string()))?;
     let job_output = StoreUrl::parse(&spec.output)?.join(job.id.as_str())?;
     let mut p = start_point(job, &model, &job_output).await?;
