@@ -1,5 +1,5 @@
-//! Evaluating an exported model on a dataset split, locally: accuracy, loss, ROC-AUC (two
-//! classes) and the confusion matrix.
+//! Evaluating an exported model on a dataset split, locally: accuracy, loss, ROC-AUC (of class
+//! 1 for two classes, the one-vs-rest macro average for more) and the confusion matrix.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +20,8 @@ pub struct EvalReport {
     pub accuracy: f64,
     /// Mean cross-entropy.
     pub loss: f64,
-    /// Area under the ROC curve of the positive class (class 1), for two-class models.
+    /// Area under the ROC curve of the positive class (class 1) for two-class models; the
+    /// mean of each class's one-vs-rest AUC for more classes.
     pub roc_auc: Option<f64>,
     /// `confusion[true][predicted]` counts.
     pub confusion: Vec<Vec<u64>>,
@@ -65,15 +66,28 @@ fn tally(
     classes: usize,
     confusion: &mut [Vec<u64>],
     scores: &mut Vec<f32>,
-    positive: &mut Vec<bool>,
+    all_labels: &mut Vec<u32>,
 ) {
     for (row, &label) in probs.chunks_exact(classes).zip(labels) {
         confusion[label as usize][argmax(row)] += 1;
-        if classes == 2 {
-            scores.push(row[1]);
-            positive.push(label == 1);
-        }
     }
+    scores.extend_from_slice(probs);
+    all_labels.extend_from_slice(labels);
+}
+
+/// ROC-AUC of class 1 for two classes, else the mean one-vs-rest AUC over the classes present
+/// (`probs` row-major, one row per label).
+pub fn auc_of(probs: &[f32], labels: &[u32], classes: usize) -> Option<f64> {
+    let per_class = |c: usize| {
+        let scores: Vec<f32> = probs.iter().skip(c).step_by(classes).copied().collect();
+        let positive: Vec<bool> = labels.iter().map(|&l| l as usize == c).collect();
+        roc_auc(&scores, &positive)
+    };
+    if classes == 2 {
+        return per_class(1);
+    }
+    let aucs: Vec<f64> = (0..classes).filter_map(per_class).collect();
+    (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64)
 }
 
 /// Evaluates the model at `model_url` on `split` of the dataset at `dataset_url`.
@@ -99,7 +113,7 @@ pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result
     let mut confusion = vec![vec![0u64; classes]; classes];
     let (mut loss, mut n) = (0.0, 0u64);
     let mut scores = Vec::new();
-    let mut positive = Vec::new();
+    let mut all_labels = Vec::new();
     for shard in 0..info.shards.len() {
         let data = load_shard(&dataset, &manifest, split, shard).await?;
         let model = card.model.clone();
@@ -144,7 +158,7 @@ pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result
                 classes,
                 &mut confusion,
                 &mut scores,
-                &mut positive,
+                &mut all_labels,
             );
         }
     }
@@ -160,11 +174,7 @@ pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result
         samples: n,
         accuracy: correct as f64 / n as f64,
         loss: loss / n as f64,
-        roc_auc: if classes == 2 {
-            roc_auc(&scores, &positive)
-        } else {
-            None
-        },
+        roc_auc: auc_of(&scores, &all_labels, classes),
         confusion,
         classes: card.classes,
     })

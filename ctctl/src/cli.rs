@@ -171,20 +171,24 @@ pub enum DatasetCommand {
         #[arg(long)]
         encrypt_key: Option<String>,
     },
-    /// Generate the demo's synthetic lesion dataset.
+    /// Generate a synthetic dataset: the head-CT phantom (Hounsfield units; normal,
+    /// haemorrhage, ischaemia) or the simple two-class lesion images.
     Synth {
         /// Where to write it.
         #[arg(long)]
         out: String,
+        /// Which generator.
+        #[arg(long, value_enum, default_value = "head-ct")]
+        kind: SynthKind,
         /// Training images.
         #[arg(long, default_value_t = 1536)]
         train: usize,
         /// Test images.
         #[arg(long, default_value_t = 256)]
         test: usize,
-        /// Image side in pixels.
-        #[arg(long, default_value_t = 28)]
-        size: u32,
+        /// Image side in pixels (default: 48 for head-ct, 28 for lesion).
+        #[arg(long)]
+        size: Option<u32>,
         /// Generator seed.
         #[arg(long, default_value_t = 7)]
         seed: u64,
@@ -217,6 +221,15 @@ pub enum DatasetCommand {
         #[arg(long, value_enum, default_value = "auto")]
         window: crate::preview::Window,
     },
+}
+
+/// The synthetic generators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SynthKind {
+    /// Head-CT slices in Hounsfield units (i16): normal, haemorrhage, ischaemia.
+    HeadCt,
+    /// 8-bit images of an organ with or without a bright lesion (two classes).
+    Lesion,
 }
 
 /// `ctctl demo` options.

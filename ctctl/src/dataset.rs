@@ -3,14 +3,15 @@
 use std::path::Path;
 
 use ctcluster_common::dataset::{
-    Manifest, SynthOptions, convert_npz_sealed, load_manifest, write_synthetic_sealed,
+    HeadCtOptions, Manifest, SynthOptions, convert_npz_sealed, load_manifest, write_head_ct,
+    write_synthetic_sealed,
 };
 use ctcluster_common::evaluate::EvalReport;
 use ctcluster_common::seal::DataKey;
 use ctcluster_common::storage::StoreUrl;
 
 use crate::CtlError;
-use crate::cli::Format;
+use crate::cli::{Format, SynthKind};
 
 /// A dataset summary: shape, classes, rows per split and class.
 pub fn describe(url: &str, m: &Manifest) -> String {
@@ -61,14 +62,38 @@ pub async fn from_npz(
 }
 
 /// `ctctl dataset synth`.
+#[allow(clippy::too_many_arguments)]
 pub async fn synth(
     out: &str,
-    opts: SynthOptions,
+    kind: SynthKind,
+    train: usize,
+    test: usize,
+    size: Option<u32>,
+    seed: u64,
     encrypt_key: Option<&str>,
 ) -> Result<String, CtlError> {
     let url = StoreUrl::parse(out)?;
     let key = sealing_key(encrypt_key, &url)?;
-    let m = write_synthetic_sealed(&url, opts, key).await?;
+    let m = match kind {
+        SynthKind::HeadCt => {
+            let opts = HeadCtOptions {
+                train,
+                test,
+                size: size.unwrap_or(HeadCtOptions::default().size),
+                seed,
+            };
+            write_head_ct(&url, opts, key).await?
+        }
+        SynthKind::Lesion => {
+            let opts = SynthOptions {
+                train,
+                test,
+                size: size.unwrap_or(SynthOptions::default().size),
+                seed,
+            };
+            write_synthetic_sealed(&url, opts, key).await?
+        }
+    };
     Ok(describe(url.as_str(), &m))
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ctcluster_common::dataset::{MANIFEST_FILE, SynthOptions, write_synthetic};
+use ctcluster_common::dataset::{HeadCtOptions, MANIFEST_FILE, write_head_ct};
 use ctcluster_common::evaluate::evaluate;
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_coordinator::CoordinatorConfig;
@@ -24,9 +24,11 @@ fn demo_err(e: impl std::fmt::Display) -> CtlError {
 /// The demo's job spec.
 pub fn demo_spec(data: &str, output: &str, epochs: u32) -> String {
     format!(
-        "name: demo-lesion-classifier\n\
+        "name: demo-head-ct-triage\n\
          dataset: {data}\n\
          model:\n  name: seed-cnn\n  dropout: 0.5\n\
+         preprocess:\n  window: brain\n\
+         augment:\n  crop_padding: 2\n  hflip: true\n\
          batch_size: 64\n\
          micro_batch_size: 32\n\
          epochs: {epochs}\n\
@@ -49,12 +51,14 @@ pub async fn run(args: &DemoArgs) -> Result<String, CtlError> {
         .dir
         .canonicalize()
         .map_err(|e| CtlError::Usage(format!("{}: {e}", args.dir.display())))?;
-    let data = StoreUrl::parse(&dir.join("data").display().to_string())?;
+    let data = StoreUrl::parse(&dir.join("head-ct").display().to_string())?;
     let output = StoreUrl::parse(&dir.join("output").display().to_string())?;
     let state = StoreUrl::parse(&dir.join("state").display().to_string())?;
     if !data.join(MANIFEST_FILE)?.exists().await? {
-        println!("generating a synthetic lesion dataset in {data}");
-        write_synthetic(&data, SynthOptions::default()).await?;
+        println!(
+            "generating a synthetic head-CT dataset (Hounsfield units; normal, haemorrhage, ischaemia) in {data}"
+        );
+        write_head_ct(&data, HeadCtOptions::default(), None).await?;
     }
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

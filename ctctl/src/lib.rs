@@ -49,7 +49,6 @@ pub fn target_from(
 }
 
 use cli::{CertsCommand, Cli, Command, DatasetCommand, Format, KeysCommand};
-use ctcluster_common::dataset::SynthOptions;
 
 /// Runs one command; returns the text to print.
 pub async fn run(cli: Cli) -> Result<String, CtlError> {
@@ -100,24 +99,13 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
             } => dataset::from_npz(&file, &out, classes, shard_rows, encrypt_key.as_deref()).await,
             DatasetCommand::Synth {
                 out,
+                kind,
                 train,
                 test,
                 size,
                 seed,
                 encrypt_key,
-            } => {
-                dataset::synth(
-                    &out,
-                    SynthOptions {
-                        train,
-                        test,
-                        size,
-                        seed,
-                    },
-                    encrypt_key.as_deref(),
-                )
-                .await
-            }
+            } => dataset::synth(&out, kind, train, test, size, seed, encrypt_key.as_deref()).await,
             DatasetCommand::Inspect { url, output } => dataset::inspect(&url, output).await,
             DatasetCommand::Preview {
                 url,

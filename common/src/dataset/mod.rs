@@ -1,11 +1,13 @@
 //! The dataset format: a prefix holding Arrow IPC shards and a `manifest.json` written last.
 
+mod head_ct;
 mod manifest;
 mod npz;
 mod shard;
 mod synth;
 mod writer;
 
+pub use head_ct::{HEAD_CT_CLASSES, HeadCtOptions, render_head_ct, write_head_ct};
 pub use manifest::{
     ImageInfo, MANIFEST_FILE, MAX_SIDE, Manifest, PixelStats, PixelType, ShardInfo, SplitInfo,
     load_manifest,
