@@ -487,7 +487,10 @@ mod tests {
         let s = JobSpec::from_yaml(&custom).unwrap();
         assert_eq!(s.preprocess.window().unwrap().unwrap().center, -600.0);
         let plain = JobSpec::from_yaml(MINIMAL).unwrap();
-        assert_eq!(plain.preprocess.normalization(100.0, 20.0).unwrap(), (100.0, 20.0));
+        assert_eq!(
+            plain.preprocess.normalization(100.0, 20.0).unwrap(),
+            (100.0, 20.0)
+        );
     }
 
     #[test]

@@ -112,6 +112,10 @@ pub enum Command {
     },
     /// Run the whole thing locally: generated data, a coordinator, two workers, a training job.
     Demo(DemoArgs),
+    /// Turn numpy arrays, image folders or DICOM studies into a clean, sharded dataset, with a
+    /// report of every item left out and why.
+    #[command(subcommand)]
+    Ingest(crate::ingest::IngestSource),
     /// Encryption keys for datasets and checkpoints.
     #[command(subcommand)]
     Keys(KeysCommand),

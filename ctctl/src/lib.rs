@@ -7,6 +7,7 @@ pub mod connect;
 pub mod dataset;
 pub mod demo;
 mod error;
+pub mod ingest;
 pub mod jobs;
 pub mod preview;
 pub mod render;
@@ -128,6 +129,7 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
             })
         }
         Command::Demo(args) => demo::run(&args).await,
+        Command::Ingest(source) => ingest::ingest(source).await,
         Command::Keys(KeysCommand::New { id, dir }) => dataset::new_key(&id, &dir),
         Command::Certs(CertsCommand::Init {
             dir,

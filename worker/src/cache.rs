@@ -187,8 +187,12 @@ impl Cache {
             }
             let model = &entry.model;
             let src = &entry.manifest.image;
-            let draw = (train && !model.input.augment.is_off())
-                .then(|| model.input.augment.draw(job.seed, task.epoch, &shard.ids[row]));
+            let draw = (train && !model.input.augment.is_off()).then(|| {
+                model
+                    .input
+                    .augment
+                    .draw(job.seed, task.epoch, &shard.ids[row])
+            });
             if model.input.is_identity()
                 && (src.height as usize, src.width as usize) == (model.height, model.width)
                 && src.channels == 1

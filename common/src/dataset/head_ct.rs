@@ -64,7 +64,10 @@ impl Blob {
 pub fn render_head_ct(size: u32, label: u32, rng: &mut KeyedRng) -> Vec<i16> {
     let s = size as f32;
     let jitter = |rng: &mut KeyedRng, amount: f32| (rng.next_f32() - 0.5) * 2.0 * amount;
-    let (cx, cy) = (s / 2.0 + jitter(rng, 0.03 * s), s / 2.0 + jitter(rng, 0.03 * s));
+    let (cx, cy) = (
+        s / 2.0 + jitter(rng, 0.03 * s),
+        s / 2.0 + jitter(rng, 0.03 * s),
+    );
     let (ax, ay) = (
         s * (0.36 + jitter(rng, 0.03)),
         s * (0.43 + jitter(rng, 0.03)),
@@ -88,9 +91,15 @@ pub fn render_head_ct(size: u32, label: u32, rng: &mut KeyedRng) -> Vec<i16> {
                 angle.sin() * (ay - skull) * dist,
             );
             let (r, hu) = if label == 1 {
-                (s * (0.05 + rng.next_f32() * 0.05), 62.0 + rng.next_f32() * 18.0)
+                (
+                    s * (0.05 + rng.next_f32() * 0.05),
+                    62.0 + rng.next_f32() * 18.0,
+                )
             } else {
-                (s * (0.11 + rng.next_f32() * 0.07), 6.0 + rng.next_f32() * 8.0)
+                (
+                    s * (0.11 + rng.next_f32() * 0.07),
+                    6.0 + rng.next_f32() * 8.0,
+                )
             };
             Some(Blob {
                 x: u,
@@ -152,7 +161,13 @@ pub async fn write_head_ct(
         pixel_type: PixelType::I16,
     };
     let classes = HEAD_CT_CLASSES.iter().map(|c| c.to_string()).collect();
-    let mut w = DatasetWriter::new(out.clone(), image, classes, 512, "synthetic head-CT phantom")?;
+    let mut w = DatasetWriter::new(
+        out.clone(),
+        image,
+        classes,
+        512,
+        "synthetic head-CT phantom",
+    )?;
     if let Some(k) = key {
         w = w.encrypt_with(k);
     }
@@ -164,7 +179,8 @@ pub async fn write_head_ct(
                 .iter()
                 .flat_map(|v| v.to_le_bytes())
                 .collect();
-            w.add(split, format!("{split}-{i:06}"), label, pixels).await?;
+            w.add(split, format!("{split}-{i:06}"), label, pixels)
+                .await?;
         }
     }
     w.finish().await
@@ -175,7 +191,11 @@ mod tests {
     use super::*;
 
     fn mean_where(img: &[i16], keep: impl Fn(i16) -> bool) -> f32 {
-        let v: Vec<f32> = img.iter().filter(|&&p| keep(p)).map(|&p| f32::from(p)).collect();
+        let v: Vec<f32> = img
+            .iter()
+            .filter(|&&p| keep(p))
+            .map(|&p| f32::from(p))
+            .collect();
         v.iter().sum::<f32>() / v.len().max(1) as f32
     }
 
@@ -206,7 +226,13 @@ mod tests {
         };
         let dense = |v: i16| (55..100).contains(&v);
         let dark = |v: i16| (8..20).contains(&v);
-        assert!(count(1, dense) > 3 * count(0, dense), "haemorrhage is hyper-dense");
-        assert!(count(2, dark) > 2 * count(0, dark), "ischaemia is hypo-dense");
+        assert!(
+            count(1, dense) > 3 * count(0, dense),
+            "haemorrhage is hyper-dense"
+        );
+        assert!(
+            count(2, dark) > 2 * count(0, dark),
+            "ischaemia is hypo-dense"
+        );
     }
 }

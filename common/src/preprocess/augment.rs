@@ -64,7 +64,10 @@ impl Augment {
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, why: String| Err(Error::invalid(format!("augment.{field}"), why));
         if self.crop_padding > 64 {
-            return bad("crop_padding", format!("{} is not in 0..=64", self.crop_padding));
+            return bad(
+                "crop_padding",
+                format!("{} is not in 0..=64", self.crop_padding),
+            );
         }
         if !(self.rotation_degrees.is_finite() && (0.0..=180.0).contains(&self.rotation_degrees)) {
             return bad(
@@ -161,7 +164,10 @@ mod tests {
         assert!((800..1200).contains(&flips), "{flips} of 2000 flipped");
         assert_eq!(shifts.len(), 7, "every shift in -3..=3 occurs");
         let off = Augment::default().draw(9, 0, "s1");
-        assert_eq!((off.dx, off.angle, off.hflip, off.contrast), (0.0, 0.0, false, 1.0));
+        assert_eq!(
+            (off.dx, off.angle, off.hflip, off.contrast),
+            (0.0, 0.0, false, 1.0)
+        );
     }
 
     #[test]

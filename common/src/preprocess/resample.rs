@@ -19,10 +19,9 @@ pub fn resample(
     let (scale_x, scale_y) = (sw as f32 / ow as f32, sh as f32 / oh as f32);
     let k = (scale_x.max(scale_y).ceil() as usize).clamp(1, 8);
     let (cx, cy) = (ow as f32 / 2.0, oh as f32 / 2.0);
-    let (dx, dy, angle, hflip, vflip) =
-        draw.map_or((0.0, 0.0, 0.0, false, false), |d| {
-            (d.dx, d.dy, d.angle, d.hflip, d.vflip)
-        });
+    let (dx, dy, angle, hflip, vflip) = draw.map_or((0.0, 0.0, 0.0, false, false), |d| {
+        (d.dx, d.dy, d.angle, d.hflip, d.vflip)
+    });
     let (sin, cos) = angle.sin_cos();
     let inv_k = 1.0 / k as f32;
     let mut out = Vec::with_capacity(oh * ow);

@@ -1,0 +1,262 @@
+//! DICOM studies: files under a folder labelled by a CSV. Pixel data is decoded for the transfer
+//! syntaxes dicom-rs supports (native, deflate, RLE, JPEG baseline/extended/lossless), the
+//! modality rescale is applied so CT is stored as Hounsfield units (i16), and headers are
+//! de-identified; the patient pseudonym decides the split.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ctcluster_common::dataset::PixelType;
+use dicom_dictionary_std::tags;
+use dicom_object::{OpenFileOptions, open_file};
+use dicom_pixeldata::PixelDecoder;
+use serde::Serialize;
+
+use super::deid::{AuditEntry, DeidKey, deidentify};
+use super::{Candidate, Decoded, Dropped, Plan, RawLabel, Reason};
+use crate::CtlError;
+
+/// The labels CSV, keyed by file path relative to the folder.
+struct Labels {
+    rows: BTreeMap<String, (String, Option<String>)>,
+}
+
+fn normalise(rel: &str) -> String {
+    rel.trim().trim_start_matches("./").replace('\\', "/")
+}
+
+fn read_labels(path: &Path) -> Result<Labels, CtlError> {
+    let what = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| CtlError::Usage(format!("{what}: {e}")))?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<String> = lines
+        .next()
+        .ok_or_else(|| CtlError::Usage(format!("{what}: empty; expected a header file,label")))?
+        .split(',')
+        .map(|h| h.trim().trim_matches('"').to_lowercase())
+        .collect();
+    let col = |name: &str| header.iter().position(|h| h == name);
+    let (Some(file), Some(label)) = (col("file"), col("label")) else {
+        return Err(CtlError::Usage(format!(
+            "{what}: the header must name the columns file and label (and optionally split)"
+        )));
+    };
+    let split = col("split");
+    let mut rows = BTreeMap::new();
+    for (n, line) in lines.enumerate() {
+        let cells: Vec<&str> = line
+            .split(',')
+            .map(|c| c.trim().trim_matches('"'))
+            .collect();
+        let get = |i: usize| cells.get(i).copied().unwrap_or("");
+        if get(file).is_empty() || get(label).is_empty() {
+            return Err(CtlError::Usage(format!(
+                "{what}: line {}: needs a file and a label",
+                n + 2
+            )));
+        }
+        let s = split.map(get).filter(|s| !s.is_empty()).map(String::from);
+        rows.insert(normalise(get(file)), (get(label).to_string(), s));
+    }
+    Ok(Labels { rows })
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CtlError> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| CtlError::Usage(format!("{}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct AuditFile<'a> {
+    format: &'static str,
+    profile: &'static str,
+    key_fingerprint: String,
+    files: Vec<AuditRecord<'a>>,
+}
+
+#[derive(Serialize)]
+struct AuditRecord<'a> {
+    id: &'a str,
+    patient: &'a str,
+    attributes: &'a [AuditEntry],
+}
+
+/// `ctctl ingest dicom DIR --labels LABELS.csv`.
+pub fn dicom(dir: &Path, labels: &Path, key: Option<&DeidKey>) -> Result<Plan, CtlError> {
+    let table = read_labels(labels)?;
+    let mut paths = Vec::new();
+    walk(dir, &mut paths)?;
+    let labels_abs = labels.canonicalize().ok();
+    let mut candidates = Vec::new();
+    let mut dropped = Vec::new();
+    let mut metadata = Vec::new();
+    let mut audits: Vec<(String, String, Vec<AuditEntry>)> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for path in paths {
+        if path.canonicalize().ok() == labels_abs {
+            continue;
+        }
+        let rel = normalise(&path.strip_prefix(dir).unwrap_or(&path).to_string_lossy());
+        seen.insert(rel.clone());
+        // The header only: the pixels are read later, one file at a time.
+        let header = match OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .open_file(&path)
+        {
+            Ok(h) => h,
+            Err(e) => {
+                dropped.push(Dropped {
+                    source: rel,
+                    reason: Reason::Unreadable,
+                    detail: format!("not a readable DICOM file: {e}"),
+                });
+                continue;
+            }
+        };
+        let d = deidentify(&header, key);
+        let sop = header
+            .get(tags::SOP_INSTANCE_UID)
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_matches(['\0', ' ']).to_string())
+            .unwrap_or_else(|| rel.clone());
+        let id = match key {
+            Some(k) => format!("dcm-{}", k.short("sop", &sop)),
+            None => format!("dcm-{sop}"),
+        };
+        let mut meta = serde_json::Map::new();
+        meta.insert("id".into(), id.clone().into());
+        meta.insert("patient".into(), d.patient.clone().into());
+        for (k, v) in &d.kept {
+            meta.insert(k.clone(), v.clone().into());
+        }
+        metadata.push(serde_json::Value::Object(meta));
+        audits.push((id.clone(), d.patient.clone(), d.audit));
+        let (label, split) = match table.rows.get(&rel) {
+            Some((l, s)) => (RawLabel::Name(l.clone()), s.clone()),
+            None => (RawLabel::Missing, None),
+        };
+        candidates.push(Candidate {
+            source: rel,
+            id,
+            split,
+            group: d.patient,
+            label,
+            load: Box::new(move || load_pixels(&path)),
+        });
+    }
+    for rel in table.rows.keys() {
+        if !seen.contains(rel) {
+            dropped.push(Dropped {
+                source: rel.clone(),
+                reason: Reason::Unreadable,
+                detail: format!("listed in {} but not found", labels.display()),
+            });
+        }
+    }
+    let mut classes: Vec<String> = table.rows.values().map(|(l, _)| l.clone()).collect();
+    classes.sort_by(|a, b| match (a.parse::<i64>(), b.parse::<i64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        _ => a.cmp(b),
+    });
+    classes.dedup();
+    let mut sidecars = Vec::new();
+    let mut lines = Vec::new();
+    for m in &metadata {
+        lines.extend(serde_json::to_vec(m).unwrap_or_default());
+        lines.push(b'\n');
+    }
+    sidecars.push(("dicom-metadata.jsonl".to_string(), lines));
+    if let Some(k) = key {
+        let audit = AuditFile {
+            format: "ctcluster.deid-audit.v1",
+            profile: "DICOM PS3.15 E.1 basic application level confidentiality profile (allow-list)",
+            key_fingerprint: k.fingerprint(),
+            files: audits
+                .iter()
+                .map(|(id, patient, attributes)| AuditRecord {
+                    id,
+                    patient,
+                    attributes,
+                })
+                .collect(),
+        };
+        sidecars.push((
+            "deid-audit.json".to_string(),
+            serde_json::to_vec_pretty(&audit).unwrap_or_default(),
+        ));
+    }
+    Ok(Plan {
+        kind: "dicom",
+        source: dir.display().to_string(),
+        classes,
+        candidates,
+        dropped,
+        sidecars,
+    })
+}
+
+fn load_pixels(path: &Path) -> Result<Decoded, (Reason, String)> {
+    let unreadable = |e: String| (Reason::Unreadable, e);
+    let obj = open_file(path).map_err(|e| unreadable(format!("not a readable DICOM file: {e}")))?;
+    if obj.get(tags::PIXEL_DATA).is_none() {
+        let class = obj
+            .get(tags::SOP_CLASS_UID)
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_matches(['\0', ' ']).to_string())
+            .unwrap_or_default();
+        return Err((
+            Reason::NoPixelData,
+            format!("no pixel data (SOP class {class}): not an image"),
+        ));
+    }
+    let pixels = obj
+        .decode_pixel_data()
+        .map_err(|e| unreadable(format!("pixel data cannot be decoded: {e}")))?;
+    let frames = pixels.number_of_frames();
+    if frames > 1 {
+        return Err((
+            Reason::MultiFrame,
+            format!("{frames} frames (a cine or volume object); export single slices"),
+        ));
+    }
+    let values: Vec<f32> = pixels
+        .to_vec_frame(0)
+        .map_err(|e| unreadable(format!("pixel values cannot be converted: {e}")))?;
+    let rescaled =
+        obj.get(tags::RESCALE_SLOPE).is_some() || obj.get(tags::RESCALE_INTERCEPT).is_some();
+    let signed = pixels.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed;
+    let pixel_type = if rescaled || signed {
+        PixelType::I16
+    } else if pixels.bits_allocated() <= 8 {
+        PixelType::U8
+    } else {
+        PixelType::U16
+    };
+    let values = if pixel_type == PixelType::I16 {
+        values
+            .into_iter()
+            .map(|v| v.round().clamp(-32768.0, 32767.0))
+            .collect()
+    } else {
+        values
+    };
+    Ok(Decoded {
+        height: pixels.rows(),
+        width: pixels.columns(),
+        channels: u32::from(pixels.samples_per_pixel()),
+        pixel_type,
+        values,
+    })
+}
