@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod chaos;
+pub mod fixtures;
 pub mod otlp;
 pub mod procs;
 

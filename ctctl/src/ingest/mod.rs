@@ -235,8 +235,13 @@ fn resolve(label: &RawLabel, classes: &[String]) -> Result<u32, (Reason, String)
     }
 }
 
-/// Runs `ctctl ingest`.
+/// Runs `ctctl ingest`; returns the terminal summary.
 pub async fn ingest(source: IngestSource) -> Result<String, CtlError> {
+    Ok(summary(&ingest_report(source).await?))
+}
+
+/// Runs `ctctl ingest`; returns the report.
+pub async fn ingest_report(source: IngestSource) -> Result<IngestReport, CtlError> {
     let (plan, args) = match source {
         IngestSource::Npy {
             images,
@@ -260,8 +265,7 @@ pub async fn ingest(source: IngestSource) -> Result<String, CtlError> {
             (dicom::dicom(&dir, &labels, key.as_ref())?, args)
         }
     };
-    let report = run(plan, &args).await?;
-    Ok(summary(&report))
+    run(plan, &args).await
 }
 
 /// Splits, orders, decodes, cleans and writes a source's items; returns the report (also

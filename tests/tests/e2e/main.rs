@@ -5,6 +5,7 @@ mod chaos;
 mod deploy;
 mod exactness;
 mod hostile;
+mod ingest;
 mod learning;
 mod lifecycle;
 mod observability;

@@ -1,0 +1,81 @@
+//! Files the ingest tests write: numpy arrays and archives, PNG (8- and 16-bit, grey and RGB)
+//! and JPEG images.
+
+use std::io::Write;
+use std::path::Path;
+
+/// A `.npy` file's bytes: `descr` like `|u1`, `<f4`; `data` little-endian C order.
+pub fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(data);
+    out
+}
+
+/// A `.npz` archive of named arrays.
+pub fn npz(path: &Path, arrays: &[(&str, Vec<u8>)]) {
+    let file = std::fs::File::create(path).expect("create npz");
+    let mut zip = zip::ZipWriter::new(file);
+    for (name, bytes) in arrays {
+        zip.start_file(
+            format!("{name}.npy"),
+            zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored),
+        )
+        .expect("zip entry");
+        zip.write_all(bytes).expect("zip write");
+    }
+    zip.finish().expect("zip finish");
+}
+
+/// A PNG: `channels` 1 or 3, `sixteen` for 16-bit samples (values as given).
+pub fn png(path: &Path, width: u32, height: u32, channels: u32, sixteen: bool, values: &[u16]) {
+    let file = std::fs::File::create(path).expect("create png");
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width, height);
+    enc.set_color(if channels == 3 {
+        png::ColorType::Rgb
+    } else {
+        png::ColorType::Grayscale
+    });
+    enc.set_depth(if sixteen {
+        png::BitDepth::Sixteen
+    } else {
+        png::BitDepth::Eight
+    });
+    let data: Vec<u8> = if sixteen {
+        values.iter().flat_map(|v| v.to_be_bytes()).collect()
+    } else {
+        values.iter().map(|&v| v as u8).collect()
+    };
+    let mut w = enc.write_header().expect("png header");
+    w.write_image_data(&data).expect("png data");
+}
+
+/// A grayscale baseline JPEG (quality 100).
+pub fn jpeg(path: &Path, width: u16, height: u16, values: &[u8]) {
+    let enc = jpeg_encoder::Encoder::new_file(path, 100).expect("create jpeg");
+    enc.encode(values, width, height, jpeg_encoder::ColorType::Luma)
+        .expect("encode jpeg");
+}
+
+/// A smooth test pattern with a per-image offset, so images differ.
+pub fn pattern(width: u32, height: u32, seed: u32, max: u32) -> Vec<u16> {
+    (0..width * height)
+        .map(|i| {
+            let (x, y) = (i % width, i / width);
+            ((x * 7 + y * 13 + seed * 31) % (max + 1)) as u16
+        })
+        .collect()
+}
