@@ -36,7 +36,9 @@ async fn seed_cnn_learns_pneumonia_with_augmentation_on_two_workers() {
     use ctctl::ingest::Reason;
     let count = |r: Reason| report.dropped.iter().filter(|d| d.reason == r).count();
     let (dups, leaks) = (count(Reason::Duplicate), count(Reason::CrossSplitDuplicate));
-    eprintln!("pneumonia ingest: {dups} duplicates within a split, {leaks} train images also in val");
+    eprintln!(
+        "pneumonia ingest: {dups} duplicates within a split, {leaks} train images also in val"
+    );
     assert_eq!(dups + leaks, report.dropped.len(), "{:?}", report.dropped);
     assert!(
         report

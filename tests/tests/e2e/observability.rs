@@ -34,7 +34,14 @@ fn one_trace_spans_ctctl_the_coordinator_and_every_worker() {
         ("OTEL_BSP_SCHEDULE_DELAY", "200".to_string()),
     ];
     let status = Command::new(binary("ctctl"))
-        .args(["dataset", "synth", "--out", &format!("{root}/ds")])
+        .args([
+            "dataset",
+            "synth",
+            "--kind",
+            "lesion",
+            "--out",
+            &format!("{root}/ds"),
+        ])
         .args(["--train", "700", "--test", "40", "--seed", "3"])
         .output()
         .unwrap();

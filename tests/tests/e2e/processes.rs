@@ -102,6 +102,8 @@ fn binaries_train_from_s3_and_ctctl_reports_json() {
         &[
             "dataset",
             "synth",
+            "--kind",
+            "lesion",
             "--out",
             "s3://bucket/ds",
             "--train",
@@ -290,6 +292,8 @@ async fn sigkilled_workers_lose_nothing_and_change_nothing() {
         &[
             "dataset",
             "synth",
+            "--kind",
+            "lesion",
             "--out",
             &format!("{root}/ds"),
             "--train",

@@ -344,7 +344,8 @@ fn encrypted_data_and_checkpoints_train_the_same_and_refuse_a_wrong_key() {
     let plain = root.join("plain").display().to_string();
     let sealed = root.join("sealed").display().to_string();
     let synth = [
-        "dataset", "synth", "--train", "400", "--test", "16", "--seed", "4", "--out",
+        "dataset", "synth", "--kind", "lesion", "--train", "400", "--test", "16", "--seed", "4",
+        "--out",
     ];
     ok(ctctl_env(&[], &[&synth[..], &[plain.as_str()]].concat()));
     ok(ctctl_env(
