@@ -396,3 +396,39 @@ async fn sigkilled_workers_lose_nothing_and_change_nothing() {
     assert!(a.params == b.params, "killing workers changed the result");
     assert!(a.adam == b.adam);
 }
+
+#[test]
+fn ctctl_demo_trains_the_head_ct_phantom_and_writes_a_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(binary("ctctl"))
+        .args(["demo", "--dir"])
+        .arg(tmp.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run ctctl demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ctctl demo failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("head-CT"), "{text}");
+    let accuracy: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("test accuracy"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no test accuracy in {text}"));
+    // Three classes: chance is 0.33; haemorrhage and ischaemia are learnt in 5 epochs.
+    assert!(accuracy >= 0.8, "demo test accuracy {accuracy} < 0.8\n{text}");
+    assert!(tmp.path().join("report/index.html").is_file());
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(tmp.path().join("head-ct/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["image"]["pixel_type"], "i16");
+    assert_eq!(
+        manifest["classes"],
+        serde_json::json!(["normal", "haemorrhage", "ischaemia"])
+    );
+}
