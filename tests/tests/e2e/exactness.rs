@@ -95,3 +95,45 @@ async fn a_straggler_s_tasks_are_reissued_and_change_nothing() {
     assert!(status.reissued_tasks >= 1, "no task was re-issued");
     assert!(params == clean, "re-issued tasks changed the result");
 }
+
+/// Ten steps on the head-CT phantom with the given preprocessing, on `workers` workers.
+async fn ct_params(workers: usize, extra: &str, tag: &str) -> Vec<f32> {
+    let ds = format!("memory://exact-ct-{tag}-{workers}/ds");
+    let url = ctcluster_common::storage::StoreUrl::parse(&ds).unwrap();
+    let opts = ctcluster_common::dataset::HeadCtOptions {
+        train: 400,
+        test: 8,
+        size: 48,
+        seed: 5,
+    };
+    ctcluster_common::dataset::write_head_ct(&url, opts, None)
+        .await
+        .unwrap();
+    let cluster = Cluster::start(&format!("memory://exact-ct-{tag}-{workers}/s"), workers).await;
+    let status = cluster
+        .run(&spec(
+            "exact-augment",
+            &ds,
+            &format!("memory://exact-ct-{tag}-{workers}/o"),
+            &format!("batch_size: 64\nmicro_batch_size: 16\nmax_steps: 10\nseed: 3\n{extra}"),
+        ))
+        .await;
+    cluster.stop().await;
+    assert_eq!(status.step, 10, "{}", status.message);
+    final_checkpoint(&status).await.params
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn augmentation_is_the_same_whichever_worker_draws_it() {
+    let window = "preprocess:\n  window: brain\n  resize: [32, 32]\n";
+    let augment = format!(
+        "{window}augment:\n  crop_padding: 3\n  rotation_degrees: 15\n  hflip: true\n  vflip: true\n  intensity: 0.2\n"
+    );
+    let one = ct_params(1, &augment, "aug").await;
+    let two = ct_params(2, &augment, "aug").await;
+    assert!(one == two, "relative L2 {:e}", rel_l2(&two, &one));
+    // And the augmentation really changed what the model saw.
+    let plain = ct_params(1, window, "plain").await;
+    let diff = rel_l2(&plain, &one);
+    assert!(diff > 1e-3, "augmented and plain runs differ by only {diff:e}");
+}
