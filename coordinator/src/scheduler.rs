@@ -66,6 +66,8 @@ struct Inner {
     pending: HashMap<TaskId, Pending>,
     /// Smoothed seconds from hand-out to result, for spotting stragglers.
     typical_secs: Option<f64>,
+    /// Workers holding no task that are waiting for one (with how many polls each).
+    idle: HashMap<WorkerId, usize>,
 }
 
 impl Inner {
@@ -78,6 +80,18 @@ impl Inner {
                 self.queue.push_front(task);
             }
         }
+    }
+
+    fn holds_any(&self, worker: WorkerId) -> bool {
+        self.pending
+            .values()
+            .any(|p| p.holders.iter().any(|(w, _)| *w == worker))
+    }
+
+    /// A worker that already holds a task (it asks for the next one while computing) waits
+    /// while a worker with nothing to do is asking too: idle workers go first.
+    fn defer(&self, worker: WorkerId) -> bool {
+        self.holds_any(worker) && self.idle.iter().any(|(w, n)| *w != worker && *n > 0)
     }
 
     fn straggler_after(&self) -> Duration {
@@ -116,6 +130,47 @@ pub struct Handout {
     pub reissued: bool,
     /// Parent for the worker's spans (empty: not traced).
     pub trace: TraceCarrier,
+}
+
+/// Marks a worker holding no task as waiting while it polls; on the way out it wakes the
+/// other pollers, who may have deferred to it.
+struct IdleGuard<'a> {
+    scheduler: &'a Scheduler,
+    worker: Option<WorkerId>,
+}
+
+impl<'a> IdleGuard<'a> {
+    fn new(scheduler: &'a Scheduler, worker: WorkerId) -> Self {
+        let mut g = scheduler.lock();
+        let idle = !g.holds_any(worker);
+        if idle {
+            *g.idle.entry(worker).or_default() += 1;
+        }
+        IdleGuard {
+            scheduler,
+            worker: idle.then_some(worker),
+        }
+    }
+}
+
+impl Drop for IdleGuard<'_> {
+    fn drop(&mut self) {
+        let Some(worker) = self.worker else {
+            return;
+        };
+        let mut g = self.scheduler.lock();
+        if let Some(n) = g.idle.get_mut(&worker) {
+            *n -= 1;
+            if *n == 0 {
+                g.idle.remove(&worker);
+            }
+        }
+        let waiting = !g.queue.is_empty();
+        drop(g);
+        if waiting {
+            self.scheduler.notify.notify_waiters();
+        }
+    }
 }
 
 /// The coordinator's queue of tasks.
@@ -166,6 +221,9 @@ impl Scheduler {
 
     fn try_take(&self, worker: WorkerId) -> Option<Handout> {
         let mut g = self.lock();
+        if g.defer(worker) {
+            return None;
+        }
         let now = Instant::now();
         while let Some(id) = g.queue.pop_front() {
             if let Some(p) = g.pending.get_mut(&id) {
@@ -202,6 +260,7 @@ impl Scheduler {
     /// looked for again every quarter of a second while waiting.
     pub async fn next_for(&self, worker: WorkerId, wait: Duration) -> Option<Handout> {
         let deadline = tokio::time::Instant::now() + wait;
+        let _idle = IdleGuard::new(self, worker);
         loop {
             let notified = self.notify.notified();
             if let Some(t) = self.try_take(worker) {
@@ -366,6 +425,37 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap().unwrap_err(), "corrupt shard");
         assert!(s.expected(ids[0], a).is_none());
         assert!(s.next_for(a, Duration::from_millis(10)).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_worker_asking_ahead_waits_while_an_idle_worker_asks() {
+        let s = std::sync::Arc::new(Scheduler::default());
+        let job = JobId::generate();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let (busy, idle) = (WorkerId(1), WorkerId(2));
+        s.submit(&job, vec![task(1)], &RoundTrace::default(), &tx);
+        s.next_for(busy, Duration::from_millis(10)).await.unwrap();
+        // The idle worker is waiting when the busy one asks for its next task.
+        let waiting = {
+            let s = s.clone();
+            tokio::spawn(async move { s.next_for(idle, Duration::from_secs(2)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let ahead = {
+            let s = s.clone();
+            tokio::spawn(async move { s.next_for(busy, Duration::from_secs(2)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let ids = s.submit(&job, vec![task(1), task(1)], &RoundTrace::default(), &tx);
+        let got = waiting.await.unwrap().unwrap();
+        assert_eq!(got.task.task_id, ids[0].0, "the idle worker goes first");
+        // Once it has its task, the worker asking ahead gets the next one at once.
+        let next = tokio::time::timeout(Duration::from_millis(200), ahead)
+            .await
+            .expect("no 250 ms recheck wait")
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.task.task_id, ids[1].0);
     }
 
     #[tokio::test]

@@ -2,7 +2,8 @@
 ecosystem as they are. Loads model.safetensors with `safetensors.numpy`, reads the test split's
 Arrow shards with pyarrow, re-implements the seed CNN's forward pass in numpy from PyTorch's
 layout conventions (NCHW, cross-correlation, [out, in] dense weights, C*H*W flatten order) and
-checks its loss and accuracy against `ctctl evaluate -o json`.
+checks its loss and accuracy against `ctctl evaluate -o json`. The model's recorded input
+pipeline (a CT window in Hounsfield units) is applied as documented: clamp((v - lo) / width).
 
 usage: interop.py MODEL_DIR DATASET_DIR EVALUATE_JSON
 """
@@ -37,15 +38,20 @@ def main():
         ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
     ), names
     manifest = json.load(open(f"{data_dir}/manifest.json"))
-    assert manifest["image"]["pixel_type"] == "u8"
+    dtype = {"u8": np.uint8, "u16": "<u2", "i16": "<i2", "f32": "<f4"}[manifest["image"]["pixel_type"]]
     h, wd, c = (manifest["image"][k] for k in ("height", "width", "channels"))
     images, labels = [], []
     for shard in manifest["splits"]["test"]["shards"]:
         table = ipc.open_file(f"{data_dir}/{shard['file']}").read_all()
         assert table.schema.names == ["id", "label", "image"], table.schema
-        images += [np.frombuffer(b, dtype=np.uint8) for b in table.column("image").to_pylist()]
+        images += [np.frombuffer(b, dtype=dtype) for b in table.column("image").to_pylist()]
         labels += table.column("label").to_pylist()
     x = np.stack(images).astype(np.float32).reshape(-1, h, wd, c).transpose(0, 3, 1, 2)
+    window = cfg.get("input", {}).get("window")
+    if window is not None:
+        lo = np.float32(window["center"]) - np.float32(window["width"]) / np.float32(2)
+        x = np.clip((x - lo) * (np.float32(1) / np.float32(window["width"])), 0, 1)
+    assert (cfg["height"], cfg["width"]) == (h, wd), "resized models are not re-implemented here"
     x = (x - cfg["norm_mean"]) / cfg["norm_std"]
     y = np.array(labels)
     x = pool(np.maximum(conv(x, w["conv1.weight"], w["conv1.bias"]), 0))

@@ -1,9 +1,12 @@
 //! The worker's life: connect, register, then fetch tasks, compute and push results until told
 //! to stop; reconnect with backoff when the coordinator goes away.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ctcluster_common::model::{BatchInput, ModelConfig};
 use ctcluster_common::telemetry::{TraceCarrier, carrier_from_metadata, child_of_carrier};
 use ctcluster_common::tensor_bytes::f32_to_le_bytes;
 use ctcluster_common::trace_span;
@@ -149,6 +152,42 @@ async fn heartbeat(
     }
 }
 
+/// A fetched task with what its computation needs (or why it cannot run), and the seconds
+/// spent getting parameters and data and building the batch.
+struct Prepared {
+    task: pb::Task,
+    span: Span,
+    fetch_seconds: f64,
+    input: Result<Input, WorkerError>,
+}
+
+/// What the compute thread needs for one task.
+struct Input {
+    work: Work,
+    model: Arc<ModelConfig>,
+    params: Arc<Vec<f32>>,
+    batch: BatchInput,
+}
+
+type Fetch =
+    Pin<Box<dyn Future<Output = Result<Option<(pb::Task, TraceCarrier)>, WorkerError>> + Send>>;
+
+/// Asks the coordinator for a task (a long poll: `None` when none came).
+fn fetch(client: &Client, worker_id: &str) -> Fetch {
+    let mut client = client.clone();
+    let worker_id = worker_id.to_string();
+    Box::pin(async move {
+        let reply = client
+            .fetch_work(pb::FetchWorkRequest { worker_id })
+            .await?;
+        let trace = carrier_from_metadata(reply.metadata());
+        Ok(reply.into_inner().task.map(|t| (t, trace)))
+    })
+}
+
+/// Fetches, prepares and computes tasks, one at a time on the compute thread; while one
+/// computes, the next task is fetched and its parameters, shards and batch are made ready, so
+/// data never waits on compute or compute on data.
 async fn work_loop(
     mut client: Client,
     worker_id: &str,
@@ -158,24 +197,77 @@ async fn work_loop(
     shutdown: &CancellationToken,
 ) -> Result<(), WorkerError> {
     let mut trained = 0u64;
+    let mut pending: Option<Fetch> = None;
+    let mut ready: Option<Prepared> = None;
     loop {
-        let fetched = tokio::select! {
-            r = client.fetch_work(pb::FetchWorkRequest { worker_id: worker_id.to_string() }) => r?,
-            _ = shutdown.cancelled() => return Ok(()),
+        let current = match ready.take() {
+            Some(p) => p,
+            None => {
+                let next = pending.take().unwrap_or_else(|| fetch(&client, worker_id));
+                let got = tokio::select! {
+                    r = next => r?,
+                    _ = shutdown.cancelled() => return Ok(()),
+                };
+                let Some((task, trace)) = got else {
+                    continue;
+                };
+                prepare(&mut client, task, &trace, worker_id, cache).await
+            }
         };
-        let trace = carrier_from_metadata(fetched.metadata());
-        let Some(task) = fetched.into_inner().task else {
-            continue;
+        let Prepared {
+            task,
+            span,
+            fetch_seconds,
+            input,
+        } = current;
+        let compute_started = Instant::now();
+        let run = async {
+            if let Some(delay) = config.faults.delay {
+                tokio::time::sleep(delay).await;
+            }
+            let Input {
+                work,
+                model,
+                params,
+                batch,
+            } = input?;
+            let eval = matches!(work, Work::Eval);
+            let compute_span = trace_span!(
+                parent: &span,
+                "forward_backward",
+                otel.name = if eval { "forward" } else { "forward_backward" },
+            );
+            compute
+                .run(work, model, params, batch)
+                .instrument(compute_span)
+                .await
         };
-        let span = task_span(&trace, &task, worker_id);
-        let started = Instant::now();
-        if let Some(delay) = config.faults.delay {
-            tokio::time::sleep(delay).await;
-        }
-        let outcome = process(&mut client, &task, compute, cache, &span).await;
-        let seconds = started.elapsed().as_secs_f64();
-        let fetch_seconds = outcome.as_ref().map_or(0.0, |(_, f)| *f);
-        let outcome = outcome.map(|(o, _)| o);
+        tokio::pin!(run);
+        let outcome = loop {
+            let prefetch = ready.is_none() && !shutdown.is_cancelled();
+            if prefetch && pending.is_none() {
+                pending = Some(fetch(&client, worker_id));
+            }
+            let fetched = tokio::select! {
+                out = &mut run => break out,
+                r = async {
+                    match pending.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                }, if prefetch => r,
+            };
+            pending = None;
+            match fetched {
+                Ok(Some((next, trace))) => {
+                    ready = Some(prepare(&mut client, next, &trace, worker_id, cache).await);
+                }
+                // The long poll ended without a task: ask again after this result is pushed.
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+        };
+        let compute_seconds = compute_started.elapsed().as_secs_f64();
         let mut header = pb::ResultHeader {
             worker_id: worker_id.to_string(),
             job_id: task
@@ -186,7 +278,7 @@ async fn work_loop(
             task_id: task.task_id,
             step: task.step,
             samples: task.samples.len() as u32,
-            compute_seconds: (seconds - fetch_seconds).max(0.0),
+            compute_seconds,
             fetch_seconds,
             ..Default::default()
         };
@@ -225,7 +317,7 @@ async fn work_loop(
         push(&mut client, header, &gradient)
             .instrument(push_span)
             .await?;
-        if shutdown.is_cancelled() {
+        if shutdown.is_cancelled() && ready.is_none() {
             return Ok(());
         }
     }
@@ -253,47 +345,55 @@ fn task_span(trace: &TraceCarrier, task: &pb::Task, worker_id: &str) -> Span {
     span
 }
 
-/// Gets what a task needs and computes it; returns the output and the seconds spent getting
-/// parameters and data and building the batch.
-async fn process(
+/// Gets what a task needs: its parameters (unless cached), its shards (unless cached) and its
+/// batch (preprocessed and augmented).
+async fn prepare(
     client: &mut Client,
-    task: &pb::Task,
-    compute: &ComputeThread,
+    task: pb::Task,
+    trace: &TraceCarrier,
+    worker_id: &str,
     cache: &mut Cache,
-    span: &Span,
-) -> Result<(Output, f64), WorkerError> {
+) -> Prepared {
+    let span = task_span(trace, &task, worker_id);
     let started = Instant::now();
-    let job = task
-        .job
-        .as_ref()
-        .ok_or_else(|| WorkerError::Config("task without a job".into()))?;
-    let fetch = trace_span!(parent: span, "fetch", params_version = task.params_version, shards_read = Empty);
-    let (model, params) = async {
-        let model = cache.model(job).await?;
-        let params = cache
-            .params(client, job, task.params_version, task.num_params)
-            .await?;
-        let read = cache.load_shards(task, job).await?;
-        Span::current().record("shards_read", read);
-        Ok::<_, WorkerError>((model, params))
-    }
-    .instrument(fetch)
-    .await?;
-    let batch = trace_span!(parent: span, "preprocess", samples = task.samples.len())
-        .in_scope(|| cache.batch(task, job))?;
-    let eval = task.kind == pb::TaskKind::Eval as i32;
-    let work = if eval { Work::Eval } else { Work::Train };
-    let fetch_seconds = started.elapsed().as_secs_f64();
-    let compute_span = trace_span!(
-        parent: span,
-        "forward_backward",
-        otel.name = if eval { "forward" } else { "forward_backward" },
-    );
-    let out = compute
-        .run(work, model, Arc::clone(&params), batch)
-        .instrument(compute_span)
+    let input = async {
+        let job = task
+            .job
+            .as_ref()
+            .ok_or_else(|| WorkerError::Config("task without a job".into()))?;
+        let fetch = trace_span!(parent: &span, "fetch", params_version = task.params_version, shards_read = Empty);
+        let (model, params) = async {
+            let model = cache.model(job).await?;
+            let params = cache
+                .params(client, job, task.params_version, task.num_params)
+                .await?;
+            let read = cache.load_shards(&task, job).await?;
+            Span::current().record("shards_read", read);
+            Ok::<_, WorkerError>((model, params))
+        }
+        .instrument(fetch)
         .await?;
-    Ok((out, fetch_seconds))
+        let batch = trace_span!(parent: &span, "preprocess", samples = task.samples.len())
+            .in_scope(|| cache.batch(&task, job))?;
+        let work = if task.kind == pb::TaskKind::Eval as i32 {
+            Work::Eval
+        } else {
+            Work::Train
+        };
+        Ok(Input {
+            work,
+            model,
+            params,
+            batch,
+        })
+    }
+    .await;
+    Prepared {
+        fetch_seconds: started.elapsed().as_secs_f64(),
+        task,
+        span,
+        input,
+    }
 }
 
 async fn push(

@@ -135,5 +135,8 @@ async fn augmentation_is_the_same_whichever_worker_draws_it() {
     // And the augmentation really changed what the model saw.
     let plain = ct_params(1, window, "plain").await;
     let diff = rel_l2(&plain, &one);
-    assert!(diff > 1e-3, "augmented and plain runs differ by only {diff:e}");
+    assert!(
+        diff > 1e-3,
+        "augmented and plain runs differ by only {diff:e}"
+    );
 }

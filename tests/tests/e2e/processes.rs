@@ -420,12 +420,14 @@ fn ctctl_demo_trains_the_head_ct_phantom_and_writes_a_report() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no test accuracy in {text}"));
     // Three classes: chance is 0.33; haemorrhage and ischaemia are learnt in 5 epochs.
-    assert!(accuracy >= 0.8, "demo test accuracy {accuracy} < 0.8\n{text}");
+    assert!(
+        accuracy >= 0.8,
+        "demo test accuracy {accuracy} < 0.8\n{text}"
+    );
     assert!(tmp.path().join("report/index.html").is_file());
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(tmp.path().join("head-ct/manifest.json")).unwrap(),
-    )
-    .unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("head-ct/manifest.json")).unwrap())
+            .unwrap();
     assert_eq!(manifest["image"]["pixel_type"], "i16");
     assert_eq!(
         manifest["classes"],
