@@ -44,6 +44,22 @@ pub fn describe(url: &str, m: &Manifest) -> String {
             hist.join(", ")
         ));
     }
+    // A class histogram per split, bars scaled to the largest class.
+    let most = m
+        .splits
+        .values()
+        .flat_map(|s| s.per_class.iter().copied())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let width = m.classes.iter().map(|c| c.len()).max().unwrap_or(0);
+    for (name, split) in &m.splits {
+        out.push_str(&format!("classes in {name}\n"));
+        for (c, &n) in m.classes.iter().zip(&split.per_class) {
+            let bar = "#".repeat(((n as f64 / most as f64) * 40.0).round() as usize);
+            out.push_str(&format!("  {c:<width$}  {bar} {n}\n"));
+        }
+    }
     out
 }
 

@@ -96,6 +96,7 @@ pub async fn run(args: &DemoArgs) -> Result<String, CtlError> {
             device: "cpu".into(),
             faults: Default::default(),
             tls: Some(identity.clone()),
+            prefetch: true,
         };
         let stop = stop_workers.clone();
         tasks.spawn(async move {

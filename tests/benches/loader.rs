@@ -228,7 +228,10 @@ async fn main() {
             }));
         }
     }
-    drop(s3);
+    if let Some((mut child, _, _dir)) = s3 {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);

@@ -89,10 +89,15 @@ async fn main() {
         },
     ];
     for workers in [1, 2] {
-        rows.push(Row {
-            setup: format!("coordinator + {workers} worker(s), gRPC on loopback"),
-            images_per_sec: distributed(&ds, workers, steps).await,
-        });
+        for prefetch in [false, true] {
+            rows.push(Row {
+                setup: format!(
+                    "coordinator + {workers} worker(s), gRPC on loopback, prefetch {}",
+                    if prefetch { "on" } else { "off" }
+                ),
+                images_per_sec: distributed(&ds, workers, steps, prefetch).await,
+            });
+        }
     }
     let base = rows[0].images_per_sec;
     println!("\nseed CNN train step, {what}, {steps} measured steps, {threads} CPU threads\n");

@@ -46,8 +46,13 @@ pub async fn dataset() -> (StoreUrl, String) {
 }
 
 /// The full distributed step: coordinator and `workers` workers over gRPC on loopback.
-pub async fn distributed(ds: &StoreUrl, workers: usize, steps: u64) -> f64 {
-    let cluster = Cluster::start(&format!("memory://bench-state-{workers}/s"), workers).await;
+pub async fn distributed(ds: &StoreUrl, workers: usize, steps: u64, prefetch: bool) -> f64 {
+    let mut cluster =
+        Cluster::start(&format!("memory://bench-state-{workers}-{prefetch}/s"), 0).await;
+    cluster.prefetch = prefetch;
+    for _ in 0..workers {
+        cluster.add_worker();
+    }
     let job = cluster
         .submit(&spec(
             "bench",

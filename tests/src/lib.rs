@@ -33,6 +33,8 @@ pub struct Cluster {
     stop_coordinator: CancellationToken,
     workers: Vec<CancellationToken>,
     tasks: TaskTracker,
+    /// Whether workers added from now on prefetch their next task (default true).
+    pub prefetch: bool,
 }
 
 impl Cluster {
@@ -95,6 +97,7 @@ impl Cluster {
             stop_coordinator,
             workers: Vec::new(),
             tasks,
+            prefetch: true,
         };
         for _ in 0..workers {
             cluster.add_worker();
@@ -117,6 +120,7 @@ impl Cluster {
             faults,
             tls: (!self.worker_tls.is_empty())
                 .then(|| self.worker_tls[self.workers.len() % self.worker_tls.len()].clone()),
+            prefetch: self.prefetch,
         };
         let stop = token.clone();
         self.tasks.spawn(async move {

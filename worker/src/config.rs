@@ -37,6 +37,10 @@ pub struct Args {
     /// Compute device: `cpu` (pure-Rust burn-flex backend).
     #[arg(long, env = "CT_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// Do not fetch and prepare the next task while one computes (on by default; turning it off
+    /// can help on a machine whose cores are all busy with compute and coordinator alike).
+    #[arg(long, env = "CT_NO_PREFETCH")]
+    pub no_prefetch: bool,
     /// Fault injection for tests (off by default): replace every Nth training gradient with NaN.
     #[arg(long, env = "CT_FAULT_NAN_EVERY", hide = true)]
     pub fault_nan_every: Option<u64>,
@@ -89,6 +93,8 @@ pub struct WorkerConfig {
     pub faults: Faults,
     /// TLS; `None` talks plain text (`--insecure`).
     pub tls: Option<WorkerTls>,
+    /// Fetch and prepare the next task while one computes.
+    pub prefetch: bool,
 }
 
 impl TryFrom<&Args> for WorkerConfig {
@@ -150,6 +156,7 @@ impl TryFrom<&Args> for WorkerConfig {
                 delay: a.fault_delay_ms.map(std::time::Duration::from_millis),
             },
             tls,
+            prefetch: !a.no_prefetch,
         })
     }
 }

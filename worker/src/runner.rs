@@ -244,7 +244,7 @@ async fn work_loop(
         };
         tokio::pin!(run);
         let outcome = loop {
-            let prefetch = ready.is_none() && !shutdown.is_cancelled();
+            let prefetch = config.prefetch && ready.is_none() && !shutdown.is_cancelled();
             if prefetch && pending.is_none() {
                 pending = Some(fetch(&client, worker_id));
             }

@@ -145,12 +145,25 @@ pub struct Manifest {
     pub splits: BTreeMap<String, SplitInfo>,
     /// Pixel statistics of the training split.
     pub pixel_stats: PixelStats,
+    /// The shards' Arrow columns, name -> type (documentation for other readers; the codec
+    /// checks the real schema of every shard).
+    #[serde(default = "shard_columns")]
+    pub schema: BTreeMap<String, String>,
     /// Where the data came from (free text).
     #[serde(default)]
     pub source: String,
     /// Set when the shards are sealed (AES-256-GCM): which key opens them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
+}
+
+/// The columns every shard has: `id` utf8, `label` int32, `image` binary (raw little-endian
+/// pixels, height x width x channels, of the manifest's pixel type).
+pub fn shard_columns() -> BTreeMap<String, String> {
+    [("id", "utf8"), ("label", "int32"), ("image", "binary")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 impl Manifest {

@@ -185,6 +185,7 @@ impl DatasetWriter {
             image: self.image,
             classes: self.classes,
             splits: self.splits.into_iter().map(|(k, v)| (k, v.info)).collect(),
+            schema: super::manifest::shard_columns(),
             pixel_stats: PixelStats {
                 mean,
                 std: (s.sum_sq / s.n - mean * mean).max(0.0).sqrt(),
