@@ -401,14 +401,16 @@ async fn push(
     header: pb::ResultHeader,
     gradient: &[f32],
 ) -> Result<(), WorkerError> {
-    let bytes = f32_to_le_bytes(gradient);
+    // One copy into little-endian bytes; the chunks are views of it, not copies.
+    let bytes = bytes::Bytes::from(f32_to_le_bytes(gradient));
     let mut msgs = vec![pb::ResultChunk {
         part: Some(pb::result_chunk::Part::Header(header)),
     }];
-    msgs.extend(bytes.chunks(pb::CHUNK_BYTES).map(|c| pb::ResultChunk {
-        part: Some(pb::result_chunk::Part::Gradient(
-            bytes::Bytes::copy_from_slice(c),
-        )),
+    msgs.extend((0..bytes.len()).step_by(pb::CHUNK_BYTES).map(|start| {
+        let end = (start + pb::CHUNK_BYTES).min(bytes.len());
+        pb::ResultChunk {
+            part: Some(pb::result_chunk::Part::Gradient(bytes.slice(start..end))),
+        }
     }));
     match client.push_result(futures::stream::iter(msgs)).await {
         Ok(_) => Ok(()),

@@ -80,18 +80,13 @@ pub(super) async fn reduce_and_step(
             results = results.len(),
             bytes = 4 * params.len() * results.len(),
         );
-        let mut sum = vec![0f32; params.len()];
-        reduce.in_scope(|| {
-            for r in &results {
-                for (s, g) in sum.iter_mut().zip(&r.gradient) {
-                    *s += *g;
-                }
-            }
-            let b = batch as f32;
-            for s in sum.iter_mut() {
-                *s /= b;
-            }
-        });
+        // In place: the first result's gradient buffer accumulates the others.
+        let sum = reduce.in_scope(|| {
+            ctcluster_common::optim::reduce_mean(
+                results.into_iter().map(|r| r.gradient).collect(),
+                batch,
+            )
+        })?;
         drop(reduce);
         let params = trace_span!(parent: &step_span, "optimizer", params = params.len())
             .in_scope(|| adam.step(params, sum))?;
