@@ -10,6 +10,8 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, AdamState, AdaptiveMomentumState, Optimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use rayon::prelude::*;
+
 use crate::spec::AdamSpec;
 use crate::{Error, Result};
 
@@ -195,25 +197,37 @@ impl FlatAdam {
         let lr = self.lr;
         let first = t == 1;
         let penalty = self.penalty;
-        for (((p, &g), m), v) in params
-            .iter_mut()
-            .zip(grad)
-            .zip(self.moment_1.iter_mut())
-            .zip(self.moment_2.iter_mut())
-        {
-            let g = match penalty {
-                Some(w) => *p * w + g,
-                None => g,
-            };
-            if first {
-                *m = g * f1;
-                *v = (g * g) * f2;
-            } else {
-                *m = *m * b1 + g * f1;
-                *v = *v * b2 + (g * g) * f2;
+        let update = |(((p, g), m), v): (((&mut [f32], &[f32]), &mut [f32]), &mut [f32])| {
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                let g = match penalty {
+                    Some(w) => *p * w + g,
+                    None => g,
+                };
+                if first {
+                    *m = g * f1;
+                    *v = (g * g) * f2;
+                } else {
+                    *m = *m * b1 + g * f1;
+                    *v = *v * b2 + (g * g) * f2;
+                }
+                let step = (*m * combined) / (v.sqrt() + eps);
+                *p -= step * lr;
             }
-            let update = (*m * combined) / (v.sqrt() + eps);
-            *p -= update * lr;
+        };
+        // Element-wise: splitting the vector across cores gives the same bits.
+        let chunk = REDUCE_BLOCK;
+        if n >= PARALLEL_ELEMENTS / 4 {
+            params
+                .par_chunks_mut(chunk)
+                .zip(grad.par_chunks(chunk))
+                .zip(self.moment_1.par_chunks_mut(chunk))
+                .zip(self.moment_2.par_chunks_mut(chunk))
+                .for_each(update);
+        } else {
+            update((
+                ((params, grad), &mut self.moment_1[..]),
+                &mut self.moment_2[..],
+            ));
         }
         Ok(())
     }
@@ -239,6 +253,8 @@ impl FlatAdam {
 /// Elements summed at a time: the accumulator's block stays in cache while every gradient's
 /// block streams past it, so each gradient is read once and the sum written once.
 const REDUCE_BLOCK: usize = 8192;
+/// Below this many elements touched, threads cost more than they save.
+const PARALLEL_ELEMENTS: usize = 1 << 20;
 
 /// The mean gradient of a step: the gradients summed in the order given, element by element,
 /// and divided by the batch size; the first gradient's buffer is the accumulator, so nothing is
@@ -253,8 +269,8 @@ pub fn reduce_mean(mut grads: Vec<Vec<f32>>, batch: u32) -> Result<Vec<f32>> {
         return Err(Error::invalid("gradient", "results differ in length"));
     }
     let b = batch as f32;
-    for (block, acc) in sum.chunks_mut(REDUCE_BLOCK).enumerate() {
-        let (start, len) = (block * REDUCE_BLOCK, acc.len());
+    let block = |(i, acc): (usize, &mut [f32])| {
+        let (start, len) = (i * REDUCE_BLOCK, acc.len());
         for g in grads {
             for (s, x) in acc.iter_mut().zip(&g[start..start + len]) {
                 *s += *x;
@@ -263,6 +279,13 @@ pub fn reduce_mean(mut grads: Vec<Vec<f32>>, batch: u32) -> Result<Vec<f32>> {
         for s in acc.iter_mut() {
             *s /= b;
         }
+    };
+    // Blocks are independent and each element is summed in the same order either way, so
+    // running them on all cores changes nothing in the result.
+    if sum.len() * (grads.len() + 1) >= PARALLEL_ELEMENTS {
+        sum.par_chunks_mut(REDUCE_BLOCK).enumerate().for_each(block);
+    } else {
+        sum.chunks_mut(REDUCE_BLOCK).enumerate().for_each(block);
     }
     Ok(sum)
 }
@@ -333,14 +356,14 @@ mod tests {
 
     #[test]
     fn the_fused_pass_gives_burns_adam_bit_for_bit() {
-        for weight_decay in [0.0, 0.05] {
+        // A small vector (one pass on one core) and a large one (split across cores).
+        for (weight_decay, n) in [(0.0, 4099), (0.05, 4099), (0.0, 300_007)] {
             let spec = AdamSpec {
                 lr: 3e-3,
                 weight_decay,
                 ..AdamSpec::default()
             };
             let mut rng = crate::rng::KeyedRng::new(9);
-            let n = 4099;
             let mut p: Vec<f32> = (0..n).map(|_| rng.next_f32() - 0.5).collect();
             let mut q = p.clone();
             let (mut fused, mut burn) = (FlatAdam::new(&spec), BurnAdam::new(&spec));
@@ -361,7 +384,8 @@ mod tests {
     #[test]
     fn reduce_sums_in_order_and_divides_once() {
         let mut rng = crate::rng::KeyedRng::new(3);
-        let n = 3 * REDUCE_BLOCK + 17;
+        // Large enough to be split across cores.
+        let n = 30 * REDUCE_BLOCK + 17;
         let grads: Vec<Vec<f32>> = (0..5)
             .map(|_| (0..n).map(|_| rng.next_f32() - 0.5).collect())
             .collect();

@@ -2,8 +2,11 @@
 
 use crate::Error;
 
-/// Encodes floats as little-endian bytes.
+/// Encodes floats as little-endian bytes (one memory copy on little-endian machines).
 pub fn f32_to_le_bytes(values: &[f32]) -> Vec<u8> {
+    if cfg!(target_endian = "little") {
+        return bytemuck::cast_slice::<f32, u8>(values).to_vec();
+    }
     let mut out = Vec::with_capacity(values.len() * 4);
     for v in values {
         out.extend_from_slice(&v.to_le_bytes());
@@ -18,6 +21,13 @@ pub fn extend_f32_from_le_bytes(out: &mut Vec<f32>, bytes: &[u8], what: &str) ->
             what,
             format!("{} bytes is not a whole number of f32 values", bytes.len()),
         ));
+    }
+    // One memory copy when the bytes happen to be aligned for f32 on a little-endian machine.
+    if cfg!(target_endian = "little")
+        && let Ok(floats) = bytemuck::try_cast_slice::<u8, f32>(bytes)
+    {
+        out.extend_from_slice(floats);
+        return Ok(());
     }
     out.extend(
         bytes

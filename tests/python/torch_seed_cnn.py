@@ -2,9 +2,10 @@
 dropout 0.5, 2 classes) trained step at batch 128 on 28x28 inputs; prints images/s of
 forward+backward (eager mode) on the given device.
 
-usage: torch_seed_cnn.py [cuda|cpu] [steps]
+usage: torch_seed_cnn.py [cuda|cpu] [steps] [--json FILE]
 """
 
+import json
 import sys
 import time
 
@@ -54,7 +55,10 @@ def main():
         torch.cuda.synchronize()
     ips = steps * 128 / (time.perf_counter() - t)
     name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
-    print(f"pytorch {torch.__version__} eager on {device} ({name}): {ips:.0f} images/s (forward+backward+Adam, batch 128)")
+    print(f"pytorch {torch.__version__} eager on {device} ({name}): {ips:.0f} images/s (forward+backward+Adam, batch 128, {torch.get_num_threads()} threads)")
+    if "--json" in sys.argv:
+        with open(sys.argv[sys.argv.index("--json") + 1], "w") as f:
+            json.dump({"torch": torch.__version__, "device": device, "threads": torch.get_num_threads(), "images_per_sec": ips}, f)
 
 
 if __name__ == "__main__":
