@@ -117,6 +117,9 @@ impl BurnAdam {
     }
 }
 
+/// Matching pieces of the parameters, gradient, first and second moments.
+type AdamChunk<'a> = (((&'a mut [f32], &'a [f32]), &'a mut [f32]), &'a mut [f32]);
+
 /// Adam in one fused pass over the parameters, in place.
 #[derive(Clone, Debug)]
 pub struct FlatAdam {
@@ -197,7 +200,7 @@ impl FlatAdam {
         let lr = self.lr;
         let first = t == 1;
         let penalty = self.penalty;
-        let update = |(((p, g), m), v): (((&mut [f32], &[f32]), &mut [f32]), &mut [f32])| {
+        let update = |(((p, g), m), v): AdamChunk<'_>| {
             for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
                 let g = match penalty {
                     Some(w) => *p * w + g,
