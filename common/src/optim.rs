@@ -120,6 +120,37 @@ impl BurnAdam {
 /// Matching pieces of the parameters, gradient, first and second moments.
 type AdamChunk<'a> = (((&'a mut [f32], &'a [f32]), &'a mut [f32]), &'a mut [f32]);
 
+/// The per-step scalars of Adam.
+struct AdamConstants {
+    b1: f32,
+    b2: f32,
+    f1: f32,
+    f2: f32,
+    combined: f32,
+    eps: f32,
+    lr: f32,
+    penalty: f32,
+}
+
+/// burn's AdaptiveMomentum and Adam update on one piece, element by element in burn's order.
+fn adam_chunk<const FIRST: bool, const DECAY: bool>(
+    (((p, g), m), v): AdamChunk<'_>,
+    k: &AdamConstants,
+) {
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = if DECAY { *p * k.penalty + g } else { g };
+        if FIRST {
+            *m = g * k.f1;
+            *v = (g * g) * k.f2;
+        } else {
+            *m = *m * k.b1 + g * k.f1;
+            *v = *v * k.b2 + (g * g) * k.f2;
+        }
+        let step = (*m * k.combined) / (v.sqrt() + k.eps);
+        *p -= step * k.lr;
+    }
+}
+
 /// Adam in one fused pass over the parameters, in place.
 #[derive(Clone, Debug)]
 pub struct FlatAdam {
@@ -200,22 +231,22 @@ impl FlatAdam {
         let lr = self.lr;
         let first = t == 1;
         let penalty = self.penalty;
-        let update = |(((p, g), m), v): AdamChunk<'_>| {
-            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                let g = match penalty {
-                    Some(w) => *p * w + g,
-                    None => g,
-                };
-                if first {
-                    *m = g * f1;
-                    *v = (g * g) * f2;
-                } else {
-                    *m = *m * b1 + g * f1;
-                    *v = *v * b2 + (g * g) * f2;
-                }
-                let step = (*m * combined) / (v.sqrt() + eps);
-                *p -= step * lr;
-            }
+        let k = AdamConstants {
+            b1,
+            b2,
+            f1,
+            f2,
+            combined,
+            eps,
+            lr,
+            penalty: penalty.unwrap_or(0.0),
+        };
+        // The branches are decided once per call, so the inner loop has none and vectorises.
+        let update = |chunk: AdamChunk<'_>| match (first, penalty.is_some()) {
+            (true, true) => adam_chunk::<true, true>(chunk, &k),
+            (true, false) => adam_chunk::<true, false>(chunk, &k),
+            (false, true) => adam_chunk::<false, true>(chunk, &k),
+            (false, false) => adam_chunk::<false, false>(chunk, &k),
         };
         // Element-wise: splitting the vector across cores gives the same bits.
         let chunk = REDUCE_BLOCK;
@@ -255,7 +286,7 @@ impl FlatAdam {
 
 /// Elements summed at a time: the accumulator's block stays in cache while every gradient's
 /// block streams past it, so each gradient is read once and the sum written once.
-const REDUCE_BLOCK: usize = 8192;
+const REDUCE_BLOCK: usize = 1 << 15;
 /// Below this many elements touched, threads cost more than they save.
 const PARALLEL_ELEMENTS: usize = 1 << 20;
 
@@ -263,6 +294,12 @@ const PARALLEL_ELEMENTS: usize = 1 << 20;
 /// and divided by the batch size; the first gradient's buffer is the accumulator, so nothing is
 /// allocated.
 pub fn reduce_mean(mut grads: Vec<Vec<f32>>, batch: u32) -> Result<Vec<f32>> {
+    reduce_mean_in(&mut grads, batch)
+}
+
+/// [`reduce_mean`] leaving the other gradients' buffers with the caller, who can free (or
+/// reuse) them off the critical path.
+pub fn reduce_mean_in(grads: &mut [Vec<f32>], batch: u32) -> Result<Vec<f32>> {
     if grads.is_empty() {
         return Err(Error::invalid("gradient", "no results to reduce"));
     }
@@ -274,8 +311,25 @@ pub fn reduce_mean(mut grads: Vec<Vec<f32>>, batch: u32) -> Result<Vec<f32>> {
     let b = batch as f32;
     let block = |(i, acc): (usize, &mut [f32])| {
         let (start, len) = (i * REDUCE_BLOCK, acc.len());
-        for g in grads {
-            for (s, x) in acc.iter_mut().zip(&g[start..start + len]) {
+        fn piece(g: &[f32], start: usize, len: usize) -> &[f32] {
+            &g[start..start + len]
+        }
+        // Four gradients a pass: ((((s + a) + b) + c) + d) is the same sum, in the same order,
+        // as four passes, with a quarter of the accumulator traffic and four streams in flight.
+        let mut quads = grads.chunks_exact(4);
+        for q in &mut quads {
+            let (a, b, c, d) = (
+                piece(&q[0], start, len),
+                piece(&q[1], start, len),
+                piece(&q[2], start, len),
+                piece(&q[3], start, len),
+            );
+            for ((((s, a), b), c), d) in acc.iter_mut().zip(a).zip(b).zip(c).zip(d) {
+                *s = (((*s + *a) + *b) + *c) + *d;
+            }
+        }
+        for g in quads.remainder() {
+            for (s, x) in acc.iter_mut().zip(piece(g, start, len)) {
                 *s += *x;
             }
         }

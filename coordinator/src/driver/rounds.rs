@@ -60,13 +60,14 @@ pub(super) async fn run_round(
 }
 
 /// Sums gradients in task order, divides by the batch size and applies Adam; off the async
-/// threads.
+/// threads. Returns the spent gradient buffers too, for the caller to free off the critical
+/// path (unmapping them takes longer than the reduction for a large model).
 pub(super) async fn reduce_and_step(
     progress: Progress,
     results: Vec<TaskResult>,
     batch: u32,
     step_span: &Span,
-) -> Result<Progress, Stop> {
+) -> Result<(Progress, Vec<Vec<f32>>), Stop> {
     let step_span = step_span.clone();
     let out = tokio::task::spawn_blocking(move || {
         let Progress {
@@ -81,20 +82,19 @@ pub(super) async fn reduce_and_step(
             bytes = 4 * params.len() * results.len(),
         );
         // In place: the first result's gradient buffer accumulates the others.
-        let sum = reduce.in_scope(|| {
-            ctcluster_common::optim::reduce_mean(
-                results.into_iter().map(|r| r.gradient).collect(),
-                batch,
-            )
-        })?;
+        let mut grads: Vec<Vec<f32>> = results.into_iter().map(|r| r.gradient).collect();
+        let sum = reduce.in_scope(|| ctcluster_common::optim::reduce_mean_in(&mut grads, batch))?;
         drop(reduce);
         let params = trace_span!(parent: &step_span, "optimizer", params = params.len())
             .in_scope(|| adam.step(params, sum))?;
-        Ok::<_, Error>(Progress {
-            params,
-            adam,
-            state,
-        })
+        Ok::<_, Error>((
+            Progress {
+                params,
+                adam,
+                state,
+            },
+            grads,
+        ))
     })
     .await
     .map_err(|e| Error::Compute(format!("reduce panicked: {e}")))??;

@@ -122,6 +122,7 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
     job.publish_params(p.state.step.0, &p.params);
     let mut rate = RateMeter::default();
     let mut last_checkpoint = None;
+    let mut freeing: Option<tokio::task::JoinHandle<()>> = None;
     let job_span = Span::current();
 
     'epochs: while p.state.epoch < spec.epochs {
@@ -175,7 +176,8 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
             step_span.record("samples", samples);
             step_span.record("loss", loss / samples.max(1) as f64);
             let batch = u32::try_from(samples).map_err(|_| Error::invalid("batch", "too large"))?;
-            p = reduce_and_step(p, results, batch, &step_span).await?;
+            let (next, spent) = reduce_and_step(p, results, batch, &step_span).await?;
+            p = next;
             p.state.step = Step(step + 1);
             p.state.step_in_epoch += 1;
             p.state.epoch_loss_sum += loss;
@@ -183,6 +185,12 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
             p.state.epoch_correct += correct;
             trace_span!(parent: &step_span, "publish", version = p.state.step.0)
                 .in_scope(|| job.publish_params(p.state.step.0, &p.params));
+            // The spent gradient buffers are freed while the next step computes; at most one
+            // such task is outstanding (the previous one is long done by now).
+            if let Some(previous) = freeing.take() {
+                let _ = previous.await;
+            }
+            freeing = Some(tokio::task::spawn_blocking(move || drop(spent)));
             if let Some(samples) = audited {
                 write_audit(&job_output, epoch, step, plan.train.samples.len(), samples).await?;
             }
