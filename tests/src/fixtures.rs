@@ -79,3 +79,36 @@ pub fn pattern(width: u32, height: u32, seed: u32, max: u32) -> Vec<u16> {
         })
         .collect()
 }
+
+/// A PNG whose header declares `width` x `height` grey pixels but which holds no image data:
+/// what a forged or damaged file looks like to a decoder that trusts the header.
+pub fn png_header_only(path: &Path, width: u32, height: u32) {
+    fn crc(bytes: &[u8]) -> u32 {
+        let mut c = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 == 1 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(width.to_be_bytes());
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([8, 0, 0, 0, 0]);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    out.extend(13u32.to_be_bytes());
+    out.extend(&ihdr);
+    out.extend(crc(&ihdr).to_be_bytes());
+    // A one-byte image data chunk: decoders read the header up to here.
+    let idat = b"IDAT\x00".to_vec();
+    out.extend(1u32.to_be_bytes());
+    out.extend(&idat);
+    out.extend(crc(&idat).to_be_bytes());
+    std::fs::write(path, out).expect("write png");
+}

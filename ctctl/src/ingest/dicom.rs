@@ -221,6 +221,28 @@ fn load_pixels(path: &Path) -> Result<Decoded, (Reason, String)> {
             format!("no pixel data (SOP class {class}): not an image"),
         ));
     }
+    // Check the declared size before anything is allocated for it.
+    let number = |tag| {
+        obj.get(tag)
+            .and_then(|e| e.to_str().ok())
+            .and_then(|v| v.trim_matches(['\0', ' ']).parse::<u64>().ok())
+    };
+    let (rows, cols) = (
+        number(tags::ROWS).unwrap_or(0),
+        number(tags::COLUMNS).unwrap_or(0),
+    );
+    let max = u64::from(ctcluster_common::dataset::MAX_SIDE);
+    if rows == 0 || cols == 0 || rows > max || cols > max {
+        return Err(unreadable(format!(
+            "declares {rows}x{cols} pixels; 1 to {max} a side are read"
+        )));
+    }
+    if let Some(frames) = number(tags::NUMBER_OF_FRAMES).filter(|&f| f > 1) {
+        return Err((
+            Reason::MultiFrame,
+            format!("{frames} frames (a cine or volume object); export single slices"),
+        ));
+    }
     let pixels = obj
         .decode_pixel_data()
         .map_err(|e| unreadable(format!("pixel data cannot be decoded: {e}")))?;

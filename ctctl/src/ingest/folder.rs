@@ -129,6 +129,17 @@ pub fn folder(dir: &Path) -> Result<Plan, CtlError> {
     })
 }
 
+/// Refuses sizes beyond what a dataset holds, before decoding allocates for them.
+fn check_side(width: u32, height: u32) -> Result<(), String> {
+    let max = ctcluster_common::dataset::MAX_SIDE;
+    if width == 0 || height == 0 || width > max || height > max {
+        return Err(format!(
+            "declares {width}x{height} pixels; 1 to {max} a side are read"
+        ));
+    }
+    Ok(())
+}
+
 /// Drops an alpha channel: (gray, alpha) -> gray, (r, g, b, a) -> (r, g, b).
 fn without_alpha(values: Vec<f32>, channels_with_alpha: usize) -> Vec<f32> {
     values
@@ -144,6 +155,7 @@ pub fn decode_png(bytes: &[u8]) -> Result<Decoded, String> {
     let mut reader = decoder
         .read_info()
         .map_err(|e| format!("not a readable PNG: {e}"))?;
+    check_side(reader.info().width, reader.info().height)?;
     let size = reader
         .output_buffer_size()
         .ok_or("PNG too large to decode")?;
@@ -186,6 +198,12 @@ pub fn decode_png(bytes: &[u8]) -> Result<Decoded, String> {
 /// A JPEG: 8-bit grayscale or RGB, or 16-bit lossless grayscale.
 pub fn decode_jpeg(bytes: &[u8]) -> Result<Decoded, String> {
     let mut decoder = jpeg_decoder::Decoder::new(std::io::Cursor::new(bytes));
+    decoder
+        .read_info()
+        .map_err(|e| format!("not a readable JPEG: {e}"))?;
+    if let Some(info) = decoder.info() {
+        check_side(u32::from(info.width), u32::from(info.height))?;
+    }
     let data = decoder
         .decode()
         .map_err(|e| format!("truncated or corrupt JPEG: {e}"))?;
@@ -228,6 +246,10 @@ pub fn decode_npy(bytes: &[u8]) -> Result<Decoded, String> {
         [h, w, c] if *c == 1 || *c == 3 => (*h, *w, *c),
         other => return Err(format!("array of shape {other:?} is not one image")),
     };
+    check_side(
+        u32::try_from(w).unwrap_or(u32::MAX),
+        u32::try_from(h).unwrap_or(u32::MAX),
+    )?;
     let (pixel_type, values) =
         elements(&a.descr, &a.data).ok_or_else(|| format!("dtype {} is not supported", a.descr))?;
     if values.len() != h * w * c {

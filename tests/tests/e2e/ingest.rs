@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use ctcluster_common::dataset::{Manifest, PixelType, load_manifest, load_shard};
 use ctcluster_common::storage::StoreUrl;
-use ctcluster_tests::fixtures::{jpeg, npy, npz, pattern, png};
+use ctcluster_tests::fixtures::{jpeg, npy, npz, pattern, png, png_header_only};
 use ctcluster_tests::shared_data;
 use ctctl::ingest::{IngestArgs, IngestReport, IngestSource, OnShape, Reason};
 use dicom_core::{DataElement, PrimitiveValue, VR};
@@ -368,7 +368,19 @@ async fn dicom_ingest_leaves_no_identifier_and_keeps_patients_in_one_split() {
     let bytes = std::fs::read(&ct).unwrap();
     std::fs::write(dir.join("truncated.dcm"), &bytes[..bytes.len() / 2]).unwrap();
     patient_slice(&ct, &dir.join("unlabelled.dcm"), 7, 0);
-    csv.push_str("sr.dcm,normal\ncine.dcm,normal\ntruncated.dcm,normal\n");
+    let mut huge = dicom_object::open_file(&ct).unwrap();
+    huge.put(DataElement::new(
+        tags::ROWS,
+        VR::US,
+        PrimitiveValue::from(60000u16),
+    ));
+    huge.put(DataElement::new(
+        tags::SOP_INSTANCE_UID,
+        VR::UI,
+        PrimitiveValue::from("1.2.3.45"),
+    ));
+    huge.write_to_file(dir.join("huge.dcm")).unwrap();
+    csv.push_str("sr.dcm,normal\ncine.dcm,normal\ntruncated.dcm,normal\nhuge.dcm,normal\n");
     std::fs::write(t.join("labels.csv"), &csv).unwrap();
 
     let run_with = |key: u8, out: &str| {
@@ -392,6 +404,14 @@ async fn dicom_ingest_leaves_no_identifier_and_keeps_patients_in_one_split() {
     assert_eq!(reasons["cine.dcm"], Reason::MultiFrame);
     assert_eq!(reasons["truncated.dcm"], Reason::Unreadable);
     assert_eq!(reasons["unlabelled.dcm"], Reason::NoLabel);
+    assert_eq!(reasons["huge.dcm"], Reason::Unreadable);
+    let detail = &report
+        .dropped
+        .iter()
+        .find(|d| d.source == "huge.dcm")
+        .unwrap()
+        .detail;
+    assert!(detail.contains("60000x128"), "{detail}");
     assert_eq!(report.written.values().sum::<u64>(), 13, "{report:?}");
 
     // No identifying attribute of any source survives anywhere in the output.
@@ -585,6 +605,8 @@ async fn cleaning_reports_every_planted_problem_and_none_reaches_the_shards() {
     .unwrap();
     good("train/tumour/mislabelled.png", 99);
     std::fs::write(dir.join("train/normal/notes.txt"), "not an image").unwrap();
+    // A header declaring 100000 x 100000 pixels: refused before anything is allocated.
+    png_header_only(&dir.join("train/normal/huge.png"), 100_000, 100_000);
 
     let mut a = args(&t.join("clean"));
     a.classes = Some(vec!["normal".into(), "pneumonia".into()]);
@@ -602,6 +624,7 @@ async fn cleaning_reports_every_planted_problem_and_none_reaches_the_shards() {
         ("train/pneumonia/nan.npy", Reason::NonFinite),
         ("train/tumour/mislabelled.png", Reason::UnknownLabel),
         ("train/normal/notes.txt", Reason::Unreadable),
+        ("train/normal/huge.png", Reason::Unreadable),
     ];
     let got: BTreeMap<&str, Reason> = report
         .dropped
@@ -652,7 +675,13 @@ async fn cleaning_reports_every_planted_problem_and_none_reaches_the_shards() {
     let on_disk: serde_json::Value =
         serde_json::from_slice(&std::fs::read(t.join("clean/ingest-report.json")).unwrap())
             .unwrap();
-    assert_eq!(on_disk["dropped"].as_array().unwrap().len(), 8);
+    assert_eq!(on_disk["dropped"].as_array().unwrap().len(), 9);
+    let huge = report
+        .dropped
+        .iter()
+        .find(|d| d.source.ends_with("huge.png"))
+        .unwrap();
+    assert!(huge.detail.contains("100000x100000"), "{}", huge.detail);
     let first = std::fs::read(t.join("clean/manifest.json")).unwrap();
     ingest(IngestSource::Folder { dir, args: a }).await;
     assert_eq!(
