@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use ctcluster_common::dataset::PixelType;
 use dicom_dictionary_std::tags;
-use dicom_object::{OpenFileOptions, open_file};
+use dicom_object::OpenFileOptions;
+use dicom_object::file::ReadPreamble;
 use dicom_pixeldata::PixelDecoder;
 use serde::Serialize;
 
@@ -208,8 +209,18 @@ pub fn dicom(dir: &Path, labels: &Path, key: Option<&DeidKey>) -> Result<Plan, C
 }
 
 fn load_pixels(path: &Path) -> Result<Decoded, (Reason, String)> {
+    let bytes =
+        std::fs::read(path).map_err(|e| (Reason::Unreadable, format!("cannot read: {e}")))?;
+    decode_dicom(&bytes)
+}
+
+/// Decodes one DICOM file's pixels (with or without the 128-byte preamble): HU for CT.
+pub fn decode_dicom(bytes: &[u8]) -> Result<Decoded, (Reason, String)> {
     let unreadable = |e: String| (Reason::Unreadable, e);
-    let obj = open_file(path).map_err(|e| unreadable(format!("not a readable DICOM file: {e}")))?;
+    let obj = OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Auto)
+        .from_reader(std::io::Cursor::new(bytes))
+        .map_err(|e| unreadable(format!("not a readable DICOM file: {e}")))?;
     if obj.get(tags::PIXEL_DATA).is_none() {
         let class = obj
             .get(tags::SOP_CLASS_UID)

@@ -24,6 +24,18 @@ pub use clean::{Cleaner, Dropped, Modified, OnShape, Reason, Target};
 pub use deid::{DeidKey, pseudonym};
 pub use image::Decoded;
 
+/// The image decoders ingest runs on untrusted files, by kind (for fuzzing and tools): `png`,
+/// `jpeg`, `npy` or `dicom`.
+pub fn decode_file(kind: &str, bytes: &[u8]) -> Result<Decoded, String> {
+    match kind {
+        "png" => folder::decode_png(bytes),
+        "jpeg" => folder::decode_jpeg(bytes),
+        "npy" => folder::decode_npy(bytes),
+        "dicom" => dicom::decode_dicom(bytes).map_err(|(_, e)| e),
+        other => Err(format!("unknown image kind {other:?}")),
+    }
+}
+
 use crate::CtlError;
 
 /// The report's file name inside the dataset prefix.
