@@ -56,6 +56,17 @@ pub fn batch(step: u64, start: usize, n: usize) -> BatchInput {
 /// `steps` optimizer steps (4 micro-batches of 32, summed, Adam); returns the loss per step and
 /// the final parameters.
 pub fn train(model: &ModelConfig, device: &Device, steps: u64) -> (Vec<f64>, Vec<f32>) {
+    train_with(model, device, steps, None)
+}
+
+/// [`train`], with plain gradient descent at `sgd_lr` instead of Adam when given (to tell the
+/// kernels' differences from what Adam makes of them).
+pub fn train_with(
+    model: &ModelConfig,
+    device: &Device,
+    steps: u64,
+    sgd_lr: Option<f32>,
+) -> (Vec<f64>, Vec<f32>) {
     let mut params = model.init_params(1);
     let mut adam = FlatAdam::new(&AdamSpec::default());
     let mut losses = Vec::new();
@@ -69,7 +80,10 @@ pub fn train(model: &ModelConfig, device: &Device, steps: u64) -> (Vec<f64>, Vec
             sum.iter_mut().zip(&out.grad).for_each(|(s, g)| *s += g);
         }
         sum.iter_mut().for_each(|g| *g /= BATCH as f32);
-        params = adam.step(params, sum).expect("adam");
+        params = match sgd_lr {
+            Some(lr) => params.iter().zip(&sum).map(|(p, g)| p - lr * g).collect(),
+            None => adam.step(params, sum).expect("adam"),
+        };
         losses.push(loss / BATCH as f64);
     }
     (losses, params)
@@ -118,9 +132,41 @@ mod tests {
         let (flex_losses, flex) = train(&model, &Device::flex(), 20);
         let (tch_losses, tch) = train(&model, &libtorch, 20);
         let rel = rel_l2(&flex, &tch);
+        // The same 20 steps with plain gradient descent: what the kernels alone make of it.
+        let (_, flex_sgd) = train_with(&model, &Device::flex(), 20, Some(0.05));
+        let (_, tch_sgd) = train_with(&model, &libtorch, 20, Some(0.05));
+        let sgd_rel = rel_l2(&flex_sgd, &tch_sgd);
+        // Where the Adam difference sits: parameters that moved apart by more than half a step.
+        let apart = flex
+            .iter()
+            .zip(&tch)
+            .filter(|(a, b)| (*a - *b).abs() > 5e-4)
+            .count();
+        let (worst, worst_diff) = flex
+            .iter()
+            .zip(&tch)
+            .map(|(a, b)| (a - b).abs())
+            .enumerate()
+            .fold((0, 0f32), |m, (i, d)| if d > m.1 { (i, d) } else { m });
+        let mut offset = 0;
+        let layer = model
+            .layout()
+            .into_iter()
+            .find(|p| {
+                offset += p.len();
+                worst < offset
+            })
+            .map_or("?", |p| p.name);
+        eprintln!("largest difference {worst_diff:e} at parameter {worst} ({layer})");
         eprintln!(
-            "libtorch vs flex: first gradient relative L2 {grad_rel:e}; parameters after 20 steps {rel:e}; last loss {} vs {}",
-            flex_losses[19], tch_losses[19]
+            "libtorch vs flex: first gradient relative L2 {grad_rel:e}; parameters after 20 steps {rel:e} with Adam ({apart} of {} parameters more than 5e-4 apart), {sgd_rel:e} with gradient descent; last loss {} vs {}",
+            flex.len(),
+            flex_losses[19],
+            tch_losses[19]
+        );
+        assert!(
+            sgd_rel <= 1e-4,
+            "gradient descent parameter relative L2 difference {sgd_rel}"
         );
         assert!(
             grad_rel <= 1e-5,
