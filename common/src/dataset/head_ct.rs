@@ -3,8 +3,7 @@
 //! blood at 60-80 HU) and `ischaemia` (a hypo-dense region, oedematous tissue at 12-20 HU).
 //! Stored as i16, so the brain window (40/80) shows it as a radiologist would.
 
-use super::manifest::{ImageInfo, Manifest, PixelType};
-use super::writer::DatasetWriter;
+use super::manifest::{Manifest, PixelType};
 use crate::Result;
 use crate::rng::{KeyedRng, derive};
 use crate::seal::DataKey;
@@ -154,23 +153,15 @@ pub async fn write_head_ct(
     opts: HeadCtOptions,
     key: Option<DataKey>,
 ) -> Result<Manifest> {
-    let image = ImageInfo {
-        height: opts.size,
-        width: opts.size,
-        channels: 1,
-        pixel_type: PixelType::I16,
-    };
     let classes = HEAD_CT_CLASSES.iter().map(|c| c.to_string()).collect();
-    let mut w = DatasetWriter::new(
-        out.clone(),
-        image,
+    let mut w = super::synth::square_writer(
+        out,
+        opts.size,
+        PixelType::I16,
         classes,
-        512,
         "synthetic head-CT phantom",
+        key,
     )?;
-    if let Some(k) = key {
-        w = w.encrypt_with(k);
-    }
     for (split, n, key) in [("train", opts.train, 11u64), ("test", opts.test, 12)] {
         for i in 0..n {
             let mut rng = KeyedRng::new(derive(&[opts.seed, key, i as u64]));

@@ -68,6 +68,29 @@ fn render(size: u32, lesion: bool, rng: &mut KeyedRng) -> Vec<u8> {
     out
 }
 
+/// A writer for a generated dataset of square grey images (512 rows a shard), sealed with
+/// `key` when given.
+pub(super) fn square_writer(
+    out: &StoreUrl,
+    size: u32,
+    pixel_type: PixelType,
+    classes: Vec<String>,
+    source: &str,
+    key: Option<DataKey>,
+) -> Result<DatasetWriter> {
+    let image = ImageInfo {
+        height: size,
+        width: size,
+        channels: 1,
+        pixel_type,
+    };
+    let w = DatasetWriter::new(out.clone(), image, classes, 512, source)?;
+    Ok(match key {
+        Some(k) => w.encrypt_with(k),
+        None => w,
+    })
+}
+
 /// Writes the generated dataset (splits `train` and `test`, classes `normal` and `lesion`).
 pub async fn write_synthetic(out: &StoreUrl, opts: SynthOptions) -> Result<Manifest> {
     write_synthetic_sealed(out, opts, None).await
@@ -79,17 +102,15 @@ pub async fn write_synthetic_sealed(
     opts: SynthOptions,
     key: Option<DataKey>,
 ) -> Result<Manifest> {
-    let image = ImageInfo {
-        height: opts.size,
-        width: opts.size,
-        channels: 1,
-        pixel_type: PixelType::U8,
-    };
     let classes = vec!["normal".to_string(), "lesion".to_string()];
-    let mut w = DatasetWriter::new(out.clone(), image, classes, 512, "synthetic lesion phantom")?;
-    if let Some(k) = key {
-        w = w.encrypt_with(k);
-    }
+    let mut w = square_writer(
+        out,
+        opts.size,
+        PixelType::U8,
+        classes,
+        "synthetic lesion phantom",
+        key,
+    )?;
     for (split, n, key) in [("train", opts.train, 1u64), ("test", opts.test, 2)] {
         for i in 0..n {
             let mut rng = KeyedRng::new(derive(&[opts.seed, key, i as u64]));

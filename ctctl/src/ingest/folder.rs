@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use ctcluster_common::dataset::{NpyArray, PixelType};
 
-use super::npy::elements;
+use super::npy::npy_image;
 use super::{Candidate, Decoded, Dropped, Plan, RawLabel, Reason};
 use crate::CtlError;
 
@@ -250,16 +250,5 @@ pub fn decode_npy(bytes: &[u8]) -> Result<Decoded, String> {
         u32::try_from(w).unwrap_or(u32::MAX),
         u32::try_from(h).unwrap_or(u32::MAX),
     )?;
-    let (pixel_type, values) =
-        elements(&a.descr, &a.data).ok_or_else(|| format!("dtype {} is not supported", a.descr))?;
-    if values.len() != h * w * c {
-        return Err("the array is shorter than its shape".into());
-    }
-    Ok(Decoded {
-        height: h as u32,
-        width: w as u32,
-        channels: c as u32,
-        pixel_type,
-        values,
-    })
+    npy_image(&a.descr, &a.data, (h, w, c))
 }

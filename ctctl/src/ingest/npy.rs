@@ -35,6 +35,26 @@ pub fn elements(descr: &str, bytes: &[u8]) -> Option<(PixelType, Vec<f32>)> {
     })
 }
 
+/// One image of shape (h, w, c) from numpy elements of type `descr`.
+pub fn npy_image(
+    descr: &str,
+    bytes: &[u8],
+    (h, w, c): (usize, usize, usize),
+) -> Result<Decoded, String> {
+    let (pixel_type, values) =
+        elements(descr, bytes).ok_or_else(|| format!("dtype {descr} is not supported"))?;
+    if values.len() != h * w * c {
+        return Err("the array is shorter than its shape".into());
+    }
+    Ok(Decoded {
+        height: h as u32,
+        width: w as u32,
+        channels: c as u32,
+        pixel_type,
+        values,
+    })
+}
+
 /// (height, width, channels) of the images in an (N, H, W) or (N, H, W, C) array.
 fn image_shape(a: &NpyArray, what: &str) -> Result<(usize, usize, usize), CtlError> {
     match a.shape.as_slice() {
@@ -91,15 +111,7 @@ fn candidates(
                         Reason::Unreadable,
                         "the array ends before this image".to_string(),
                     ))?;
-                    let (pixel_type, values) = elements(&images.descr, bytes)
-                        .ok_or((Reason::Unreadable, "unsupported dtype".to_string()))?;
-                    Ok(Decoded {
-                        height: h as u32,
-                        width: w as u32,
-                        channels: c as u32,
-                        pixel_type,
-                        values,
-                    })
+                    npy_image(&images.descr, bytes, (h, w, c)).map_err(|e| (Reason::Unreadable, e))
                 }),
             }
         })
