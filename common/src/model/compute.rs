@@ -4,7 +4,7 @@
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::module::{conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use super::seed_cnn::{HIDDEN, ModelConfig};
 use crate::rng::{KeyedRng, derive, hash_str};
@@ -62,6 +62,34 @@ pub fn dropout_keep_mask(p: f64, seed: u64, epoch: u32, step: u64, sample_id: &s
         .collect()
 }
 
+/// The floating-point precision a batch is computed in. Training uses `F32`; `F64` is the
+/// reference a backend's single-precision results are checked against (the stored parameters
+/// and the returned gradient stay f32 either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// Single precision: what workers compute in.
+    #[default]
+    F32,
+    /// Double precision, for reference runs.
+    F64,
+}
+
+impl Precision {
+    fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F64 => DType::F64,
+        }
+    }
+}
+
+/// A tensor's values as f32, whatever precision it was computed in.
+fn to_f32<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| Error::Compute(format!("{what}: {e:?}")))
+}
+
 struct Params {
     conv1_w: Tensor<4>,
     conv1_b: Tensor<1>,
@@ -78,17 +106,24 @@ fn slice_tensor<const D: usize>(
     offset: &mut usize,
     shape: &[usize],
     device: &Device,
+    dtype: DType,
     track: bool,
 ) -> Tensor<D> {
     let len: usize = shape.iter().product();
     let data = TensorData::new(flat[*offset..*offset + len].to_vec(), shape.to_vec());
     *offset += len;
-    let t = Tensor::<D>::from_data(data, device);
+    let t = Tensor::<D>::from_data(data, (device, dtype));
     if track { t.require_grad() } else { t }
 }
 
 impl Params {
-    fn from_flat(cfg: &ModelConfig, flat: &[f32], device: &Device, track: bool) -> Result<Self> {
+    fn from_flat(
+        cfg: &ModelConfig,
+        flat: &[f32],
+        device: &Device,
+        dtype: DType,
+        track: bool,
+    ) -> Result<Self> {
         if flat.len() != cfg.num_params() {
             return Err(Error::invalid(
                 "parameters",
@@ -98,14 +133,14 @@ impl Params {
         let l = cfg.layout();
         let mut o = 0;
         Ok(Params {
-            conv1_w: slice_tensor(flat, &mut o, &l[0].shape, device, track),
-            conv1_b: slice_tensor(flat, &mut o, &l[1].shape, device, track),
-            conv2_w: slice_tensor(flat, &mut o, &l[2].shape, device, track),
-            conv2_b: slice_tensor(flat, &mut o, &l[3].shape, device, track),
-            fc1_w: slice_tensor(flat, &mut o, &l[4].shape, device, track),
-            fc1_b: slice_tensor(flat, &mut o, &l[5].shape, device, track),
-            fc2_w: slice_tensor(flat, &mut o, &l[6].shape, device, track),
-            fc2_b: slice_tensor(flat, &mut o, &l[7].shape, device, track),
+            conv1_w: slice_tensor(flat, &mut o, &l[0].shape, device, dtype, track),
+            conv1_b: slice_tensor(flat, &mut o, &l[1].shape, device, dtype, track),
+            conv2_w: slice_tensor(flat, &mut o, &l[2].shape, device, dtype, track),
+            conv2_b: slice_tensor(flat, &mut o, &l[3].shape, device, dtype, track),
+            fc1_w: slice_tensor(flat, &mut o, &l[4].shape, device, dtype, track),
+            fc1_b: slice_tensor(flat, &mut o, &l[5].shape, device, dtype, track),
+            fc2_w: slice_tensor(flat, &mut o, &l[6].shape, device, dtype, track),
+            fc2_b: slice_tensor(flat, &mut o, &l[7].shape, device, dtype, track),
         })
     }
 
@@ -137,11 +172,7 @@ impl Params {
         macro_rules! take {
             ($t:expr, $name:literal) => {{
                 let g = $t.grad(grads).ok_or_else(|| missing($name))?;
-                let v = g
-                    .into_data()
-                    .try_into_vec::<f32>()
-                    .map_err(|e| Error::Compute(format!("{}: {e:?}", $name)))?;
-                out.extend_from_slice(&v);
+                out.extend_from_slice(&to_f32(g, $name)?);
             }};
         }
         take!(self.conv1_w, "conv1.weight");
@@ -184,18 +215,22 @@ fn inputs(
     batch: &BatchInput,
     n: usize,
     device: &Device,
+    dtype: DType,
 ) -> (Tensor<4>, Tensor<2>) {
     let (mean, inv_std) = (cfg.norm_mean, 1.0 / cfg.norm_std);
     let pixels: Vec<f32> = batch.pixels.iter().map(|p| (p - mean) * inv_std).collect();
     let x = Tensor::<4>::from_data(
         TensorData::new(pixels, vec![n, cfg.channels, cfg.height, cfg.width]),
-        device,
+        (device, dtype),
     );
     let mut onehot = vec![0f32; n * cfg.classes];
     for (i, &l) in batch.labels.iter().enumerate() {
         onehot[i * cfg.classes + l as usize] = 1.0;
     }
-    let y = Tensor::<2>::from_data(TensorData::new(onehot, vec![n, cfg.classes]), device);
+    let y = Tensor::<2>::from_data(
+        TensorData::new(onehot, vec![n, cfg.classes]),
+        (device, dtype),
+    );
     (x, y)
 }
 
@@ -251,26 +286,34 @@ pub fn train_batch(
     batch: &BatchInput,
     device: &Device,
 ) -> Result<TrainOutput> {
+    train_batch_in(cfg, params, batch, device, Precision::F32)
+}
+
+/// [`train_batch`] computed in the given precision.
+pub fn train_batch_in(
+    cfg: &ModelConfig,
+    params: &[f32],
+    batch: &BatchInput,
+    device: &Device,
+    precision: Precision,
+) -> Result<TrainOutput> {
     let n = check_batch(cfg, batch)?;
+    let dtype = precision.dtype();
     guarded("training step", || {
         let device = device.clone().autodiff();
-        let p = Params::from_flat(cfg, params, &device, true)?;
-        let (x, y) = inputs(cfg, batch, n, &device);
-        let keep = batch
-            .keep_mask
-            .as_ref()
-            .map(|m| Tensor::<2>::from_data(TensorData::new(m.clone(), vec![n, HIDDEN]), &device));
+        let p = Params::from_flat(cfg, params, &device, dtype, true)?;
+        let (x, y) = inputs(cfg, batch, n, &device, dtype);
+        let keep = batch.keep_mask.as_ref().map(|m| {
+            Tensor::<2>::from_data(
+                TensorData::new(m.clone(), vec![n, HIDDEN]),
+                (&device, dtype),
+            )
+        });
         let logits = p.forward(cfg, x, keep);
         let loss = (log_softmax(logits.clone(), 1) * y).sum().neg();
         let grads = loss.backward();
-        let loss_sum = loss
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| Error::Compute(format!("loss: {e:?}")))?[0];
-        let logits = logits
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| Error::Compute(format!("logits: {e:?}")))?;
+        let loss_sum = to_f32(loss, "loss")?[0];
+        let logits = to_f32(logits, "logits")?;
         Ok(TrainOutput {
             grad: p.grads(&grads)?,
             loss_sum: f64::from(loss_sum),
@@ -288,20 +331,13 @@ pub fn eval_batch(
 ) -> Result<EvalOutput> {
     let n = check_batch(cfg, batch)?;
     guarded("evaluation", || {
-        let p = Params::from_flat(cfg, params, device, false)?;
-        let (x, y) = inputs(cfg, batch, n, device);
+        let p = Params::from_flat(cfg, params, device, DType::F32, false)?;
+        let (x, y) = inputs(cfg, batch, n, device, DType::F32);
         let logits = p.forward(cfg, x, None);
         let log_probs = log_softmax(logits, 1);
         let loss = (log_probs.clone() * y).sum().neg();
-        let loss_sum = loss
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| Error::Compute(format!("loss: {e:?}")))?[0];
-        let probs: Vec<f32> = log_probs
-            .exp()
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| Error::Compute(format!("probs: {e:?}")))?;
+        let loss_sum = to_f32(loss, "loss")?[0];
+        let probs = to_f32(log_probs.exp(), "probs")?;
         Ok(EvalOutput {
             loss_sum: f64::from(loss_sum),
             correct: count_correct(&probs, &batch.labels, cfg.classes),
@@ -333,6 +369,30 @@ mod tests {
             labels: (0..n).map(|i| (i % 3) as u32).collect(),
             keep_mask: None,
         }
+    }
+
+    #[test]
+    fn double_precision_is_computed_in_f64_and_agrees_with_single() {
+        let cfg = cfg();
+        let params = cfg.init_params(3);
+        let mut b = batch(8, 4);
+        b.keep_mask = Some(dropout_keep_mask(0.5, 1, 0, 0, "x").repeat(8));
+        let dev = Device::flex();
+        let single = train_batch(&cfg, &params, &b, &dev).unwrap();
+        let double = train_batch_in(&cfg, &params, &b, &dev, Precision::F64).unwrap();
+        assert_eq!(double.grad.len(), single.grad.len());
+        assert_eq!(double.correct, single.correct);
+        let num: f64 = single
+            .grad
+            .iter()
+            .zip(&double.grad)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum();
+        let den: f64 = double.grad.iter().map(|g| f64::from(*g).powi(2)).sum();
+        assert!((num / den).sqrt() < 1e-5, "{}", (num / den).sqrt());
+        assert!((double.loss_sum - single.loss_sum).abs() < 1e-4);
+        // Different arithmetic, not the same kernels run twice: the rounding differs somewhere.
+        assert_ne!(single.grad, double.grad);
     }
 
     #[test]

@@ -5,7 +5,8 @@ mod for_job;
 mod seed_cnn;
 
 pub use compute::{
-    BatchInput, EvalOutput, TrainOutput, argmax, dropout_keep_mask, eval_batch, train_batch,
+    BatchInput, EvalOutput, Precision, TrainOutput, argmax, dropout_keep_mask, eval_batch,
+    train_batch, train_batch_in,
 };
 pub use for_job::model_for_job;
 pub use seed_cnn::{ModelConfig, ParamSpec, SEED_CNN};

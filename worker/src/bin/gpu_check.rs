@@ -3,10 +3,20 @@
 //! and steps. Prints both loss curves, their largest difference, and images/s of each; writes
 //! the same as JSON to `--out` if given.
 //!
-//! `ctcluster-gpu-check [--device cuda:0] [--steps 30] [--timed-steps 50] [--out FILE]`
+//! `ctcluster-gpu-check [--device cuda:0] [--steps 30] [--timed-steps 50] [--out FILE]
+//! [--dump DIR]`
+//!
+//! `--dump DIR` also writes the inputs of every step and the parameters after them (on the pure-
+//! Rust backend in single and double precision and on the device) as little-endian f32 files,
+//! for `tests/python/precision_drift.py` to replay in PyTorch.
+
+use std::path::Path;
 
 use burn::tensor::Device;
-use ctcluster_worker::backend_check::{BATCH, seed_cnn_28, throughput, train};
+use ctcluster_common::model::Precision;
+use ctcluster_worker::backend_check::{
+    BATCH, MICRO, Update, batch, seed_cnn_28, throughput, train, train_with,
+};
 use ctcluster_worker::device::parse_device;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -14,6 +24,56 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .cloned()
+}
+
+fn write_f32(dir: &Path, name: &str, values: impl IntoIterator<Item = f32>) {
+    let bytes: Vec<u8> = values.into_iter().flat_map(f32::to_le_bytes).collect();
+    let path = dir.join(format!("{name}.f32"));
+    std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// The normalised inputs of `steps` steps, the initial parameters and the parameters after the
+/// steps on each backend.
+fn dump(dir: &Path, model: &ctcluster_common::model::ModelConfig, device: &Device, steps: u64) {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    let batches: Vec<_> = (0..steps)
+        .flat_map(|s| (0..BATCH / MICRO).map(move |m| batch(s, m * MICRO, MICRO)))
+        .collect();
+    // As the model normalises: (p - mean) x (1 / std), in f32.
+    let inv_std = 1.0 / model.norm_std;
+    let norm = |p: &f32| (p - model.norm_mean) * inv_std;
+    write_f32(
+        dir,
+        "pixels",
+        batches.iter().flat_map(|b| b.pixels.iter().map(norm)),
+    );
+    write_f32(
+        dir,
+        "labels",
+        batches
+            .iter()
+            .flat_map(|b| b.labels.iter().map(|&l| l as f32)),
+    );
+    write_f32(
+        dir,
+        "masks",
+        batches
+            .iter()
+            .flat_map(|b| b.keep_mask.clone().unwrap_or_default()),
+    );
+    write_f32(dir, "params_init", model.init_params(1));
+    let flex = Device::flex();
+    write_f32(dir, "params_flex_f32", train(model, &flex, steps).1);
+    write_f32(
+        dir,
+        "params_flex_f64",
+        train_with(model, &flex, steps, Update::Adam, Precision::F64).1,
+    );
+    write_f32(dir, "params_device", train(model, device, steps).1);
+    println!(
+        "inputs and parameters of {steps} steps written to {}",
+        dir.display()
+    );
 }
 
 fn main() {
@@ -27,6 +87,9 @@ fn main() {
         .unwrap_or(50);
     let device = parse_device(&device_name).unwrap_or_else(|e| panic!("{e}"));
     let model = seed_cnn_28();
+    if let Some(dir) = arg(&args, "--dump") {
+        dump(Path::new(&dir), &model, &device, steps);
+    }
 
     let (cpu_losses, _) = train(&model, &Device::flex(), steps);
     let (dev_losses, _) = train(&model, &device, steps);
