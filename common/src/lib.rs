@@ -1,6 +1,7 @@
 //! Domain types shared by ctcluster's coordinator, workers and `ctctl`: ids, the job spec, the
 //! dataset format and its Arrow codec, the CNN model, the optimizer, checkpoints and storage URLs.
 
+pub mod alloc;
 pub mod auth;
 pub mod checkpoint;
 pub mod dataset;

@@ -5,6 +5,7 @@ use ctcluster_coordinator::{Args, CoordinatorConfig, serve};
 
 #[tokio::main]
 async fn main() {
+    ctcluster_common::alloc::keep_freed_memory();
     let telemetry = ctcluster_common::telemetry::init("ctcluster-coordinator", "info");
     let args = Args::parse();
     if telemetry.exporting() {

@@ -4,6 +4,7 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() {
+    ctcluster_common::alloc::keep_freed_memory();
     let telemetry = ctcluster_common::telemetry::init("ctctl", "warn");
     let cli = ctctl::cli::Cli::parse();
     if cli.insecure {

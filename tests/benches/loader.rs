@@ -180,6 +180,8 @@ async fn write_dataset(case: usize, url: &StoreUrl) -> String {
 
 #[tokio::main]
 async fn main() {
+    // As the binaries do (common::alloc).
+    ctcluster_common::alloc::keep_freed_memory();
     let cases = [
         Case {
             name: "28x28 X-ray, augment (shift 2, rotate 10, intensity 0.1)".into(),

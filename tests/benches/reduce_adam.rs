@@ -133,6 +133,8 @@ fn wire(n: usize, reps: usize) -> (f64, f64, usize) {
 }
 
 fn main() {
+    // As the binaries do (common::alloc).
+    ctcluster_common::alloc::keep_freed_memory();
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);

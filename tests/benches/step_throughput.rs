@@ -67,6 +67,8 @@ async fn single_process(ds: &StoreUrl, steps: u64, micro: usize) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    // As the binaries do (common::alloc).
+    ctcluster_common::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let steps = args
         .iter()

@@ -72,6 +72,8 @@ fn run_child(steps: u64, endpoint: Option<&str>) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    // As the binaries do (common::alloc).
+    ctcluster_common::alloc::keep_freed_memory();
     let steps = arg("--steps", 60);
     if std::env::var_os(CHILD).is_some() {
         let export = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();

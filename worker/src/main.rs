@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() {
+    ctcluster_common::alloc::keep_freed_memory();
     let telemetry = ctcluster_common::telemetry::init("ctcluster-worker", "info");
     let args = Args::parse();
     let result = run(args).await;
