@@ -7,7 +7,7 @@ use std::time::Instant;
 use burn::tensor::Device;
 use ctcluster_common::dataset::{ImageInfo, PixelType};
 use ctcluster_common::model::{
-    BatchInput, ModelConfig, Precision, dropout_keep_mask, train_batch, train_batch_in,
+    BatchInput, ModelConfig, Precision, dropout_keep_mask, train_batch_in,
 };
 use ctcluster_common::optim::FlatAdam;
 use ctcluster_common::rng::{KeyedRng, derive};
@@ -55,6 +55,13 @@ pub fn batch(step: u64, start: usize, n: usize) -> BatchInput {
     }
 }
 
+/// The micro-batches of one step: the batch of 128 in pieces of `micro`.
+pub fn step_batches(step: u64, micro: usize) -> Vec<BatchInput> {
+    (0..BATCH / micro)
+        .map(|m| batch(step, m * micro, micro))
+        .collect()
+}
+
 /// How a step applies the summed gradient.
 #[derive(Clone, Copy, Debug)]
 pub enum Update {
@@ -63,6 +70,55 @@ pub enum Update {
     /// Plain gradient descent at this learning rate: what the kernels' differences make of the
     /// parameters without Adam's per-parameter normalisation.
     Sgd(f32),
+}
+
+/// Parameters and optimizer state of a run of steps.
+struct Trainer<'a> {
+    model: &'a ModelConfig,
+    device: &'a Device,
+    precision: Precision,
+    update: Update,
+    params: Vec<f32>,
+    adam: FlatAdam,
+}
+
+impl<'a> Trainer<'a> {
+    fn new(
+        model: &'a ModelConfig,
+        device: &'a Device,
+        update: Update,
+        precision: Precision,
+    ) -> Self {
+        Trainer {
+            model,
+            device,
+            precision,
+            update,
+            params: model.init_params(1),
+            adam: FlatAdam::new(&AdamSpec::default()),
+        }
+    }
+
+    /// One step as the cluster takes it: each micro-batch's gradient (a worker's task), summed
+    /// in order and divided by the batch, then the update (the coordinator's part). Returns the
+    /// mean loss.
+    fn step(&mut self, batches: &[BatchInput]) -> f64 {
+        let mut sum = vec![0f32; self.params.len()];
+        let mut loss = 0.0;
+        for b in batches {
+            let out = train_batch_in(self.model, &self.params, b, self.device, self.precision)
+                .expect("train step");
+            loss += out.loss_sum;
+            sum.iter_mut().zip(&out.grad).for_each(|(s, g)| *s += g);
+        }
+        sum.iter_mut().for_each(|g| *g /= BATCH as f32);
+        let params = std::mem::take(&mut self.params);
+        self.params = match self.update {
+            Update::Sgd(lr) => params.iter().zip(&sum).map(|(p, g)| p - lr * g).collect(),
+            Update::Adam => self.adam.step(params, sum).expect("adam"),
+        };
+        loss / BATCH as f64
+    }
 }
 
 /// `steps` optimizer steps (4 micro-batches of 32, summed, Adam) in single precision; returns
@@ -80,54 +136,27 @@ pub fn train_with(
     update: Update,
     precision: Precision,
 ) -> (Vec<f64>, Vec<f32>) {
-    let mut params = model.init_params(1);
-    let mut adam = FlatAdam::new(&AdamSpec::default());
-    let mut losses = Vec::new();
-    for step in 0..steps {
-        let mut sum = vec![0f32; params.len()];
-        let mut loss = 0.0;
-        for m in 0..BATCH / MICRO {
-            let b = batch(step, m * MICRO, MICRO);
-            let out = train_batch_in(model, &params, &b, device, precision).expect("train step");
-            loss += out.loss_sum;
-            sum.iter_mut().zip(&out.grad).for_each(|(s, g)| *s += g);
-        }
-        sum.iter_mut().for_each(|g| *g /= BATCH as f32);
-        params = match update {
-            Update::Sgd(lr) => params.iter().zip(&sum).map(|(p, g)| p - lr * g).collect(),
-            Update::Adam => adam.step(params, sum).expect("adam"),
-        };
-        losses.push(loss / BATCH as f64);
-    }
-    (losses, params)
+    let mut trainer = Trainer::new(model, device, update, precision);
+    let losses = (0..steps)
+        .map(|step| trainer.step(&step_batches(step, MICRO)))
+        .collect();
+    (losses, trainer.params)
 }
 
 /// Images/s of whole training steps after warm-up: a batch of 128 as micro-batches of `micro`
 /// (forward and backward each, gradients summed, as a worker does), then the Adam update (the
 /// coordinator's part). The median of three rounds of `steps` steps.
 pub fn throughput(model: &ModelConfig, device: &Device, steps: u64, micro: usize) -> f64 {
-    let mut params = model.init_params(1);
-    let mut adam = FlatAdam::new(&AdamSpec::default());
-    let batches: Vec<BatchInput> = (0..BATCH / micro)
-        .map(|m| batch(0, m * micro, micro))
-        .collect();
-    let mut step = || {
-        let mut sum = vec![0f32; params.len()];
-        for b in &batches {
-            let out = train_batch(model, &params, b, device).expect("timed step");
-            sum.iter_mut().zip(&out.grad).for_each(|(s, g)| *s += g);
-        }
-        sum.iter_mut().for_each(|g| *g /= BATCH as f32);
-        params = adam.step(std::mem::take(&mut params), sum).expect("adam");
-    };
+    let mut trainer = Trainer::new(model, device, Update::Adam, Precision::F32);
+    let batches = step_batches(0, micro);
     for _ in 0..3 {
-        step();
+        trainer.step(&batches);
     }
     let mut rounds: Vec<f64> = (0..3)
         .map(|_| {
             let start = Instant::now();
             for _ in 0..steps {
-                step();
+                trainer.step(&batches);
             }
             (steps as usize * BATCH) as f64 / start.elapsed().as_secs_f64()
         })

@@ -15,7 +15,7 @@ use std::path::Path;
 use burn::tensor::Device;
 use ctcluster_common::model::Precision;
 use ctcluster_worker::backend_check::{
-    BATCH, MICRO, Update, batch, seed_cnn_28, throughput, train, train_with,
+    BATCH, MICRO, Update, seed_cnn_28, step_batches, throughput, train, train_with,
 };
 use ctcluster_worker::device::parse_device;
 
@@ -36,9 +36,7 @@ fn write_f32(dir: &Path, name: &str, values: impl IntoIterator<Item = f32>) {
 /// steps on each backend.
 fn dump(dir: &Path, model: &ctcluster_common::model::ModelConfig, device: &Device, steps: u64) {
     std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-    let batches: Vec<_> = (0..steps)
-        .flat_map(|s| (0..BATCH / MICRO).map(move |m| batch(s, m * MICRO, MICRO)))
-        .collect();
+    let batches: Vec<_> = (0..steps).flat_map(|s| step_batches(s, MICRO)).collect();
     // As the model normalises: (p - mean) x (1 / std), in f32.
     let inv_std = 1.0 / model.norm_std;
     let norm = |p: &f32| (p - model.norm_mean) * inv_std;
