@@ -172,6 +172,17 @@ struct Input {
 type Fetch =
     Pin<Box<dyn Future<Output = Result<Option<(pb::Task, TraceCarrier)>, WorkerError>> + Send>>;
 
+/// A result on its way to the coordinator.
+type Push = Pin<Box<dyn Future<Output = Result<(), WorkerError>> + Send>>;
+
+/// What happened while a task computed.
+enum Event {
+    /// The prefetched next task arrived (or the long poll ended without one).
+    Fetched(Result<Option<(pb::Task, TraceCarrier)>, WorkerError>),
+    /// The previous task's result finished pushing.
+    Pushed(Result<(), WorkerError>),
+}
+
 /// Asks the coordinator for a task (a long poll: `None` when none came).
 fn fetch(client: &Client, worker_id: &str) -> Fetch {
     let mut client = client.clone();
@@ -186,8 +197,9 @@ fn fetch(client: &Client, worker_id: &str) -> Fetch {
 }
 
 /// Fetches, prepares and computes tasks, one at a time on the compute thread; while one
-/// computes, the next task is fetched and its parameters, shards and batch are made ready, so
-/// data never waits on compute or compute on data.
+/// computes, the next task is fetched and its parameters, shards and batch are made ready, and
+/// the previous task's result is pushed, so neither data nor the network waits on compute or
+/// compute on them. At most one push is in flight: results reach the coordinator in order.
 async fn work_loop(
     mut client: Client,
     worker_id: &str,
@@ -199,6 +211,7 @@ async fn work_loop(
     let mut trained = 0u64;
     let mut pending: Option<Fetch> = None;
     let mut ready: Option<Prepared> = None;
+    let mut pushing: Option<Push> = None;
     loop {
         let current = match ready.take() {
             Some(p) => p,
@@ -248,14 +261,28 @@ async fn work_loop(
             if prefetch && pending.is_none() {
                 pending = Some(fetch(&client, worker_id));
             }
-            let fetched = tokio::select! {
+            let event = tokio::select! {
                 out = &mut run => break out,
+                r = async {
+                    match pushing.as_mut() {
+                        Some(p) => p.await,
+                        None => std::future::pending().await,
+                    }
+                }, if pushing.is_some() => Event::Pushed(r),
                 r = async {
                     match pending.as_mut() {
                         Some(f) => f.await,
                         None => std::future::pending().await,
                     }
-                }, if prefetch => r,
+                }, if prefetch => Event::Fetched(r),
+            };
+            let fetched = match event {
+                Event::Pushed(r) => {
+                    pushing = None;
+                    r?;
+                    continue;
+                }
+                Event::Fetched(r) => r,
             };
             pending = None;
             match fetched {
@@ -268,6 +295,10 @@ async fn work_loop(
             }
         };
         let compute_seconds = compute_started.elapsed().as_secs_f64();
+        // The previous result goes first.
+        if let Some(p) = pushing.take() {
+            p.await?;
+        }
         let mut header = pb::ResultHeader {
             worker_id: worker_id.to_string(),
             job_id: task
@@ -314,10 +345,15 @@ async fn work_loop(
         }
         span.record("loss", header.loss_sum / f64::from(header.samples.max(1)));
         let push_span = trace_span!(parent: &span, "push", bytes = 4 * gradient.len());
-        push(&mut client, header, &gradient)
-            .instrument(push_span)
-            .await?;
-        if shutdown.is_cancelled() && ready.is_none() {
+        let result = Box::pin(push(client.clone(), header, gradient).instrument(push_span));
+        if ready.is_some() {
+            // The next task is ready: it computes while this result travels.
+            pushing = Some(result);
+            continue;
+        }
+        // Nothing to compute meanwhile, and the next task may wait on this result.
+        result.await?;
+        if shutdown.is_cancelled() {
             return Ok(());
         }
     }
@@ -397,12 +433,13 @@ async fn prepare(
 }
 
 async fn push(
-    client: &mut Client,
+    mut client: Client,
     header: pb::ResultHeader,
-    gradient: &[f32],
+    gradient: Vec<f32>,
 ) -> Result<(), WorkerError> {
     // One copy into little-endian bytes; the chunks are views of it, not copies.
-    let bytes = bytes::Bytes::from(f32_to_le_bytes(gradient));
+    let bytes = bytes::Bytes::from(f32_to_le_bytes(&gradient));
+    drop(gradient);
     let mut msgs = vec![pb::ResultChunk {
         part: Some(pb::result_chunk::Part::Header(header)),
     }];

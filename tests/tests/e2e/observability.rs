@@ -174,6 +174,8 @@ fn one_trace_spans_ctctl_the_coordinator_and_every_worker() {
 
     let mut traced_steps = BTreeMap::new();
     let mut step_workers = BTreeSet::new();
+    // Per worker: (forward_backward start, push end) of each traced micro-batch.
+    let mut timelines: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
     for epoch in &epochs {
         let e: u32 = epoch.attr("epoch").unwrap().parse().unwrap();
         let kids = children(&spans, epoch);
@@ -209,17 +211,30 @@ fn one_trace_spans_ctctl_the_coordinator_and_every_worker() {
                 assert_eq!(b.attr("job.id"), Some(job_id.as_str()));
                 assert_eq!(b.attr("step"), Some(n.to_string().as_str()));
                 step_workers.insert(b.attr("worker.id").unwrap().to_string());
-                let stages = names(&children(&spans, b));
+                let stage_spans = children(&spans, b);
+                let stages = names(&stage_spans);
                 for want in ["fetch", "preprocess", "forward_backward", "push"] {
                     assert!(
                         stages.contains(want),
                         "micro-batch lacks {want}: {stages:?}"
                     );
                 }
+                let find = |name: &str| stage_spans.iter().find(|s| s.name == name).unwrap();
+                timelines
+                    .entry(b.attr("worker.id").unwrap().to_string())
+                    .or_default()
+                    .push((find("forward_backward").start_ns, find("push").end_ns));
             }
         }
     }
     assert_eq!(step_workers.len(), 2, "both workers' spans join the trace");
+    // A worker that already holds its next task computes it while the previous result is
+    // still being pushed: some push ends after the same worker's next computation began.
+    let overlapped = timelines.values_mut().any(|t| {
+        t.sort();
+        t.windows(2).any(|w| w[1].0 < w[0].1)
+    });
+    assert!(overlapped, "no push overlapped the next computation");
     // The sampling rule: every step of epoch 0, then every EVERY-th step.
     let first_epoch_steps = traced_steps.values().filter(|e| **e == 0).count() as u64;
     assert!(
