@@ -4,8 +4,8 @@
 //! backward of the seed CNN on micro-batches of 32. The loader must not be what workers wait for.
 //!
 //! `cargo bench -p ctcluster-tests --bench loader` prints a Markdown table and writes
-//! `loader.json` beside the bench binary. The stores are a local folder (file://) and, when
-//! `s3s-fs` is installed, an S3-compatible server on loopback.
+//! `loader.json` beside the bench binary. The stores are a local folder (file://) and an
+//! S3-compatible server on loopback (`ctcluster-s3`: s3s-fs, built with the workspace).
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -118,7 +118,7 @@ fn s3s() -> Option<(std::process::Child, u16, tempfile::TempDir)> {
     let dir = tempfile::tempdir().ok()?;
     std::fs::create_dir_all(dir.path().join("bench")).ok()?;
     let port = free_port();
-    let child = Command::new("s3s-fs")
+    let child = Command::new(env!("CARGO_BIN_EXE_ctcluster-s3"))
         .args([
             "--host",
             "127.0.0.1",
@@ -134,7 +134,7 @@ fn s3s() -> Option<(std::process::Child, u16, tempfile::TempDir)> {
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
-    wait_for_port(port, "s3s-fs");
+    wait_for_port(port, "ctcluster-s3");
     // SAFETY: set before any store is built, on the main thread of a benchmark process.
     unsafe {
         std::env::set_var("AWS_ACCESS_KEY_ID", "bench");

@@ -1,4 +1,4 @@
-//! The real binaries as a user runs them: an S3-compatible server (s3s-fs), the coordinator and
+//! The real binaries as a user runs them: an S3-compatible server (s3s-fs, as `ctcluster-s3`), the coordinator and
 //! two workers as processes, and `ctctl` for everything a user types.
 
 use std::path::Path;
@@ -65,15 +65,24 @@ fn spawn(s3_port: u16, bin: &str, args: &[&str]) -> Proc {
 fn start_s3(root: &Path) -> (Proc, u16) {
     std::fs::create_dir_all(root.join("bucket")).unwrap();
     let port = free_port();
-    let s3s = Command::new("s3s-fs")
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", KEY, "--secret-key", SECRET])
+    let s3s = Command::new(env!("CARGO_BIN_EXE_ctcluster-s3"))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--access-key",
+            KEY,
+            "--secret-key",
+            SECRET,
+        ])
         .arg(root)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("s3s-fs is not installed: cargo install s3s-fs --version 0.14.1 --features binary --locked");
+        .expect("start ctcluster-s3");
     let p = Proc(s3s);
-    wait_for_port(port, "s3s-fs");
+    wait_for_port(port, "ctcluster-s3");
     (p, port)
 }
 
