@@ -15,7 +15,7 @@ use std::path::Path;
 use burn::tensor::Device;
 use ctcluster_common::model::Precision;
 use ctcluster_worker::backend_check::{
-    BATCH, MICRO, Update, seed_cnn_28, step_batches, throughput, train, train_with,
+    BATCH, MICRO, Update, agreement, seed_cnn_28, step_batches, throughput, train, train_with,
 };
 use ctcluster_worker::device::parse_device;
 
@@ -102,6 +102,14 @@ fn main() {
         println!("{i:>4}  {a:>14.6}  {b:>14.6}");
     }
     println!("largest loss difference over {steps} steps: {max_diff:.3e}");
+    // The machine-independent agreement check the LibTorch test runs (see backend_check::agreement).
+    let agreement = agreement::compare(&model, &Device::flex(), &device, None);
+    println!("{device_name} against cpu flex:\n{agreement}");
+    let verdict = agreement.verdict();
+    match &verdict {
+        Ok(()) => println!("agreement: ok"),
+        Err(e) => println!("agreement: FAILED: {e}"),
+    }
     // Whole steps (forward, backward, Adam) at batch 128: in one pass, and as the worker runs
     // them by default (micro-batches of 32). The pure-Rust backend gets fewer steps: it is slower.
     let cpu_ips = throughput(&model, &Device::flex(), timed.min(20), BATCH);
@@ -120,6 +128,16 @@ fn main() {
         "loss_cpu": cpu_losses,
         "loss_device": dev_losses,
         "max_loss_diff": max_diff,
+        "agreement": {
+            "grad_f64": agreement.grad_f64,
+            "adam_f64": agreement.adam_f64,
+            "sgd_f32": agreement.sgd_f32,
+            "loss_f32": agreement.loss_f32,
+            "grad_f32": agreement.grad_f32,
+            "adam_f32": agreement.adam_f32,
+            "adam_f32_vs_f64": agreement.adam_f32_vs_f64,
+            "ok": verdict.is_ok(),
+        },
         "images_per_sec_cpu_flex": cpu_ips,
         "images_per_sec_device": dev_ips,
         "images_per_sec_cpu_flex_micro32": cpu_ips_micro,
