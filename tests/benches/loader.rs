@@ -118,7 +118,9 @@ fn s3s() -> Option<(std::process::Child, u16, tempfile::TempDir)> {
     let dir = tempfile::tempdir().ok()?;
     std::fs::create_dir_all(dir.path().join("bench")).ok()?;
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_ctcluster-s3"))
+    // Beside the bench binary: cargo builds the package's binaries with its benchmarks.
+    let server = ctcluster_tests::bin_dir().join("ctcluster-s3");
+    let child = Command::new(server)
         .args([
             "--host",
             "127.0.0.1",

@@ -65,7 +65,7 @@ fn spawn(s3_port: u16, bin: &str, args: &[&str]) -> Proc {
 fn start_s3(root: &Path) -> (Proc, u16) {
     std::fs::create_dir_all(root.join("bucket")).unwrap();
     let port = free_port();
-    let s3s = Command::new(env!("CARGO_BIN_EXE_ctcluster-s3"))
+    let s3s = Command::new(binary("ctcluster-s3"))
         .args([
             "--host",
             "127.0.0.1",
