@@ -190,7 +190,7 @@ mod tests {
         let model = seed_cnn_28();
         #[allow(deprecated)]
         let libtorch = Device::libtorch();
-        let report = agreement::compare(&model, &Device::flex(), &libtorch, None);
+        let report = agreement::compare(&model, &Device::flex(), &libtorch);
         eprintln!("libtorch against flex:\n{report}");
         report.verdict().expect("libtorch computes the same steps");
         let (first, last) = report.loss_first_last;

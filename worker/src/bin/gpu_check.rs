@@ -103,7 +103,7 @@ fn main() {
     }
     println!("largest loss difference over {steps} steps: {max_diff:.3e}");
     // The machine-independent agreement check the LibTorch test runs (see backend_check::agreement).
-    let agreement = agreement::compare(&model, &Device::flex(), &device, None);
+    let agreement = agreement::compare(&model, &Device::flex(), &device);
     println!("{device_name} against cpu flex:\n{agreement}");
     let verdict = agreement.verdict();
     match &verdict {
