@@ -7,7 +7,6 @@
 //! `loader.json` beside the bench binary. The stores are a local folder (file://) and an
 //! S3-compatible server on loopback (`ctcluster-s3`: s3s-fs, built with the workspace).
 
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use burn::tensor::Device;
@@ -18,7 +17,6 @@ use ctcluster_common::dataset::{
 use ctcluster_common::model::{BatchInput, ModelConfig, model_for_job, train_batch};
 use ctcluster_common::spec::JobSpec;
 use ctcluster_common::storage::StoreUrl;
-use ctcluster_tests::procs::{free_port, wait_for_port};
 use ctcluster_tests::shared_data;
 
 const MICRO: usize = 32;
@@ -114,29 +112,10 @@ fn trainer(model: &ModelConfig, manifest: &Manifest, shard: &DecodedShard, passe
     (passes * MICRO) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn s3s() -> Option<(std::process::Child, u16, tempfile::TempDir)> {
+fn s3s() -> Option<(ctcluster_tests::Proc, u16, tempfile::TempDir)> {
     let dir = tempfile::tempdir().ok()?;
     std::fs::create_dir_all(dir.path().join("bench")).ok()?;
-    let port = free_port();
-    // Beside the bench binary: cargo builds the package's binaries with its benchmarks.
-    let server = ctcluster_tests::bin_dir().join("ctcluster-s3");
-    let child = Command::new(server)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--access-key",
-            "bench",
-            "--secret-key",
-            "benchsecret",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    wait_for_port(port, "ctcluster-s3");
+    let (server, port) = ctcluster_tests::start_s3(dir.path(), "bench", "benchsecret");
     // SAFETY: set before any store is built, on the main thread of a benchmark process.
     unsafe {
         std::env::set_var("AWS_ACCESS_KEY_ID", "bench");
@@ -145,7 +124,7 @@ fn s3s() -> Option<(std::process::Child, u16, tempfile::TempDir)> {
         std::env::set_var("AWS_ALLOW_HTTP", "true");
         std::env::set_var("AWS_REGION", "us-east-1");
     }
-    Some((child, port, dir))
+    Some((server, port, dir))
 }
 
 async fn write_dataset(case: usize, url: &StoreUrl) -> String {
@@ -232,9 +211,8 @@ async fn main() {
             }));
         }
     }
-    if let Some((mut child, _, _dir)) = s3 {
-        let _ = child.kill();
-        let _ = child.wait();
+    if let Some((mut server, _, _dir)) = s3 {
+        server.kill();
     }
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())

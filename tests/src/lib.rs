@@ -11,7 +11,7 @@ pub mod procs;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use procs::{Proc, bin_dir, binary, free_port, wait_for_port};
+pub use procs::{Proc, bin_dir, binary, free_port, start_s3, wait_for_port};
 
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_coordinator::CoordinatorConfig;

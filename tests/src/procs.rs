@@ -1,7 +1,7 @@
 //! Real processes for tests: the workspace's binaries started as children, killed on drop.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,23 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Starts `ctcluster-s3`, the S3-compatible test server, over the folder `root` (a sub-folder
+/// per bucket) on a free loopback port, and waits until it listens. Killed when dropped.
+pub fn start_s3(root: &Path, access_key: &str, secret_key: &str) -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new(binary("ctcluster-s3"))
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", access_key, "--secret-key", secret_key])
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start ctcluster-s3: {e}"));
+    let server = Proc(child);
+    wait_for_port(port, "ctcluster-s3");
+    (server, port)
 }
 
 /// A port free right now on loopback.

@@ -2,7 +2,7 @@
 //! two workers as processes, and `ctctl` for everything a user types.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ctcluster_proto as pb;
@@ -64,26 +64,7 @@ fn spawn(s3_port: u16, bin: &str, args: &[&str]) -> Proc {
 
 fn start_s3(root: &Path) -> (Proc, u16) {
     std::fs::create_dir_all(root.join("bucket")).unwrap();
-    let port = free_port();
-    let s3s = Command::new(binary("ctcluster-s3"))
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--access-key",
-            KEY,
-            "--secret-key",
-            SECRET,
-        ])
-        .arg(root)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start ctcluster-s3");
-    let p = Proc(s3s);
-    wait_for_port(port, "ctcluster-s3");
-    (p, port)
+    ctcluster_tests::start_s3(root, KEY, SECRET)
 }
 
 #[test]
