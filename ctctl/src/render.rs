@@ -79,6 +79,24 @@ pub fn is_terminal(state: i32) -> bool {
     matches!(state_name(state), "succeeded" | "failed" | "cancelled")
 }
 
+/// Text from elsewhere (job names, messages, worker names) made safe for a terminal: control
+/// characters (escape sequences, carriage returns, newlines) are shown escaped (`\u{1b}`), so
+/// that a crafted name cannot move the cursor, rewrite the screen or forge a line.
+pub fn safe(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
@@ -123,15 +141,16 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// A multi-line human summary of one job.
 pub fn status_text(s: &pb::JobStatus) -> String {
     let j = StatusJson::from(s);
+    let (name, message) = (safe(&j.name), safe(&j.message));
     let mut out = format!(
         "job        {}  ({})\nstate      {}{}\nprogress   epoch {}/{}  step {}/{}\nmetrics    train_loss {}  val_loss {}  val_accuracy {}\nthroughput {:.0} images/s  eta {:.0}s  workers {}\n",
         j.id,
-        j.name,
+        name,
         j.state,
-        if j.message.is_empty() {
+        if message.is_empty() {
             String::new()
         } else {
-            format!(": {}", j.message)
+            format!(": {message}")
         },
         (j.epoch + 1).min(j.epochs.max(1)),
         j.epochs,
@@ -145,13 +164,13 @@ pub fn status_text(s: &pb::JobStatus) -> String {
         j.workers,
     );
     if let Some(c) = &j.checkpoint {
-        out.push_str(&format!("checkpoint {c}\n"));
+        out.push_str(&format!("checkpoint {}\n", safe(c)));
     }
     if let Some(m) = &j.model {
-        out.push_str(&format!("model      {m}\n"));
+        out.push_str(&format!("model      {}\n", safe(m)));
     }
     if let (Some(w), Some(r)) = (&j.slowest_worker, &j.slowest_reason) {
-        out.push_str(&format!("slowest    {w}: {r}\n"));
+        out.push_str(&format!("slowest    {}: {}\n", safe(w), safe(r)));
     }
     out
 }
@@ -166,8 +185,8 @@ pub fn workers_text(r: &pb::ListWorkersResponse) -> String {
         out.push_str(&format!(
             "{:<10} {:<20} {:<8} {:>9} {:>7} {:>9.0} {:>9.3} {:>9.3} {:>9.3}\n",
             w.id,
-            w.name,
-            w.device,
+            safe(&w.name),
+            safe(&w.device),
             w.last_seen_ms,
             w.tasks,
             w.images_per_sec,
@@ -179,7 +198,8 @@ pub fn workers_text(r: &pb::ListWorkersResponse) -> String {
     if !r.slowest_worker.is_empty() {
         out.push_str(&format!(
             "slowest: {}: {}\n",
-            r.slowest_worker, r.slowest_reason
+            safe(&r.slowest_worker),
+            safe(&r.slowest_reason)
         ));
     }
     out
@@ -200,8 +220,29 @@ pub fn list_text(jobs: &[pb::JobStatus]) -> String {
             format!("{}/{}", j.step, j.total_steps),
             opt(j.metrics.val_accuracy, 4),
             opt(j.metrics.train_loss, 4),
-            j.name
+            safe(&j.name)
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_from_elsewhere_are_shown_escaped() {
+        let s = pb::JobStatus {
+            id: "job-1".into(),
+            name: "x\u{1b}[2J\rFAKE".into(),
+            message: "line\nforged: ok".into(),
+            ..Default::default()
+        };
+        for text in [status_text(&s), list_text(std::slice::from_ref(&s))] {
+            assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
+            assert!(text.contains("\\u{1b}[2J\\u{d}FAKE"), "{text:?}");
+        }
+        assert!(status_text(&s).contains("line\\u{a}forged"));
+        assert_eq!(safe("plain name é"), "plain name é");
+    }
 }
