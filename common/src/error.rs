@@ -66,6 +66,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A stored object (or a count read from one) is larger than what may be read or held.
+    #[error("{location}: {size} bytes, more than the {limit} bytes allowed for {what}")]
+    TooLarge {
+        /// The object's URL.
+        location: String,
+        /// What it is (a manifest, a checkpoint file, ...).
+        what: String,
+        /// Its size, as the store reports it or as counted while reading.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// Data sealed with a key this process does not have.
     #[error("{what} is encrypted with key {key_id:?}, which this process does not have: {hint}")]
     KeyMissing {

@@ -95,8 +95,13 @@ impl StoreUrl {
                 }
                 let prefix = Path::from_url_path(url.path()).map_err(|e| bad(&e.to_string()))?;
                 (
+                    // Every write is flushed to the disk (file and folder) before it counts as
+                    // done: a checkpoint or job record that was reported written survives a
+                    // power loss.
                     Self::cached(&key, || {
-                        Ok(Arc::new(object_store::local::LocalFileSystem::new()))
+                        Ok(Arc::new(
+                            object_store::local::LocalFileSystem::new().with_fsync(true),
+                        ))
                     })?,
                     prefix,
                 )
@@ -226,6 +231,47 @@ impl StoreUrl {
         res.bytes().await.map_err(|e| self.storage_err(e))
     }
 
+    /// Reads the whole object at this location if it holds at most `limit` bytes; a larger
+    /// one is refused before its body is read (from the size the store reports) and, should
+    /// the store's size be wrong, as soon as the bytes read pass the limit. `what` names the
+    /// object in the error.
+    pub async fn get_bounded(&self, limit: u64, what: &str) -> Result<Bytes> {
+        let too_large = |size: u64| Error::TooLarge {
+            location: self.as_str().into(),
+            what: what.into(),
+            size,
+            limit,
+        };
+        let res = self
+            .store
+            .get(&self.prefix)
+            .await
+            .map_err(|e| self.storage_err(e))?;
+        if res.meta.size > limit {
+            return Err(too_large(res.meta.size));
+        }
+        let cap = usize::try_from(res.meta.size).unwrap_or(0);
+        let mut out = bytes::BytesMut::with_capacity(cap);
+        let mut stream = res.into_stream();
+        while let Some(chunk) = stream.try_next().await.map_err(|e| self.storage_err(e))? {
+            let size = (out.len() + chunk.len()) as u64;
+            if size > limit {
+                return Err(too_large(size));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.freeze())
+    }
+
+    /// The size in bytes of the object at this location, as the store reports it.
+    pub async fn size(&self) -> Result<u64> {
+        self.store
+            .head(&self.prefix)
+            .await
+            .map(|m| m.size)
+            .map_err(|e| self.storage_err(e))
+    }
+
     /// Writes the object at this location (whole-object put: readers never see half of it).
     pub async fn put(&self, data: impl Into<Bytes>) -> Result<()> {
         self.store
@@ -295,6 +341,21 @@ mod tests {
             assert_eq!(&obj.get().await.unwrap()[..], b"hello");
             assert_eq!(root.list().await.unwrap(), vec!["x/y.bin".to_string()]);
             assert!(obj.as_str().ends_with("/x/y.bin"), "{}", obj.as_str());
+            assert_eq!(obj.size().await.unwrap(), 5);
+            assert_eq!(&obj.get_bounded(5, "greeting").await.unwrap()[..], b"hello");
+            let e = obj.get_bounded(4, "greeting").await.unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::TooLarge {
+                        size: 5,
+                        limit: 4,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert!(e.to_string().contains("greeting"), "{e}");
             obj.delete().await.unwrap();
             assert!(matches!(obj.get().await, Err(Error::NotFound { .. })));
         }

@@ -5,6 +5,10 @@ use ctcluster_common::job::JobRecord;
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_common::{Error, Result};
 
+/// Largest job record read back (a spec of 64 KiB, the thinned loss curve and one line of
+/// metrics per epoch fit many times over).
+pub const MAX_RECORD_BYTES: u64 = 64 << 20;
+
 fn record_url(state: &StoreUrl, record: &JobRecord) -> Result<StoreUrl> {
     state.join(&format!("jobs/{}.json", record.id))
 }
@@ -25,7 +29,7 @@ pub async fn load_all(state: &StoreUrl) -> Result<Vec<JobRecord>> {
         }
         let url = jobs.join(&file)?;
         match url
-            .get()
+            .get_bounded(MAX_RECORD_BYTES, "a job record")
             .await
             .map(|b| serde_json::from_slice::<JobRecord>(&b))
         {

@@ -17,6 +17,10 @@ pub const FORMAT: &str = "ctcluster.dataset.v1";
 pub const MAX_SIDE: u32 = 4096;
 /// Most classes accepted.
 pub const MAX_CLASSES: usize = 10_000;
+/// Longest sample id accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 1024;
+/// Largest `manifest.json` read.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 
 /// The element type of stored pixels; data keeps its source precision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +121,27 @@ pub struct ShardInfo {
     pub sha256: String,
     /// Rows per class, indexed like `Manifest::classes`.
     pub per_class: Vec<u64>,
+}
+
+/// The sum of counts, `None` if it overflows (a forged count).
+fn checked_sum(counts: &[u64]) -> Option<u64> {
+    counts.iter().try_fold(0u64, |a, &b| a.checked_add(b))
+}
+
+impl ShardInfo {
+    /// The fewest and most bytes a shard file with this many rows of `image` can have. Its
+    /// images alone take `rows x image bytes`; ids (at most [`MAX_ID_BYTES`]), labels, Arrow's
+    /// framing and a seal add at most `MAX_ID_BYTES + 64` bytes a row and 1 MiB a file. A file
+    /// outside these bounds does not hold the rows the manifest says.
+    pub fn size_bounds(&self, image: &ImageInfo) -> (u64, u64) {
+        let per_row = image.bytes() as u64;
+        let min = self.rows.saturating_mul(per_row);
+        let max = self
+            .rows
+            .saturating_mul(per_row + MAX_ID_BYTES as u64 + 64)
+            .saturating_add(1 << 20);
+        (min, max)
+    }
 }
 
 /// One split (train, val, test).
@@ -222,15 +247,23 @@ impl Manifest {
                 {
                     return bad(format!("shard {}: sha256 is not 64 hex digits", shard.file));
                 }
+                if shard.rows > u64::from(u32::MAX) {
+                    return bad(format!(
+                        "shard {}: {} rows (at most {} a shard)",
+                        shard.file,
+                        shard.rows,
+                        u32::MAX
+                    ));
+                }
                 if shard.per_class.len() != self.classes.len()
-                    || shard.per_class.iter().sum::<u64>() != shard.rows
+                    || checked_sum(&shard.per_class) != Some(shard.rows)
                 {
                     return bad(format!(
                         "shard {}: per_class does not add up to rows",
                         shard.file
                     ));
                 }
-                rows += shard.rows;
+                rows = rows.saturating_add(shard.rows);
             }
             if rows != split.rows {
                 return bad(format!(
@@ -259,18 +292,53 @@ impl Manifest {
 /// Reads and validates `manifest.json` under a dataset URL.
 pub async fn load_manifest(dataset: &StoreUrl) -> Result<Manifest> {
     let url = dataset.join(MANIFEST_FILE)?;
-    let bytes = url.get().await.map_err(|e| match e {
-        Error::NotFound { .. } => Error::dataset(
-            dataset.as_str(),
-            format!("no dataset here: {MANIFEST_FILE} not found"),
-        ),
-        other => other,
-    })?;
-    if bytes.len() > 64 << 20 {
-        return Err(Error::dataset(url.as_str(), "manifest larger than 64 MiB"));
-    }
+    let bytes = url
+        .get_bounded(MAX_MANIFEST_BYTES, "a dataset manifest")
+        .await
+        .map_err(|e| match e {
+            Error::NotFound { .. } => Error::dataset(
+                dataset.as_str(),
+                format!("no dataset here: {MANIFEST_FILE} not found"),
+            ),
+            other => other,
+        })?;
     let manifest: Manifest = serde_json::from_slice(&bytes)
         .map_err(|e| Error::dataset(url.as_str(), format!("not a valid manifest: {e}")))?;
     manifest.validate(url.as_str())?;
     Ok(manifest)
+}
+
+/// Checks the row counts the manifest declares for a split against the shard files really
+/// there: each file's size (as the store reports it, nothing is read) must lie within
+/// [`ShardInfo::size_bounds`]. What plans a job over the split (and sizes memory by its rows)
+/// calls this first, so that a manifest claiming more rows than its files hold is refused
+/// with the shard named instead of being believed.
+pub async fn verify_shard_sizes(
+    dataset: &StoreUrl,
+    manifest: &Manifest,
+    split: &str,
+) -> Result<()> {
+    use futures::TryStreamExt;
+    let info = manifest.split(split, dataset.as_str())?;
+    let image = manifest.image;
+    futures::stream::iter(info.shards.iter().map(Ok))
+        .try_for_each_concurrent(16, |shard| async move {
+            let url = dataset.join(&shard.file)?;
+            let size = url.size().await?;
+            let (min, max) = shard.size_bounds(&image);
+            if size < min || size > max {
+                return Err(Error::dataset(
+                    url.as_str(),
+                    format!(
+                        "the manifest says {} rows of {} bytes, but the file has {size} bytes \
+                         (a shard of {} rows has {min}..={max})",
+                        shard.rows,
+                        image.bytes(),
+                        shard.rows
+                    ),
+                ));
+            }
+            Ok(())
+        })
+        .await
 }

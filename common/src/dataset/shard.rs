@@ -8,7 +8,7 @@ use arrow_array::{Array, BinaryArray, Int32Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use sha2::{Digest, Sha256};
 
-use super::manifest::{ImageInfo, Manifest, ShardInfo};
+use super::manifest::{ImageInfo, MAX_ID_BYTES, Manifest, ShardInfo};
 use crate::seal::DataKey;
 use crate::storage::StoreUrl;
 use crate::{Error, Result};
@@ -243,7 +243,14 @@ fn decode_arrow_unguarded(
             if out.pixels[before..].iter().any(|v| !v.is_finite()) {
                 return Err(bad(format!("row {row}: NaN or infinite pixel")));
             }
-            out.ids.push(ids.value(i).to_string());
+            let id = ids.value(i);
+            if id.len() > MAX_ID_BYTES {
+                return Err(bad(format!(
+                    "row {row}: id of {} bytes (at most {MAX_ID_BYTES})",
+                    id.len()
+                )));
+            }
+            out.ids.push(id.to_string());
             out.labels.push(label);
         }
     }
@@ -274,24 +281,25 @@ pub async fn load_shard(
             )
         })?;
     let url = dataset.join(&info.file)?;
-    let bytes = url.get().await?;
+    let (_, most) = info.size_bounds(&manifest.image);
+    let bytes = url.get_bounded(most, "a shard of this many rows").await?;
     let image = manifest.image;
     let classes = manifest.classes.len();
     let info = info.clone();
     let location = url.as_str().to_string();
     let key = match &manifest.encryption {
-        Some(e) => Some(DataKey::from_env(
-            &e.key_id,
-            &format!("dataset {}", dataset.as_str()),
-        )?),
+        Some(e) => Some((
+            DataKey::from_env(&e.key_id, &format!("dataset {}", dataset.as_str()))?,
+            e.aad(&info.file),
+        )),
         None => None,
     };
     // Hashing, decrypting and decoding is CPU work: keep it off the async threads.
     tokio::task::spawn_blocking(move || match key {
         None => decode_shard(&bytes, &info, &image, classes, &location),
-        Some(key) => {
+        Some((key, aad)) => {
             check_sha256(&bytes, &info, &location)?;
-            let plain = key.open(&info.file, &bytes, &location)?;
+            let plain = key.open(&aad, &bytes, &location)?;
             decode_arrow(&plain, &info, &image, classes, &location)
         }
     })

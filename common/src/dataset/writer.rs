@@ -10,7 +10,7 @@ use super::manifest::{
 };
 use super::npz::read_npz;
 use super::shard::encode_shard;
-use crate::seal::{DataKey, Encryption};
+use crate::seal::{DataKey, Encryption, aad};
 use crate::storage::StoreUrl;
 use crate::{Error, Result};
 
@@ -41,7 +41,8 @@ pub struct DatasetWriter {
     stats: StatsAcc,
     source: String,
     scratch: Vec<f32>,
-    key: Option<DataKey>,
+    /// The sealing key and the dataset's binding (a random id, recorded in the manifest).
+    key: Option<(DataKey, String)>,
 }
 
 impl DatasetWriter {
@@ -75,7 +76,8 @@ impl DatasetWriter {
 
     /// Seals every shard with `key` (AES-256-GCM); the manifest records the key's id.
     pub fn encrypt_with(mut self, key: DataKey) -> Self {
-        self.key = Some(key);
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        self.key = Some((key, format!("dataset-{id}")));
         self
     }
 
@@ -125,7 +127,8 @@ impl DatasetWriter {
         pending.labels.push(label_i32);
         pending.images.push(pixels);
         if pending.ids.len() >= self.shard_rows {
-            Self::flush(&self.out, split, pending, classes, self.key.as_ref()).await?;
+            let sealing = self.key.as_ref().map(|(k, b)| (k, b.as_str()));
+            Self::flush(&self.out, split, pending, classes, sealing).await?;
         }
         Ok(())
     }
@@ -135,16 +138,17 @@ impl DatasetWriter {
         split: &str,
         p: &mut PendingSplit,
         classes: usize,
-        key: Option<&DataKey>,
+        key: Option<(&DataKey, &str)>,
     ) -> Result<()> {
         if p.ids.is_empty() {
             return Ok(());
         }
         let file = format!("{split}-{:05}.arrow", p.info.shards.len());
         let bytes = encode_shard(&p.ids, &p.labels, &p.images)?;
-        // Sealed shards are bound to their file name; the sha256 covers the stored bytes.
+        // Sealed shards are bound to the dataset and their file name; the sha256 covers the
+        // stored bytes.
         let bytes = match key {
-            Some(k) => k.seal(&file, &bytes)?,
+            Some((k, binding)) => k.seal(&aad(Some(binding), &file), &bytes)?,
             None => bytes,
         };
         let mut per_class = vec![0u64; classes];
@@ -172,8 +176,9 @@ impl DatasetWriter {
     /// Writes the remaining shards, then the manifest.
     pub async fn finish(mut self) -> Result<Manifest> {
         let classes = self.classes.len();
+        let sealing = self.key.as_ref().map(|(k, b)| (k, b.as_str()));
         for (name, pending) in self.splits.iter_mut() {
-            Self::flush(&self.out, name, pending, classes, self.key.as_ref()).await?;
+            Self::flush(&self.out, name, pending, classes, sealing).await?;
         }
         let s = &self.stats;
         if s.n == 0.0 {
@@ -193,7 +198,10 @@ impl DatasetWriter {
                 max: s.max,
             },
             source: self.source,
-            encryption: self.key.as_ref().map(Encryption::with),
+            encryption: self
+                .key
+                .as_ref()
+                .map(|(k, binding)| Encryption::bound(k, binding)),
         };
         manifest.validate(self.out.as_str())?;
         let json = serde_json::to_vec_pretty(&manifest)
