@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::model::ModelConfig;
 use crate::optim::AdamSnapshot;
-use crate::seal::{DataKey, Encryption};
+use crate::seal::{DataKey, Encryption, aad};
 use crate::spec::JobSpec;
 use crate::storage::StoreUrl;
 use crate::tensor_bytes::{f32_from_le_bytes, f32_to_le_bytes};
@@ -59,7 +59,17 @@ pub struct Checkpoint {
     pub params: Vec<f32>,
     /// Adam's moments.
     pub adam: AdamSnapshot,
+    /// The key id its files were sealed with, when read from sealed files (`None` when
+    /// written in the clear, and for a checkpoint built in memory).
+    pub sealed_with: Option<String>,
 }
+
+/// Largest checkpoint `manifest.json` or `state.json` read.
+pub const MAX_CHECKPOINT_META_BYTES: u64 = 16 << 20;
+/// Most parameters a checkpoint may hold (4 GiB of f32), whatever its `state.json` says.
+pub const MAX_CHECKPOINT_PARAMS: usize = 1 << 30;
+/// Bytes a seal adds to a file (header, key id, nonce, tag), rounded up.
+const SEAL_OVERHEAD: u64 = 512;
 
 /// A checkpoint's `manifest.json`, written last: the files and their sha256.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -104,10 +114,11 @@ impl Checkpoint {
             ("adam_m2.bin", f32_to_le_bytes(&self.adam.moment_2)),
             ("state.json", state),
         ];
+        let binding = binding_of(dir.as_str());
         let mut hashes = BTreeMap::new();
         for (name, bytes) in files {
             let bytes = match key {
-                Some(k) => k.seal(name, &bytes)?,
+                Some(k) => k.seal(&aad(Some(&binding), name), &bytes)?,
                 None => bytes,
             };
             hashes.insert(name.to_string(), sha(&bytes));
@@ -117,7 +128,7 @@ impl Checkpoint {
             format: CHECKPOINT_FORMAT.into(),
             step: self.state.step.0,
             files: hashes,
-            encryption: key.map(Encryption::with),
+            encryption: key.map(|k| Encryption::bound(k, &binding)),
         };
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| Error::Compute(format!("checkpoint manifest: {e}")))?;
@@ -127,10 +138,18 @@ impl Checkpoint {
 
     /// Loads and verifies a checkpoint from its folder URL.
     pub async fn load(dir: &StoreUrl) -> Result<Checkpoint> {
+        Checkpoint::load_limited(dir, MAX_CHECKPOINT_PARAMS).await
+    }
+
+    /// Loads and verifies a checkpoint of at most `max_params` parameters. Nothing is read
+    /// whole before its size is known to fit: the manifest and `state.json` have a fixed
+    /// limit, and `state.json` (checked and opened first) gives the model, so the tensor files
+    /// may be exactly as large as its parameters and no larger.
+    pub async fn load_limited(dir: &StoreUrl, max_params: usize) -> Result<Checkpoint> {
         let loc = dir.as_str().to_string();
         let manifest = dir
             .join(CHECKPOINT_MANIFEST)?
-            .get()
+            .get_bounded(MAX_CHECKPOINT_META_BYTES, "a checkpoint manifest")
             .await
             .map_err(|e| match e {
                 Error::NotFound { .. } => {
@@ -139,9 +158,33 @@ impl Checkpoint {
                 other => other,
             })?;
         let manifest = parse_manifest(&manifest, &loc)?;
+        let key = manifest
+            .encryption
+            .as_ref()
+            .map(|e| DataKey::from_env(&e.key_id, &format!("checkpoint {loc}")))
+            .transpose()?;
+        let state_bytes = dir
+            .join("state.json")?
+            .get_bounded(MAX_CHECKPOINT_META_BYTES, "a checkpoint's state.json")
+            .await?;
+        let state = open_file(&manifest, key.as_ref(), "state.json", &state_bytes, &loc)?;
+        let state: TrainingState = serde_json::from_slice(&state)
+            .map_err(|e| Error::checkpoint(&loc, format!("bad state.json: {e}")))?;
+        let n = state.model.num_params();
+        if n > max_params {
+            return Err(Error::checkpoint(
+                &loc,
+                format!("its model has {n} parameters, more than the {max_params} allowed here"),
+            ));
+        }
+        let tensor_limit = 4 * n as u64 + SEAL_OVERHEAD;
         let mut files = BTreeMap::new();
-        for name in CHECKPOINT_FILES {
-            let bytes = dir.join(name)?.get().await?;
+        files.insert("state.json", state_bytes);
+        for name in ["params.bin", "adam_m1.bin", "adam_m2.bin"] {
+            let bytes = dir
+                .join(name)?
+                .get_bounded(tensor_limit, "a tensor of this checkpoint's model")
+                .await?;
             files.insert(name, bytes);
         }
         Checkpoint::decode(&manifest, &files, &loc)
@@ -154,35 +197,19 @@ impl Checkpoint {
         files: &BTreeMap<&str, bytes::Bytes>,
         loc: &str,
     ) -> Result<Checkpoint> {
+        let key = manifest
+            .encryption
+            .as_ref()
+            .map(|e| DataKey::from_env(&e.key_id, &format!("checkpoint {loc}")))
+            .transpose()?;
+        let mut opened = BTreeMap::new();
         for name in CHECKPOINT_FILES {
-            let want = manifest
-                .files
-                .get(name)
-                .ok_or_else(|| Error::checkpoint(loc, format!("manifest lists no {name}")))?;
             let bytes = files
                 .get(name)
                 .ok_or_else(|| Error::checkpoint(loc, format!("no {name}")))?;
-            if &sha(bytes) != want {
-                return Err(Error::checkpoint(
-                    loc,
-                    format!("{name} does not match its sha256: corrupt or truncated"),
-                ));
-            }
+            opened.insert(name, open_file(manifest, key.as_ref(), name, bytes, loc)?);
         }
-        let opened;
-        let files = match &manifest.encryption {
-            None => files,
-            Some(e) => {
-                let key = DataKey::from_env(&e.key_id, &format!("checkpoint {loc}"))?;
-                let mut out = BTreeMap::new();
-                for name in CHECKPOINT_FILES {
-                    let plain = key.open(name, &files[name], &format!("{loc}/{name}"))?;
-                    out.insert(name, bytes::Bytes::from(plain));
-                }
-                opened = out;
-                &opened
-            }
-        };
+        let files = opened;
         let loc = loc.to_string();
         let state: TrainingState = serde_json::from_slice(&files["state.json"])
             .map_err(|e| Error::checkpoint(&loc, format!("bad state.json: {e}")))?;
@@ -214,6 +241,7 @@ impl Checkpoint {
             state,
             params,
             adam,
+            sealed_with: key.map(|k| k.id().to_string()),
         })
     }
 
@@ -221,6 +249,46 @@ impl Checkpoint {
     pub fn spec(&self) -> Result<JobSpec> {
         JobSpec::from_yaml(&self.state.spec_yaml)
     }
+}
+
+/// Checks one checkpoint file against the sha256 its manifest lists, and opens it when the
+/// checkpoint is sealed.
+fn open_file(
+    manifest: &CheckpointManifest,
+    key: Option<&DataKey>,
+    name: &str,
+    bytes: &[u8],
+    loc: &str,
+) -> Result<Vec<u8>> {
+    let want = manifest
+        .files
+        .get(name)
+        .ok_or_else(|| Error::checkpoint(loc, format!("manifest lists no {name}")))?;
+    if &sha(bytes) != want {
+        return Err(Error::checkpoint(
+            loc,
+            format!("{name} does not match its sha256: corrupt or truncated"),
+        ));
+    }
+    let (Some(key), Some(e)) = (key, &manifest.encryption) else {
+        return Ok(bytes.to_vec());
+    };
+    if let Some(bound) = &e.binding
+        && *bound != binding_of(loc)
+    {
+        return Err(Error::checkpoint(
+            loc,
+            format!("its files were sealed for {bound}, not for this place: moved or swapped"),
+        ));
+    }
+    key.open(&e.aad(name), bytes, &format!("{loc}/{name}"))
+}
+
+/// What a checkpoint's sealed files are bound to: the last three segments of its folder,
+/// `<job id>/checkpoints/step-N`. Files moved to another job or step do not open.
+fn binding_of(dir: &str) -> String {
+    let parts: Vec<&str> = dir.trim_end_matches('/').rsplit('/').take(3).collect();
+    parts.into_iter().rev().collect::<Vec<_>>().join("/")
 }
 
 /// The files of a checkpoint besides its manifest.
@@ -329,10 +397,26 @@ pub async fn load_model(url: &str) -> Result<(ModelCard, Vec<f32>)> {
         .trim_end_matches('/')
         .trim_end_matches("model.safetensors");
     let dir = StoreUrl::parse(base)?;
-    let card: ModelCard = serde_json::from_slice(&dir.join("model.json")?.get().await?)
+    let card_bytes = dir
+        .join("model.json")?
+        .get_bounded(MAX_CHECKPOINT_META_BYTES, "a model card")
+        .await?;
+    let card: ModelCard = serde_json::from_slice(&card_bytes)
         .map_err(|e| Error::invalid("model.json", e.to_string()))?;
     card.model.validate()?;
-    let bytes = dir.join("model.safetensors")?.get().await?;
+    let n = card.model.num_params();
+    if n > MAX_CHECKPOINT_PARAMS {
+        return Err(Error::invalid(
+            "model.json",
+            format!("{n} parameters, more than the {MAX_CHECKPOINT_PARAMS} allowed"),
+        ));
+    }
+    // The weights plus safetensors' JSON header (names, shapes, offsets, metadata).
+    let limit = 4 * n as u64 + (1 << 20);
+    let bytes = dir
+        .join("model.safetensors")?
+        .get_bounded(limit, "the weights of this model card's model")
+        .await?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::invalid("model.safetensors", e.to_string()))?;
     let mut params = Vec::with_capacity(card.model.num_params());
@@ -389,6 +473,7 @@ mod tests {
                 moment_1: vec![0.5; n],
                 moment_2: vec![0.25; n],
             },
+            sealed_with: None,
         }
     }
 
@@ -416,10 +501,89 @@ mod tests {
             err.contains("params.bin") && err.contains("step-0000000009"),
             "{err}"
         );
+        // A tensor file larger than the model it belongs to is refused before it is read,
+        // even with a manifest that lists its hash.
+        let big = vec![0u8; 4 * ck.params.len() + 4096];
+        let mut m: CheckpointManifest = serde_json::from_slice(
+            &dirs[0]
+                .join(CHECKPOINT_MANIFEST)
+                .unwrap()
+                .get()
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        m.files.insert("adam_m1.bin".into(), sha(&big));
+        dirs[0]
+            .join(CHECKPOINT_MANIFEST)
+            .unwrap()
+            .put(serde_json::to_vec(&m).unwrap())
+            .await
+            .unwrap();
+        dirs[0].join("adam_m1.bin").unwrap().put(big).await.unwrap();
+        let err = Checkpoint::load(&dirs[0]).await.unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("adam_m1.bin"), "{err}");
+        // A checkpoint of a larger model than the caller allows is refused from its state.
+        let err = Checkpoint::load_limited(&dirs[0], ck.params.len() - 1)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than the"), "{err}");
         // A folder without a manifest is not complete.
         let half = out.join("checkpoints/step-0000000010/params.bin").unwrap();
         half.put(vec![0u8; 8]).await.unwrap();
         assert_eq!(list_complete(&out).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn sealed_files_open_only_where_they_were_written() {
+        let key = DataKey::generate("site-a").unwrap();
+        let ck = sample();
+        let a = StoreUrl::parse("memory://ckpt-bind/out/job-a").unwrap();
+        let b = StoreUrl::parse("memory://ckpt-bind/out/job-b").unwrap();
+        let dir_a = ck.write(&a, Some(&key)).await.unwrap();
+        let dir_b = ck.write(&b, Some(&key)).await.unwrap();
+        let manifest = |dir: &StoreUrl| {
+            let dir = dir.clone();
+            async move {
+                let m = dir.join(CHECKPOINT_MANIFEST).unwrap().get().await.unwrap();
+                parse_manifest(&m, dir.as_str()).unwrap()
+            }
+        };
+        let (ma, mb) = (manifest(&dir_a).await, manifest(&dir_b).await);
+        assert_eq!(
+            ma.encryption.as_ref().unwrap().binding.as_deref(),
+            Some("job-a/checkpoints/step-0000000007")
+        );
+        let params_a = dir_a.join("params.bin").unwrap().get().await.unwrap();
+        let plain = open_file(&ma, Some(&key), "params.bin", &params_a, dir_a.as_str()).unwrap();
+        assert_eq!(plain, f32_to_le_bytes(&ck.params));
+        // Job a's file and manifest copied into job b's folder: refused by place.
+        let e = open_file(&ma, Some(&key), "params.bin", &params_a, dir_b.as_str())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("moved or swapped"), "{e}");
+        // Job a's file under job b's manifest (its hash edited in): refused by the seal.
+        let mut forged = mb.clone();
+        forged.files.insert("params.bin".into(), sha(&params_a));
+        let e = open_file(&forged, Some(&key), "params.bin", &params_a, dir_b.as_str())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("authentication failed"), "{e}");
+        // The binding removed from the manifest: the seal still holds it.
+        let mut unbound = ma.clone();
+        unbound.encryption.as_mut().unwrap().binding = None;
+        assert!(
+            open_file(
+                &unbound,
+                Some(&key),
+                "params.bin",
+                &params_a,
+                dir_a.as_str()
+            )
+            .is_err()
+        );
     }
 
     #[tokio::test]

@@ -1,8 +1,9 @@
 //! Encryption at rest: files sealed with AES-256-GCM under a named key.
 //!
 //! A sealed file is `CTCSEAL1` | key id length (1 byte) | key id | 96-bit random nonce |
-//! ciphertext and tag. The additional data binds it to its place (the shard's file name, the
-//! checkpoint file's name), so sealed files cannot be swapped unnoticed. Keys never travel:
+//! ciphertext and tag. The additional data binds it to its place (a dataset's id and the
+//! shard's file name; a checkpoint's job, step and file name), so sealed files cannot be
+//! swapped unnoticed, within a dataset or checkpoint or between them. Keys never travel:
 //! each process finds a key by its id in its own environment, `CT_KEY_<ID>` (64 hex digits;
 //! the id upper-cased, other characters as `_`) or the file `<id>.key` in the folder
 //! `CT_KEYRING`.
@@ -30,15 +31,35 @@ pub struct Encryption {
     pub algorithm: String,
     /// The id of the key the files are sealed with.
     pub key_id: String,
+    /// What the files are bound to besides their names (a dataset's random id; a checkpoint's
+    /// `<job id>/checkpoints/step-N`): part of each file's additional data, so that files
+    /// cannot be swapped between datasets or jobs sealed with the same key. Absent in data
+    /// sealed before binding existed (bound to the file name alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
 }
 
 impl Encryption {
-    /// The record for a key.
-    pub fn with(key: &DataKey) -> Self {
+    /// The record for a key, with the files bound to `binding`.
+    pub fn bound(key: &DataKey, binding: &str) -> Self {
         Encryption {
             algorithm: ALGORITHM.into(),
             key_id: key.id.clone(),
+            binding: Some(binding.to_string()),
         }
+    }
+
+    /// The additional data a file named `file` is sealed with.
+    pub fn aad(&self, file: &str) -> String {
+        aad(self.binding.as_deref(), file)
+    }
+}
+
+/// The additional data of a sealed file: its binding and name.
+pub fn aad(binding: Option<&str>, file: &str) -> String {
+    match binding {
+        Some(b) => format!("{b}/{file}"),
+        None => file.to_string(),
     }
 }
 

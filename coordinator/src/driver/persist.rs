@@ -23,6 +23,7 @@ pub(super) async fn checkpoint(
             moment_1: vec![],
             moment_2: vec![],
         }),
+        sealed_with: None,
     };
     let key = match &job.spec.encryption {
         Some(e) => Some(DataKey::from_env(
