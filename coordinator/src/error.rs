@@ -16,6 +16,27 @@ pub enum CoordError {
     /// The worker is not registered (it was dropped, or the coordinator restarted).
     #[error("{0} is not registered; register again")]
     WorkerNotFound(WorkerId),
+    /// A worker id registered by another certificate.
+    #[error("{0} was registered with another certificate; a worker speaks only for itself")]
+    NotYourWorker(WorkerId),
+    /// Past a limit (memory budget, jobs per user, active jobs): try later or ask for less.
+    #[error("{what}: {reason}")]
+    ResourceExhausted {
+        /// Which limit.
+        what: &'static str,
+        /// The figures.
+        reason: String,
+    },
+    /// The caller may not use something another user owns. The message never says whose.
+    #[error("{field} {url}: {reason}")]
+    NotYours {
+        /// The spec field.
+        field: &'static str,
+        /// The URL as given (the caller's own input).
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// A request for something that has moved on (old parameters, a finished step).
     #[error("stale: {0}")]
     Stale(String),
@@ -36,8 +57,11 @@ pub enum CoordError {
         reason: String,
     },
     /// A task failed on every try (its error says what and where).
-    #[error("a task failed on {MAX} tries: {0}", MAX = crate::scheduler::MAX_TASK_FAILURES)]
+    #[error("a task kept failing, so the job cannot progress; the last error: {0}")]
     TaskFailed(String),
+    /// A fault inside the coordinator (a panic in a job's driver); the job fails with it.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The coordinator is shutting down.
     #[error("the coordinator is shutting down")]
     ShuttingDown,
@@ -79,8 +103,12 @@ impl From<CoordError> for Status {
             }
             CoordError::BadRequest { .. } => Status::invalid_argument(msg),
             CoordError::ShuttingDown => Status::unavailable(msg),
-            CoordError::OutOfScope { .. } => Status::permission_denied(msg),
+            CoordError::OutOfScope { .. }
+            | CoordError::NotYours { .. }
+            | CoordError::NotYourWorker(_) => Status::permission_denied(msg),
+            CoordError::ResourceExhausted { .. } => Status::resource_exhausted(msg),
             CoordError::TaskFailed(_) => Status::aborted(msg),
+            CoordError::Internal(_) => Status::internal(msg),
         }
     }
 }
@@ -114,6 +142,30 @@ mod tests {
         );
         assert_eq!(
             code(CoordError::bad("job_id", "empty")),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(CoordError::NotYourWorker(WorkerId(3))),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            code(CoordError::ResourceExhausted {
+                what: "memory budget",
+                reason: "x".into()
+            }),
+            Code::ResourceExhausted
+        );
+        assert_eq!(code(CoordError::Internal("panic".into())), Code::Internal);
+        assert_eq!(
+            code(
+                CommonError::TooLarge {
+                    location: "memory://x".into(),
+                    what: "a shard".into(),
+                    size: 9,
+                    limit: 8
+                }
+                .into()
+            ),
             Code::InvalidArgument
         );
     }

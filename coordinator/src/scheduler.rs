@@ -42,8 +42,12 @@ pub struct RoundTrace {
 /// What a job's driver receives for each task: its result, or why it could not be computed.
 pub type TaskOutcome = Result<TaskResult, String>;
 
-/// Failures of one task (on any worker) before its job is failed.
+/// Failures of one task before its job is failed, when they happened on this many different
+/// workers (or on every registered worker, if fewer are registered).
 pub const MAX_TASK_FAILURES: u32 = 3;
+/// Failures of one task after which its job is failed whichever workers they came from (one
+/// faulty worker can hold a task back only this long).
+pub const MAX_TASK_TRIES: u32 = 3 * MAX_TASK_FAILURES;
 /// A task outstanding this many times longer than tasks usually take is a straggler...
 pub const STRAGGLER_FACTOR: f64 = 4.0;
 /// ...and at least this long.
@@ -56,6 +60,8 @@ struct Pending {
     /// Workers computing it now, with when they got it: one, or two once re-issued.
     holders: Vec<(WorkerId, Instant)>,
     failures: u32,
+    /// The different workers it failed on.
+    failed_on: Vec<WorkerId>,
     trace: RoundTrace,
 }
 
@@ -208,6 +214,7 @@ impl Scheduler {
                     reply: reply.clone(),
                     holders: Vec::new(),
                     failures: 0,
+                    failed_on: Vec::new(),
                     trace: trace.clone(),
                 },
             );
@@ -308,8 +315,9 @@ impl Scheduler {
     }
 
     /// A worker could not compute a task: it is retried (on any worker) until it has failed
-    /// [`MAX_TASK_FAILURES`] times, then its job gets the error.
-    pub fn fail(&self, task: TaskId, worker: WorkerId, error: String) {
+    /// [`MAX_TASK_FAILURES`] times on that many different workers (on all `live` workers when
+    /// fewer are registered), or [`MAX_TASK_TRIES`] times in all; then its job gets the error.
+    pub fn fail(&self, task: TaskId, worker: WorkerId, error: String, live: usize) {
         let mut g = self.lock();
         let Some(p) = g.pending.get_mut(&task) else {
             return;
@@ -318,7 +326,11 @@ impl Scheduler {
             return;
         }
         p.failures += 1;
-        if p.failures >= MAX_TASK_FAILURES {
+        if !p.failed_on.contains(&worker) {
+            p.failed_on.push(worker);
+        }
+        let spread = p.failed_on.len() >= live.clamp(1, MAX_TASK_FAILURES as usize);
+        if (p.failures >= MAX_TASK_FAILURES && spread) || p.failures >= MAX_TASK_TRIES {
             if let Some(p) = g.pending.remove(&task) {
                 let _ = p.reply.send(Err(error));
             }
@@ -330,10 +342,12 @@ impl Scheduler {
     }
 
     /// A worker's result was rejected: the task goes back to the front of the queue unless
-    /// another worker is still computing it.
-    pub fn retry(&self, task: TaskId, worker: WorkerId) {
-        self.lock().drop_holder(task, worker);
-        self.notify.notify_waiters();
+    /// another worker is still computing it. A refusal counts as a failure of the task, so a
+    /// task whose results are refused [`MAX_TASK_FAILURES`] times (a gradient that is never
+    /// finite, a worker that always answers wrongly) fails its job with the reason instead of
+    /// being computed again without end.
+    pub fn retry(&self, task: TaskId, worker: WorkerId, reason: &str, live: usize) {
+        self.fail(task, worker, format!("result refused: {reason}"), live);
     }
 
     /// Re-queues every task a lost worker held alone; returns how many it held.
@@ -420,11 +434,48 @@ mod tests {
         let ids = s.submit(&job, vec![task(2)], &RoundTrace::default(), &tx);
         for _ in 0..MAX_TASK_FAILURES {
             let t = s.next_for(a, Duration::from_millis(10)).await.unwrap().task;
-            s.fail(TaskId(t.task_id), a, "corrupt shard".into());
+            s.fail(TaskId(t.task_id), a, "corrupt shard".into(), 1);
         }
         assert_eq!(rx.recv().await.unwrap().unwrap_err(), "corrupt shard");
         assert!(s.expected(ids[0], a).is_none());
         assert!(s.next_for(a, Duration::from_millis(10)).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_task_whose_results_are_always_refused_fails_its_job() {
+        let s = Scheduler::default();
+        let job = JobId::generate();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let ids = s.submit(&job, vec![task(1)], &RoundTrace::default(), &tx);
+        let (a, b) = (WorkerId(1), WorkerId(2));
+        for i in 0..MAX_TASK_FAILURES {
+            let w = if i % 2 == 0 { a } else { b };
+            let t = s.next_for(w, Duration::from_millis(10)).await.unwrap().task;
+            assert_eq!(t.task_id, ids[0].0);
+            assert!(rx.try_recv().is_err(), "not failed after {i} refusals");
+            s.retry(TaskId(t.task_id), w, "gradient value 3 is NaN", 2);
+        }
+        let err = rx.recv().await.unwrap().unwrap_err();
+        assert!(
+            err.contains("result refused") && err.contains("NaN"),
+            "{err}"
+        );
+        assert!(
+            s.next_for(a, Duration::from_millis(10)).await.is_none(),
+            "nothing is queued again"
+        );
+        // One faulty worker among healthy ones cannot fail a job before MAX_TASK_TRIES.
+        let ids = s.submit(&job, vec![task(2)], &RoundTrace::default(), &tx);
+        for i in 0..MAX_TASK_TRIES {
+            let t = s.next_for(a, Duration::from_millis(10)).await.unwrap().task;
+            assert_eq!(t.task_id, ids[0].0);
+            assert!(
+                rx.try_recv().is_err(),
+                "failed after {i} refusals by one of 3 workers"
+            );
+            s.retry(TaskId(t.task_id), a, "NaN", 3);
+        }
+        assert!(rx.recv().await.unwrap().is_err(), "bounded all the same");
     }
 
     #[tokio::test]

@@ -11,9 +11,11 @@ use ctcluster_proto as pb;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Principal, principal};
 use crate::error::CoordError;
 use crate::scheduler::{Expected, TaskResult};
 use crate::state::Coordinator;
+use crate::workers::Lease;
 
 /// Most cells of an evaluation result's confusion counts (256 classes).
 const MAX_CONFUSION_CELLS: usize = 256 * 256;
@@ -36,12 +38,14 @@ impl WorkerApi {
         WorkerApi { coord }
     }
 
-    fn live(&self, raw: &str) -> Result<WorkerId, CoordError> {
+    /// The worker a request speaks for, when the caller's certificate is the one that
+    /// registered it; renews its lease.
+    fn live(&self, raw: &str, caller: &Principal) -> Result<WorkerId, CoordError> {
         let id = worker_id(raw)?;
-        if self.coord.workers.touch(id) {
-            Ok(id)
-        } else {
-            Err(CoordError::WorkerNotFound(id))
+        match self.coord.workers.touch(id, caller.name()) {
+            Lease::Held => Ok(id),
+            Lease::Unknown => Err(CoordError::WorkerNotFound(id)),
+            Lease::OtherIdentity => Err(CoordError::NotYourWorker(id)),
         }
     }
 }
@@ -70,6 +74,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         &self,
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let caller = principal(&req)?;
         let req = req.into_inner();
         if req.protocol_version != pb::PROTOCOL_VERSION {
             return Err(CoordError::ProtocolMismatch {
@@ -80,7 +85,10 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         }
         let name: String = req.name.chars().take(128).collect();
         let device: String = req.device.chars().take(32).collect();
-        let id = self.coord.workers.register(name.clone(), device.clone());
+        let id =
+            self.coord
+                .workers
+                .register(name.clone(), device.clone(), caller.name().to_string());
         tracing::info!(worker = %id, %name, %device, "worker registered");
         Ok(Response::new(pb::RegisterResponse {
             worker_id: id.to_string(),
@@ -93,7 +101,8 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        self.live(&req.into_inner().worker_id)?;
+        let caller = principal(&req)?;
+        self.live(&req.into_inner().worker_id, &caller)?;
         Ok(Response::new(pb::HeartbeatResponse {}))
     }
 
@@ -101,7 +110,8 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         &self,
         req: Request<pb::FetchWorkRequest>,
     ) -> Result<Response<pb::FetchWorkResponse>, Status> {
-        let id = self.live(&req.into_inner().worker_id)?;
+        let caller = principal(&req)?;
+        let id = self.live(&req.into_inner().worker_id, &caller)?;
         let handout = tokio::select! {
             t = self.coord.scheduler.next_for(id, LONG_POLL) => t,
             _ = self.coord.shutdown.cancelled() => None,
@@ -161,6 +171,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         &self,
         req: Request<Streaming<pb::ResultChunk>>,
     ) -> Result<Response<pb::PushResultResponse>, Status> {
+        let caller = principal(&req)?;
         let mut stream = req.into_inner();
         let header = match stream.next().await {
             Some(Ok(pb::ResultChunk {
@@ -175,7 +186,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                 .into());
             }
         };
-        let worker = self.live(&header.worker_id)?;
+        let worker = self.live(&header.worker_id, &caller)?;
         let task = TaskId(header.task_id);
         let Some(expected) = self.coord.scheduler.expected(task, worker) else {
             tracing::debug!(%task, %worker, "result for a task no longer outstanding; discarded");
@@ -185,13 +196,17 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             let error: String = header.error.chars().take(4096).collect();
             failure_span(&expected, task, worker, "task_failed", &error);
             tracing::warn!(%task, %worker, job = %expected.job, %error, "worker could not compute a task");
-            self.coord.scheduler.fail(task, worker, error);
+            self.coord
+                .scheduler
+                .fail(task, worker, error, self.coord.workers.count());
             return Ok(Response::new(pb::PushResultResponse { accepted: false }));
         }
         let reject = |reason: String| {
             failure_span(&expected, task, worker, "result_rejected", &reason);
             tracing::warn!(%task, %worker, job = %expected.job, %reason, "result rejected; task re-queued");
-            self.coord.scheduler.retry(task, worker);
+            self.coord
+                .scheduler
+                .retry(task, worker, &reason, self.coord.workers.count());
             if let Ok(job) = self.coord.job(&expected.job) {
                 job.update(|r| r.rejected_results += 1);
             }
@@ -283,10 +298,15 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         &self,
         req: Request<pb::GoodbyeRequest>,
     ) -> Result<Response<pb::GoodbyeResponse>, Status> {
+        let caller = principal(&req)?;
         let id = worker_id(&req.into_inner().worker_id)?;
-        if self.coord.workers.remove(id) {
-            let n = self.coord.scheduler.release_worker(id);
-            tracing::info!(worker = %id, requeued = n, "worker said goodbye");
+        match self.coord.workers.remove(id, caller.name()) {
+            Lease::Held => {
+                let n = self.coord.scheduler.release_worker(id);
+                tracing::info!(worker = %id, requeued = n, "worker said goodbye");
+            }
+            Lease::Unknown => {}
+            Lease::OtherIdentity => return Err(CoordError::NotYourWorker(id).into()),
         }
         Ok(Response::new(pb::GoodbyeResponse {}))
     }

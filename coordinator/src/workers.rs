@@ -11,6 +11,9 @@ use ctcluster_common::WorkerId;
 pub struct WorkerEntry {
     /// Name the worker gave (host, pid).
     pub name: String,
+    /// Who registered it: the common name of its client certificate (`anonymous` on an
+    /// `--insecure` coordinator). Only that identity may speak for this worker id.
+    pub identity: String,
     /// Its compute device.
     pub device: String,
     /// When it last spoke.
@@ -102,6 +105,17 @@ pub fn slowest(workers: &[(WorkerId, WorkerEntry)]) -> Option<(String, String)> 
     })
 }
 
+/// Whether a worker id is registered, and to whom.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lease {
+    /// Registered by the caller's identity.
+    Held,
+    /// Not registered (dropped, or the coordinator restarted).
+    Unknown,
+    /// Registered by another certificate: the caller may not speak for it.
+    OtherIdentity,
+}
+
 /// Registered workers.
 #[derive(Default)]
 pub struct WorkerRegistry {
@@ -119,8 +133,8 @@ impl WorkerRegistry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a worker; returns its new id.
-    pub fn register(&self, name: String, device: String) -> WorkerId {
+    /// Adds a worker registered by `identity`; returns its new id.
+    pub fn register(&self, name: String, device: String, identity: String) -> WorkerId {
         let mut r = self.lock();
         r.next_id += 1;
         let id = WorkerId(r.next_id);
@@ -128,6 +142,7 @@ impl WorkerRegistry {
             id,
             WorkerEntry {
                 name,
+                identity,
                 device,
                 last_seen: Instant::now(),
                 stats: WorkerStats::default(),
@@ -136,20 +151,34 @@ impl WorkerRegistry {
         id
     }
 
-    /// Renews a worker's lease; false if it is not registered.
-    pub fn touch(&self, id: WorkerId) -> bool {
-        match self.lock().workers.get_mut(&id) {
-            Some(w) => {
-                w.last_seen = Instant::now();
-                true
-            }
-            None => false,
+    fn check(r: &Registry, id: WorkerId, identity: &str) -> Lease {
+        match r.workers.get(&id) {
+            None => Lease::Unknown,
+            Some(w) if w.identity != identity => Lease::OtherIdentity,
+            Some(_) => Lease::Held,
         }
     }
 
-    /// Removes a worker; true if it was there.
-    pub fn remove(&self, id: WorkerId) -> bool {
-        self.lock().workers.remove(&id).is_some()
+    /// Renews a worker's lease when `identity` is the one that registered it.
+    pub fn touch(&self, id: WorkerId, identity: &str) -> Lease {
+        let mut r = self.lock();
+        let lease = Self::check(&r, id, identity);
+        if lease == Lease::Held
+            && let Some(w) = r.workers.get_mut(&id)
+        {
+            w.last_seen = Instant::now();
+        }
+        lease
+    }
+
+    /// Removes a worker when `identity` is the one that registered it.
+    pub fn remove(&self, id: WorkerId, identity: &str) -> Lease {
+        let mut r = self.lock();
+        let lease = Self::check(&r, id, identity);
+        if lease == Lease::Held {
+            r.workers.remove(&id);
+        }
+        lease
     }
 
     /// Removes every worker silent for longer than `lease`; returns them.
@@ -199,23 +228,29 @@ mod tests {
     #[test]
     fn silent_workers_expire_and_live_ones_stay() {
         let reg = WorkerRegistry::default();
-        let a = reg.register("a".into(), "cpu".into());
-        let b = reg.register("b".into(), "cpu".into());
+        let a = reg.register("a".into(), "cpu".into(), "worker-0".into());
+        let b = reg.register("b".into(), "cpu".into(), "worker-1".into());
         assert_ne!(a, b);
         std::thread::sleep(Duration::from_millis(30));
-        assert!(reg.touch(b));
+        assert_eq!(reg.touch(b, "worker-1"), Lease::Held);
         let gone = reg.expire(Duration::from_millis(20));
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].0, a);
         assert_eq!(reg.count(), 1);
-        assert!(!reg.touch(a));
+        assert_eq!(reg.touch(a, "worker-0"), Lease::Unknown);
+        // Another certificate cannot renew or remove b.
+        assert_eq!(reg.touch(b, "worker-0"), Lease::OtherIdentity);
+        assert_eq!(reg.remove(b, "worker-0"), Lease::OtherIdentity);
+        assert_eq!(reg.count(), 1);
+        assert_eq!(reg.remove(b, "worker-1"), Lease::Held);
+        assert_eq!(reg.count(), 0);
     }
 
     #[test]
     fn the_slow_worker_is_named_with_its_main_cost() {
         let reg = WorkerRegistry::default();
         let ids: Vec<WorkerId> = (0..3)
-            .map(|i| reg.register(format!("w{i}"), "cpu".into()))
+            .map(|i| reg.register(format!("w{i}"), "cpu".into(), "w".into()))
             .collect();
         for _ in 0..5 {
             reg.record(ids[0], 32, 0.001, 0.020, 0.022);
@@ -243,7 +278,7 @@ mod tests {
     fn noise_is_not_a_straggler_but_one_very_slow_task_is() {
         let reg = WorkerRegistry::default();
         let ids: Vec<WorkerId> = (0..3)
-            .map(|i| reg.register(format!("w{i}"), "cpu".into()))
+            .map(|i| reg.register(format!("w{i}"), "cpu".into(), "w".into()))
             .collect();
         for _ in 0..4 {
             reg.record(ids[0], 32, 0.001, 0.020, 0.022);

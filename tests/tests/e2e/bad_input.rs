@@ -93,8 +93,32 @@ async fn a_corrupt_shard_fails_its_job_with_the_file_named() {
     let ds = dataset("corrupt").await;
     let manifest = load_manifest(&ds).await.unwrap();
     let shard = ds.join(&manifest.splits["train"].shards[0].file).unwrap();
+    let bytes = shard.get().await.unwrap();
+    // A shard far shorter than its rows is refused at submit, by its size.
     shard.put(b"ARROW1 but not really".to_vec()).await.unwrap();
     let cluster = Cluster::start("memory://corrupt/state", 1).await;
+    let refused = cluster
+        .submit(&spec(
+            "short",
+            ds.as_str(),
+            "memory://corrupt/out",
+            "epochs: 1
+",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("train-00000.arrow")
+            && refused.message().contains("the manifest says 300 rows"),
+        "{}",
+        refused.message()
+    );
+    // One of the right size with other bytes passes that check and fails on its sha256.
+    let mut altered = bytes.to_vec();
+    let mid = altered.len() / 2;
+    altered[mid..mid + 64].fill(0xA5);
+    shard.put(altered).await.unwrap();
     let id = cluster
         .submit(&spec(
             "corrupt",
@@ -251,13 +275,58 @@ async fn wrong_gradients_are_rejected_and_the_job_goes_on() {
         .await
         .unwrap_err();
     assert!(err.message().contains("step"), "{}", err.message());
-    // A real worker joins; the rogue one says goodbye; every rejected task is computed again.
+    // The rogue is the only worker there is, and every result of that task was refused: the
+    // job cannot progress, and fails with the last reason instead of retrying without end.
+    let s = tokio::time::timeout(Duration::from_secs(60), cluster.wait(&job))
+        .await
+        .unwrap();
+    assert_eq!(s.state, pb::JobState::Failed as i32, "{}", s.message);
+    assert!(
+        s.message.contains("kept failing") && s.message.contains("step 7"),
+        "{}",
+        s.message
+    );
+    assert_eq!(s.rejected_results, 3);
+
+    // With a real worker beside it, the rogue's refused results are computed again by the
+    // real one, and the job goes on.
+    cluster.add_worker();
+    let job = cluster
+        .submit(&spec(
+            "bad-grad-2",
+            ds.as_str(),
+            "memory://bad-grad/out",
+            "epochs: 3\nbatch_size: 64\nmodel:\n  dropout: 0\n",
+        ))
+        .await
+        .unwrap();
+    let header = |t: &pb::Task, len: u64, step: u64| pb::ResultHeader {
+        worker_id: id.clone(),
+        job_id: job.clone(),
+        task_id: t.task_id,
+        step,
+        samples: t.samples.len() as u32,
+        loss_sum: 1.0,
+        correct: 0,
+        gradient_len: len,
+        ..Default::default()
+    };
+    let lies: [(u64, Vec<f32>, u64); 3] = [
+        (3, vec![0.0; 3], 0),
+        (n, nan.clone(), 0),
+        (n, vec![0.0; n as usize], 7),
+    ];
+    for (len, gradient, skew) in lies {
+        let t = fetch_task(&mut w, &id).await;
+        push(&mut w, header(&t, len, t.step + skew), &gradient)
+            .await
+            .unwrap_err();
+    }
     w.goodbye(pb::GoodbyeRequest {
         worker_id: id.clone(),
     })
     .await
     .unwrap();
-    cluster.add_worker();
     let s = tokio::time::timeout(Duration::from_secs(300), cluster.wait(&job))
         .await
         .unwrap();
