@@ -135,7 +135,19 @@ pub struct JobRecord {
     /// trace, also after a coordinator restart. Empty when the submit was not traced.
     #[serde(default)]
     pub trace_context: TraceCarrier,
+    /// Times in a row the job's driver started without reaching its first step and without
+    /// ending cleanly: each start writes it up, the first step (or a clean stop) resets it.
+    /// A coordinator that finds it at [`MAX_UNFINISHED_STARTS`] fails the job instead of
+    /// starting it again, so a job whose start takes the process down cannot do so forever.
+    #[serde(default)]
+    pub unfinished_starts: u32,
+    /// Coordinator memory reserved for the job at admission (see the README's limits).
+    #[serde(default)]
+    pub reserved_bytes: u64,
 }
+
+/// Starts in a row that never reached a step after which a job is failed, not started again.
+pub const MAX_UNFINISHED_STARTS: u32 = 3;
 
 impl JobRecord {
     /// A fresh record for a queued job.
@@ -166,6 +178,8 @@ impl JobRecord {
             classes: Vec::new(),
             val_confusion: Vec::new(),
             loss_curve: LossCurve::default(),
+            unfinished_starts: 0,
+            reserved_bytes: 0,
         }
     }
 }

@@ -1,8 +1,12 @@
 //! The job loop: plan, rounds of tasks, reduce and Adam, evaluation at epoch ends,
 //! checkpoints, and how the job ended.
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
+
+use futures::FutureExt;
 
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
@@ -52,8 +56,13 @@ pub async fn run(coord: Arc<Coordinator>, job: Arc<JobHandle>) {
         state = Empty,
     );
     child_of_carrier(&span, &record.trace_context);
+    // A panic anywhere in the job's driver fails that job (with the panic's message), never
+    // the coordinator or its other jobs.
+    let training = AssertUnwindSafe(train(&coord, &job).instrument(span.clone())).catch_unwind();
     let outcome = tokio::select! {
-        r = train(&coord, &job).instrument(span.clone()) => r,
+        r = training => r.unwrap_or_else(|panic| Err(Stop::Failed(CoordError::Internal(
+            format!("the job's driver panicked: {}", panic_message(panic.as_ref()))
+        )))),
         _ = job.cancel.cancelled() => Err(Stop::Cancelled),
         _ = coord.shutdown.cancelled() => Err(Stop::Shutdown),
     };
@@ -69,6 +78,13 @@ pub async fn run(coord: Arc<Coordinator>, job: Arc<JobHandle>) {
         }),
         Err(Stop::Shutdown) => {
             tracing::info!(job = %job.id, "coordinator stopping; job left to resume on restart");
+            // A clean stop is not a crash at start.
+            if job.record().unfinished_starts > 0 {
+                job.update(|r| r.unfinished_starts = 0);
+                if let Err(e) = records::save(&coord.config.state_url, &job.record()).await {
+                    tracing::error!(job = %job.id, error = %e, "could not write the job record");
+                }
+            }
             return;
         }
         Err(Stop::Failed(e)) => {
@@ -79,6 +95,7 @@ pub async fn run(coord: Arc<Coordinator>, job: Arc<JobHandle>) {
             });
         }
     }
+    coord.admissions.release(&job.id);
     let record = job.record();
     span.record("state", record.state.as_str());
     tracing::info!(job = %job.id, state = record.state.as_str(), "job ended");
@@ -89,7 +106,12 @@ pub async fn run(coord: Arc<Coordinator>, job: Arc<JobHandle>) {
 
 async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Stop> {
     let spec = &job.spec;
-    job.update(|r| r.state = JobState::Running);
+    // Written before anything that reads the job's inputs: if this start takes the process
+    // down, the next coordinator sees it (see `MAX_UNFINISHED_STARTS`).
+    job.update(|r| {
+        r.state = JobState::Running;
+        r.unfinished_starts += 1;
+    });
     records::save(&coord.config.state_url, &job.record()).await?;
 
     let dataset = StoreUrl::parse(&spec.dataset)?;
@@ -191,6 +213,10 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
                 let _ = previous.await;
             }
             freeing = Some(tokio::task::spawn_blocking(move || drop(spent)));
+            if job.record().unfinished_starts > 0 {
+                job.update(|r| r.unfinished_starts = 0);
+                records::save(&coord.config.state_url, &job.record()).await?;
+            }
             if let Some(samples) = audited {
                 write_audit(&job_output, epoch, step, plan.train.samples.len(), samples).await?;
             }
@@ -288,4 +314,13 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
         .await?;
     job.update(|r| r.model = Some(url.to_string()));
     Ok(())
+}
+
+/// The text of a panic's payload.
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }

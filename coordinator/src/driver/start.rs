@@ -1,13 +1,14 @@
 //! Where a job starts: its data plan, and fresh parameters or a checkpoint to resume from.
 
 use ctcluster_common::checkpoint::{Checkpoint, TrainingState, list_complete};
-use ctcluster_common::dataset::{Manifest, load_shard};
+use ctcluster_common::dataset::{Manifest, load_shard, verify_shard_sizes};
 use ctcluster_common::model::ModelConfig;
 use ctcluster_common::optim::FlatAdam;
 use ctcluster_common::spec::JobSpec;
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_common::{Error, Step};
 
+use crate::access::check_sealing;
 use crate::job::JobHandle;
 use crate::plan::DataPlan;
 
@@ -24,8 +25,12 @@ pub(super) async fn plan_for(
     dataset: &StoreUrl,
     manifest: &Manifest,
 ) -> Result<DataPlan, Stop> {
+    // The plan holds a reference per row the manifest declares: the counts must first be
+    // borne out by the files (checked at submit, and again here: data can change, and a
+    // restarted coordinator plans from storage).
+    verify_shard_sizes(dataset, manifest, "train").await?;
     if let Some(split) = &spec.validation.split {
-        manifest.split(split, dataset.as_str())?;
+        verify_shard_sizes(dataset, manifest, split).await?;
         return Ok(DataPlan::with_split(manifest, split));
     }
     let shards = manifest.split("train", dataset.as_str())?.shards.len();
@@ -81,9 +86,16 @@ fn compatible(spec: &JobSpec, old: &JobSpec) -> Result<(), Error> {
 async fn newest_checkpoint(
     job: &JobHandle,
     job_output: &StoreUrl,
+    num_params: usize,
 ) -> Result<Option<(Checkpoint, StoreUrl)>, Error> {
     for dir in list_complete(job_output).await?.into_iter().rev() {
-        match Checkpoint::load(&dir).await {
+        let loaded = Checkpoint::load_limited(&dir, num_params)
+            .await
+            .and_then(|c| match check_sealing(&job.spec, &c) {
+                Ok(()) => Ok(c),
+                Err(why) => Err(Error::checkpoint(dir.as_str(), why)),
+            });
+        match loaded {
             Ok(c) => return Ok(Some((c, dir))),
             Err(e) => {
                 tracing::warn!(job = %job.id, error = %e, "skipping a bad checkpoint");
@@ -100,12 +112,14 @@ pub(super) async fn start_point(
     job_output: &StoreUrl,
 ) -> Result<Progress, Stop> {
     let spec = &job.spec;
-    let resumed = match newest_checkpoint(job, job_output).await? {
+    let resumed = match newest_checkpoint(job, job_output, model.num_params()).await? {
         Some(found) => Some(found),
         None => match &spec.resume_from {
             Some(url) => {
                 let dir = StoreUrl::parse(url)?;
-                Some((Checkpoint::load(&dir).await?, dir))
+                let ck = Checkpoint::load_limited(&dir, model.num_params()).await?;
+                check_sealing(spec, &ck).map_err(|e| Error::invalid("resume_from", e))?;
+                Some((ck, dir))
             }
             None => None,
         },
@@ -150,4 +164,159 @@ pub(super) async fn start_point(
         adam: FlatAdam::restore(&spec.optimizer, ck.adam)?,
         state,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ctcluster_common::checkpoint::sha;
+    use ctcluster_common::dataset::{
+        ImageInfo, PixelStats, PixelType, ShardInfo, SplitInfo, encode_shard, load_manifest,
+    };
+    use ctcluster_common::rng::KeyedRng;
+
+    use super::*;
+
+    /// A count as a forger might write it: honest, a little off, or absurd.
+    fn forged(rng: &mut KeyedRng, honest: u64) -> u64 {
+        match rng.below(6) {
+            0 | 1 => honest,
+            2 => honest + 1 + rng.below(3) as u64,
+            3 => rng.next_u64(),
+            4 => u64::from(u32::MAX) + rng.below(2) as u64,
+            _ => 1 << (20 + rng.below(30)),
+        }
+    }
+
+    /// Manifests with random (often forged) row counts over real shard files: planning either
+    /// succeeds with exactly the rows the files hold, or fails with an error naming the
+    /// dataset. It never panics and never allocates for rows that are not there.
+    #[tokio::test]
+    async fn the_planner_never_believes_forged_counts() {
+        let mut rng = KeyedRng::new(0x5eed);
+        let image = ImageInfo {
+            height: 4,
+            width: 4,
+            channels: 1,
+            pixel_type: PixelType::U8,
+        };
+        let (mut planned, mut refused) = (0, 0);
+        for trial in 0..200 {
+            let root = StoreUrl::parse(&format!("memory://plan-prop/t{trial}")).unwrap();
+            let mut splits = BTreeMap::new();
+            let mut honest_rows = BTreeMap::new();
+            let mut room = BTreeMap::new();
+            for split in ["train", "val"] {
+                let mut shards = Vec::new();
+                let (mut real, mut space) = (0u64, 0u64);
+                for s in 0..=rng.below(3) {
+                    let rows = rng.below(40);
+                    let ids: Vec<String> = (0..rows).map(|r| format!("{split}-{s}-{r}")).collect();
+                    let labels: Vec<i32> = (0..rows).map(|r| (r % 2) as i32).collect();
+                    let images = vec![vec![9u8; image.bytes()]; rows];
+                    let bytes = encode_shard(&ids, &labels, &images).unwrap();
+                    let file = format!("{split}-{s:05}.arrow");
+                    root.join(&file).unwrap().put(bytes.clone()).await.unwrap();
+                    let declared = forged(&mut rng, rows as u64);
+                    let a = declared / 2;
+                    shards.push(ShardInfo {
+                        file,
+                        rows: declared,
+                        sha256: sha(&bytes),
+                        per_class: vec![a, declared - a],
+                    });
+                    real += rows as u64;
+                    space += bytes.len() as u64;
+                }
+                let total = shards
+                    .iter()
+                    .map(|s| s.rows)
+                    .fold(0u64, u64::saturating_add);
+                let rows = if rng.below(4) == 0 {
+                    forged(&mut rng, total)
+                } else {
+                    total
+                };
+                let per_class = vec![rows / 2, rows - rows / 2];
+                splits.insert(
+                    split.to_string(),
+                    SplitInfo {
+                        rows,
+                        per_class,
+                        shards,
+                    },
+                );
+                honest_rows.insert(split, real);
+                room.insert(split, space / image.bytes() as u64);
+            }
+            let manifest = Manifest {
+                format: "ctcluster.dataset.v1".into(),
+                image,
+                classes: vec!["a".into(), "b".into()],
+                splits,
+                pixel_stats: PixelStats {
+                    mean: 9.0,
+                    std: 1.0,
+                    min: 0.0,
+                    max: 255.0,
+                },
+                schema: ctcluster_common::dataset::shard_columns(),
+                source: String::new(),
+                encryption: None,
+            };
+            root.join("manifest.json")
+                .unwrap()
+                .put(serde_json::to_vec(&manifest).unwrap())
+                .await
+                .unwrap();
+            let mut spec = JobSpec::from_yaml(&format!(
+                "name: p\ndataset: {root}\noutput: memory://plan-prop/out\n"
+            ))
+            .unwrap();
+            match rng.below(3) {
+                0 => spec.validation.fraction = 0.0,
+                1 => spec.validation.split = Some("val".into()),
+                _ => {}
+            }
+            let loaded = match load_manifest(&root).await {
+                Ok(m) => m,
+                Err(e) => {
+                    assert!(e.to_string().contains(root.as_str()), "{e}");
+                    refused += 1;
+                    continue;
+                }
+            };
+            match plan_for(&spec, &root, &loaded).await {
+                Ok(plan) => {
+                    planned += 1;
+                    // With a validation fraction, the held-out samples come out of train.
+                    let n = (plan.train.samples.len() + plan.val.samples.len()) as u64;
+                    let used: &[&str] = if spec.validation.split.is_some() {
+                        &["train", "val"]
+                    } else {
+                        &["train"]
+                    };
+                    // Never more references than the files have room for...
+                    assert!(
+                        n <= used.iter().map(|s| room[*s]).sum::<u64>(),
+                        "trial {trial}: planned {n} rows the files cannot hold"
+                    );
+                    // ...and exactly the rows there when the plan read the shards' ids.
+                    if spec.validation.split.is_none() && spec.validation.fraction > 0.0 {
+                        assert_eq!(n, honest_rows["train"], "trial {trial}");
+                    }
+                }
+                Err(Stop::Failed(e)) => {
+                    refused += 1;
+                    assert!(e.to_string().contains("plan-prop"), "{e}");
+                }
+                Err(_) => panic!("unexpected stop"),
+            }
+        }
+        assert!(
+            planned > 10 && refused > 10,
+            "{planned} planned, {refused} refused"
+        );
+    }
 }
