@@ -11,6 +11,8 @@ use crate::{Error, Result};
 pub const MAX_BATCH_SIZE: u32 = 65_536;
 /// Most epochs accepted.
 pub const MAX_EPOCHS: u32 = 100_000;
+/// Most users a job's output may be shared with.
+pub const MAX_SHARE_WITH: usize = 256;
 
 /// A training job as the user describes it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,6 +62,10 @@ pub struct JobSpec {
     /// URL of a checkpoint (`.../checkpoints/step-NNNNNNNN`) to continue from.
     #[serde(default)]
     pub resume_from: Option<String>,
+    /// Users who may read this job's output (resume from its checkpoints). Nobody else may,
+    /// except admins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub share_with: Vec<String>,
     /// Seal the job's checkpoints with this key (AES-256-GCM). The key itself never travels:
     /// the coordinator finds it by id in its environment (`CT_KEY_<ID>` or `$CT_KEYRING/<id>.key`).
     #[serde(default)]
@@ -444,6 +450,15 @@ impl JobSpec {
             self.checkpoint.keep >= 1,
             "checkpoint.keep",
             "must be at least 1",
+        )?;
+        check(
+            self.share_with.len() <= MAX_SHARE_WITH
+                && self
+                    .share_with
+                    .iter()
+                    .all(|u| !u.is_empty() && u.len() <= 64 && !u.chars().any(char::is_control)),
+            "share_with",
+            format!("at most {MAX_SHARE_WITH} user names of 1 to 64 characters"),
         )?;
         self.preprocess.validate()?;
         self.augment.validate()

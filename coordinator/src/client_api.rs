@@ -3,18 +3,18 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use ctcluster_common::JobId;
 use ctcluster_common::job::{JobRecord, Metrics};
 use ctcluster_common::telemetry::carrier_from_metadata;
+use ctcluster_common::{JobId, WorkerId};
 use ctcluster_proto as pb;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::auth::principal;
+use crate::auth::{Principal, principal};
 use crate::error::CoordError;
 use crate::job::JobHandle;
 use crate::state::{Coordinator, state_to_proto};
-use crate::workers::slowest;
+use crate::workers::{WorkerEntry, slowest};
 
 /// Converts a job record to its wire form.
 pub fn record_to_proto(r: &JobRecord) -> pb::JobStatus {
@@ -76,6 +76,21 @@ pub fn record_to_report(r: &JobRecord) -> pb::JobReport {
     }
 }
 
+/// Workers as a caller may see them: admins see everything; users see each worker's id,
+/// device and timings, not its host name or the certificate it registered with.
+fn visible_workers(
+    who: &Principal,
+    mut workers: Vec<(WorkerId, WorkerEntry)>,
+) -> Vec<(WorkerId, WorkerEntry)> {
+    if !who.is_admin() {
+        for (_, w) in &mut workers {
+            w.name = "(hidden)".into();
+            w.identity.clear();
+        }
+    }
+    workers
+}
+
 fn job_id(raw: String) -> Result<JobId, CoordError> {
     JobId::try_from(raw).map_err(CoordError::from)
 }
@@ -118,7 +133,7 @@ impl pb::client_service_server::ClientService for ClientApi {
         let owner = principal(&req)?;
         let id = self
             .coord
-            .submit(&req.into_inner().spec_yaml, trace, owner.name())
+            .submit(&req.into_inner().spec_yaml, trace, &owner)
             .await?;
         Ok(Response::new(pb::SubmitResponse {
             job_id: id.to_string(),
@@ -131,7 +146,8 @@ impl pb::client_service_server::ClientService for ClientApi {
     ) -> Result<Response<pb::JobStatus>, Status> {
         let job = self.visible_job(&req, &req.get_ref().job_id)?;
         let mut status = record_to_proto(&job.record());
-        if let Some((who, why)) = slowest(&self.coord.workers.snapshot()) {
+        let workers = visible_workers(&principal(&req)?, self.coord.workers.snapshot());
+        if let Some((who, why)) = slowest(&workers) {
             status.slowest_worker = who;
             status.slowest_reason = why;
         }
@@ -148,9 +164,10 @@ impl pb::client_service_server::ClientService for ClientApi {
 
     async fn list_workers(
         &self,
-        _: Request<pb::ListWorkersRequest>,
+        req: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        let snapshot = self.coord.workers.snapshot();
+        let who = principal(&req)?;
+        let snapshot = visible_workers(&who, self.coord.workers.snapshot());
         let (slowest_worker, slowest_reason) = slowest(&snapshot).unwrap_or_default();
         let workers = snapshot
             .into_iter()

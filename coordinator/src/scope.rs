@@ -7,7 +7,7 @@ use ctcluster_common::storage::normalize_url;
 use crate::error::CoordError;
 
 /// Where jobs may read and write; unrestricted when both lists are empty.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StorageScope {
     read: Vec<String>,
     write: Vec<String>,
@@ -16,7 +16,7 @@ pub struct StorageScope {
 }
 
 /// A URL in comparable form: normalised, `..` refused, ending in `/`.
-fn canonical(input: &str) -> Result<String, String> {
+pub(crate) fn canonical(input: &str) -> Result<String, String> {
     let lowered = input.to_ascii_lowercase().replace("%2e", ".");
     if lowered.split(['/', '\\']).any(|seg| seg == "..") {
         return Err("'..' segments are not allowed".into());

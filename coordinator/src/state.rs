@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ctcluster_common::dataset::load_manifest;
-use ctcluster_common::job::{JobRecord, JobState};
+use ctcluster_common::checkpoint::Checkpoint;
+use ctcluster_common::dataset::{load_manifest, verify_shard_sizes};
+use ctcluster_common::job::{JobRecord, JobState, MAX_UNFINISHED_STARTS};
 use ctcluster_common::seal::DataKey;
 use ctcluster_common::spec::JobSpec;
 use ctcluster_common::storage::StoreUrl;
@@ -14,15 +15,18 @@ use ctcluster_common::{Error, JobId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access;
+use crate::admission::{self, Admissions};
+use crate::auth::Principal;
 use crate::config::CoordinatorConfig;
-
-/// Largest job spec accepted, in bytes (checked before parsing).
-pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 use crate::error::CoordError;
 use crate::job::JobHandle;
 use crate::scheduler::Scheduler;
 use crate::workers::WorkerRegistry;
 use crate::{driver, records};
+
+/// Largest job spec accepted, in bytes (checked before parsing).
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 
 /// Everything the coordinator's services share.
 pub struct Coordinator {
@@ -32,6 +36,8 @@ pub struct Coordinator {
     pub workers: WorkerRegistry,
     /// The task queue.
     pub scheduler: Scheduler,
+    /// Unfinished jobs and the memory reserved for them.
+    pub admissions: Admissions,
     /// Cancelled when the coordinator stops.
     pub shutdown: CancellationToken,
     /// Owns every task the coordinator spawns, so shutdown can wait for them.
@@ -47,6 +53,7 @@ impl Coordinator {
             config,
             workers: WorkerRegistry::default(),
             scheduler: Scheduler::default(),
+            admissions: Admissions::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             jobs: Mutex::new(HashMap::new()),
@@ -63,15 +70,34 @@ impl Coordinator {
     pub async fn start(self: &Arc<Self>) -> Result<(), CoordError> {
         let mut recs = records::load_all(&self.config.state_url).await?;
         recs.sort_by(|a, b| a.id.cmp(&b.id));
-        for rec in recs {
+        for mut rec in recs {
             let spec = match JobSpec::from_yaml(&rec.spec_yaml) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(job = %rec.id, error = %e, "job record has a bad spec; skipped");
+                    if !rec.state.is_terminal() {
+                        rec.state = JobState::Failed;
+                        rec.message = format!("the job record's spec does not load: {e}");
+                        records::save(&self.config.state_url, &rec).await?;
+                    }
                     continue;
                 }
             };
+            if !rec.state.is_terminal() && rec.unfinished_starts >= MAX_UNFINISHED_STARTS {
+                tracing::error!(job = %rec.id, starts = rec.unfinished_starts, "job never got past its start; failed, not started again");
+                rec.state = JobState::Failed;
+                rec.message = format!(
+                    "the job was started {} times without reaching a step (the coordinator \
+                     stopped during its start each time); it is not started again",
+                    rec.unfinished_starts
+                );
+                records::save(&self.config.state_url, &rec).await?;
+            }
             let resume = !rec.state.is_terminal();
+            if resume {
+                self.admissions
+                    .restore(&rec.id, &rec.owner, rec.reserved_bytes);
+            }
             let handle = self.insert(spec, rec);
             if resume {
                 tracing::info!(job = %handle.id, "resuming job after coordinator start");
@@ -115,7 +141,7 @@ impl Coordinator {
         self: &Arc<Self>,
         spec_yaml: &str,
         trace_context: TraceCarrier,
-        owner: &str,
+        owner: &Principal,
     ) -> Result<JobId, CoordError> {
         if self.shutdown.is_cancelled() {
             return Err(CoordError::ShuttingDown);
@@ -130,15 +156,14 @@ impl Coordinator {
             ));
         }
         let spec = JobSpec::from_yaml(spec_yaml)?;
-        let scope = &self.config.scope;
-        scope.check_read("dataset", &spec.dataset)?;
-        scope.check_write("output", &spec.output)?;
-        if let Some(r) = &spec.resume_from {
-            scope.check_read("resume_from", r)?;
-        }
+        access::check_spec(&spec, owner, &self.config.scope, &self.list())?;
         let dataset =
             StoreUrl::parse(&spec.dataset).map_err(|e| Error::invalid("dataset", e.to_string()))?;
         let manifest = load_manifest(&dataset)
+            .await
+            .map_err(|e| Error::invalid("dataset", e.to_string()))?;
+        // Row counts are believed only as far as the shard files bear them out.
+        verify_shard_sizes(&dataset, &manifest, "train")
             .await
             .map_err(|e| Error::invalid("dataset", e.to_string()))?;
         // Encrypted data, or checkpoints to encrypt: the key must be here now, not fail later.
@@ -151,19 +176,29 @@ impl Coordinator {
                 .map_err(|e| Error::invalid("encryption.key_id", e.to_string()))?;
         }
         if let Some(split) = &spec.validation.split {
-            manifest
-                .split(split, dataset.as_str())
+            verify_shard_sizes(&dataset, &manifest, split)
+                .await
                 .map_err(|e| Error::invalid("validation.split", e.to_string()))?;
         }
-        ctcluster_common::model::model_for_job(&spec, &manifest)?;
+        let model = ctcluster_common::model::model_for_job(&spec, &manifest)?;
+        let bytes = admission::footprint(&spec, &manifest, model.num_params());
         if let Some(r) = &spec.resume_from {
             let url = StoreUrl::parse(r)?;
-            ctcluster_common::checkpoint::Checkpoint::load(&url)
+            // No larger than the job's own model: a checkpoint of another model is refused
+            // from its state.json, before its tensors are read.
+            let ck = Checkpoint::load_limited(&url, model.num_params())
                 .await
                 .map_err(|e| Error::invalid("resume_from", e.to_string()))?;
+            access::check_sealing(&spec, &ck).map_err(|e| CoordError::NotYours {
+                field: "resume_from",
+                url: r.clone(),
+                reason: e,
+            })?;
         }
         StoreUrl::parse(&spec.output).map_err(|e| Error::invalid("output", e.to_string()))?;
         let id = JobId::generate();
+        self.admissions
+            .admit(&self.config.limits, &id, owner.name(), bytes)?;
         let mut record = JobRecord::queued(
             id.clone(),
             spec.name.clone(),
@@ -171,8 +206,12 @@ impl Coordinator {
             spec.epochs,
         );
         record.trace_context = trace_context;
-        record.owner = owner.to_string();
-        records::save(&self.config.state_url, &record).await?;
+        record.owner = owner.name().to_string();
+        record.reserved_bytes = bytes;
+        if let Err(e) = records::save(&self.config.state_url, &record).await {
+            self.admissions.release(&id);
+            return Err(e.into());
+        }
         let handle = self.insert(spec, record);
         tracing::info!(job = %id, name = %handle.spec.name, "job submitted");
         self.spawn_driver(handle);

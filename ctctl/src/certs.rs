@@ -120,6 +120,9 @@ pub fn generate(hosts: &[String], workers: usize, users: &[String]) -> Result<Bu
             name: name.clone(),
             token_sha256: hash_token(&token),
             admin: i == 0,
+            read: Vec::new(),
+            write: Vec::new(),
+            expires: None,
         });
         push(
             format!("{name}.token"),

@@ -75,7 +75,7 @@ pub async fn run(args: &DemoArgs) -> Result<String, CtlError> {
     {
         let stop = stop_coordinator.clone();
         let mut config = CoordinatorConfig::local(state);
-        config.security = Security::tls(&tls.users);
+        config.security = Security::tls(&tls.users).map_err(demo_err)?;
         config.tls = Some(tls.coordinator.clone());
         config.scope =
             StorageScope::new(&[data.as_str().to_string()], &[output.as_str().to_string()])
