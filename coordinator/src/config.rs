@@ -4,18 +4,30 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::Parser;
-use ctcluster_common::auth::UsersFile;
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_common::{Error, Result};
 
-use crate::auth::Security;
+use crate::admission::Limits;
+use crate::auth::{Security, UsersTable};
+use crate::connections::ConnectionLimits;
 use crate::scope::StorageScope;
 use crate::tls::TlsFiles;
 
+/// Largest PEM file read.
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
 fn read_file(flag: &str, path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| Error::invalid("tls", format!("{flag} {}: {e}", path.display())))
+    let bad = |e: String| Error::invalid("tls", format!("{flag} {}: {e}", path.display()));
+    let size = std::fs::metadata(path)
+        .map_err(|e| bad(e.to_string()))?
+        .len();
+    if size > MAX_PEM_BYTES {
+        return Err(bad(format!("{size} bytes (at most {MAX_PEM_BYTES})")));
+    }
+    std::fs::read(path).map_err(|e| bad(e.to_string()))
 }
 
 /// TLS and users from the flags: all four files, or `--insecure`.
@@ -23,15 +35,18 @@ fn security_from(a: &Args) -> Result<(Security, Option<TlsFiles>)> {
     match (&a.tls_cert, &a.tls_key, &a.client_ca, &a.users, a.insecure) {
         (None, None, None, None, true) => Ok((Security::Insecure, None)),
         (Some(cert), Some(key), Some(ca), Some(users), false) => {
-            let text = String::from_utf8(read_file("--users", users)?)
-                .map_err(|e| Error::invalid("users file", e.to_string()))?;
-            let users = UsersFile::from_yaml(&text, &users.display().to_string())?;
+            let users = UsersTable::from_file(users)?;
             let files = TlsFiles {
                 cert_pem: read_file("--tls-cert", cert)?,
                 key_pem: read_file("--tls-key", key)?,
                 client_ca_pem: read_file("--client-ca", ca)?,
             };
-            Ok((Security::tls(&users), Some(files)))
+            Ok((
+                Security::Tls {
+                    users: Arc::new(users),
+                },
+                Some(files),
+            ))
         }
         (_, _, _, _, true) => Err(Error::invalid(
             "tls",
@@ -93,6 +108,33 @@ pub struct Args {
     /// private network.
     #[arg(long, env = "CT_INSECURE")]
     pub insecure: bool,
+    /// Read the users file again this often (milliseconds) and take changes (new, removed or
+    /// expiring tokens) without a restart; 0 never.
+    #[arg(long, env = "CT_USERS_RELOAD_MS", default_value_t = 2000)]
+    pub users_reload_ms: u64,
+    /// Most coordinator memory one job may hold, in MiB (parameters, Adam state, a step's
+    /// gradients, the data plan); larger jobs are refused at submit.
+    #[arg(long, env = "CT_MAX_JOB_MEMORY_MB", default_value_t = 4096)]
+    pub max_job_memory_mb: u64,
+    /// Most coordinator memory all unfinished jobs together may hold, in MiB.
+    #[arg(long, env = "CT_MEMORY_BUDGET_MB", default_value_t = 12288)]
+    pub memory_budget_mb: u64,
+    /// Most unfinished jobs one user may have.
+    #[arg(long, env = "CT_MAX_JOBS_PER_USER", default_value_t = 8)]
+    pub max_jobs_per_user: usize,
+    /// Most unfinished jobs in all.
+    #[arg(long, env = "CT_MAX_ACTIVE_JOBS", default_value_t = 32)]
+    pub max_active_jobs: usize,
+    /// Most open connections; further ones wait until one closes.
+    #[arg(long, env = "CT_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+    /// Most concurrent requests (HTTP/2 streams) on one connection.
+    #[arg(long, env = "CT_MAX_STREAMS_PER_CONNECTION", default_value_t = 64)]
+    pub max_streams_per_connection: u32,
+    /// A connection with no traffic for this long (seconds) is closed; live peers answer the
+    /// keepalive pings sent every third of it.
+    #[arg(long, env = "CT_IDLE_TIMEOUT_S", default_value_t = 60)]
+    pub idle_timeout_s: u64,
 }
 
 /// Validated coordinator settings.
@@ -112,6 +154,12 @@ pub struct CoordinatorConfig {
     pub security: Security,
     /// TLS material; `None` serves plain text (only with [`Security::Insecure`]).
     pub tls: Option<TlsFiles>,
+    /// How often the users file is read again (`None`: never).
+    pub users_reload: Option<Duration>,
+    /// Limits on jobs (memory, counts).
+    pub limits: Limits,
+    /// Limits on connections.
+    pub connections: ConnectionLimits,
 }
 
 impl CoordinatorConfig {
@@ -125,6 +173,9 @@ impl CoordinatorConfig {
             state_url,
             security: Security::Insecure,
             tls: None,
+            users_reload: Some(Duration::from_secs(2)),
+            limits: Limits::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -150,9 +201,35 @@ impl TryFrom<&Args> for CoordinatorConfig {
             .map_err(|e| Error::invalid("storage scope", e))?
             .protecting_state(&a.state_url);
         let (security, tls) = security_from(a)?;
+        let positive = |flag: &str, v: u64| {
+            if v == 0 {
+                Err(Error::invalid(flag, "must be positive"))
+            } else {
+                Ok(v)
+            }
+        };
+        let limits = Limits {
+            job_bytes: positive("max-job-memory-mb", a.max_job_memory_mb)?.saturating_mul(1 << 20),
+            total_bytes: positive("memory-budget-mb", a.memory_budget_mb)?.saturating_mul(1 << 20),
+            jobs_per_user: positive("max-jobs-per-user", a.max_jobs_per_user as u64)? as usize,
+            active_jobs: positive("max-active-jobs", a.max_active_jobs as u64)? as usize,
+        };
+        let connections = ConnectionLimits {
+            max_connections: positive("max-connections", a.max_connections as u64)? as usize,
+            max_streams: u32::try_from(positive(
+                "max-streams-per-connection",
+                u64::from(a.max_streams_per_connection),
+            )?)
+            .unwrap_or(u32::MAX),
+            idle_timeout: Duration::from_secs(positive("idle-timeout-s", a.idle_timeout_s)?),
+            ..ConnectionLimits::default()
+        };
         Ok(CoordinatorConfig {
             security,
             tls,
+            users_reload: (a.users_reload_ms > 0).then(|| Duration::from_millis(a.users_reload_ms)),
+            limits,
+            connections,
             scope,
             state_url: StoreUrl::parse(&a.state_url)?,
             heartbeat: Duration::from_millis(a.heartbeat_ms),

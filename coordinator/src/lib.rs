@@ -1,9 +1,12 @@
 //! ctcluster's coordinator: job lifecycle, data plan, task scheduling, gradient all-reduce,
 //! Adam and checkpoints, served over gRPC.
 
+pub mod access;
+pub mod admission;
 pub mod auth;
 pub mod client_api;
 pub mod config;
+pub mod connections;
 pub mod driver;
 pub mod error;
 pub mod job;

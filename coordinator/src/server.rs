@@ -7,27 +7,26 @@ use std::time::Duration;
 
 use ctcluster_proto as pb;
 use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::Router;
 
-use crate::auth::{client_gate, worker_gate};
+use crate::auth::{Security, UsersTable, client_gate, worker_gate};
 use crate::client_api::ClientApi;
 use crate::config::CoordinatorConfig;
+use crate::connections::{Conn, accept_loop};
 use crate::error::CoordError;
 use crate::state::Coordinator;
-use crate::tls::{TlsAcceptor, TlsConn};
+use crate::tls::TlsAcceptor;
 use crate::worker_api::WorkerApi;
 
 /// Largest message accepted (gradient chunks are 1 MiB; specs are small).
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
 
-/// How long a client may take over its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest block of request headers accepted.
+const MAX_HEADER_BYTES: u32 = 64 << 10;
 
 /// Runs a coordinator on `listener` until `shutdown` resolves, then stops its jobs (leaving
 /// them resumable) and returns.
@@ -43,8 +42,18 @@ pub async fn serve(
         .transpose()
         .map_err(|e| CoordError::bad("tls", e))?;
     let security = config.security.clone();
+    let limits = config.connections.clone();
+    let reload = config.users_reload;
     let coord = Coordinator::new(config);
     coord.start().await?;
+    if let (Security::Tls { users }, Some(every)) = (&security, reload)
+        && users.reloads()
+    {
+        let (users, stop) = (users.clone(), coord.shutdown.clone());
+        coord
+            .tracker
+            .spawn(async move { reload_users(users, every, stop).await });
+    }
     let client = InterceptedService::new(
         pb::client_service_server::ClientServiceServer::new(ClientApi::new(coord.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -66,74 +75,51 @@ pub async fn serve(
         coord_for_stop.shutdown.cancel();
     };
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams)
+        .http2_keepalive_interval(Some(limits.keepalive_interval()))
+        .http2_keepalive_timeout(Some(limits.keepalive_interval()))
+        .http2_max_header_list_size(MAX_HEADER_BYTES)
+        .http2_max_pending_accept_reset_streams(Some(64))
         .add_service(client)
         .add_service(worker);
-    let result = match tls {
-        Some(acceptor) => serve_tls(router, listener, acceptor, signal).await,
-        None => {
-            // TCP_NODELAY matters: without it Nagle's algorithm and delayed ACKs stall every
-            // small request/response exchange by tens of milliseconds.
-            router
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    signal,
-                )
-                .await
-        }
-    };
+    // Connections come from our own accept loop (connection limit, TLS handshake with a
+    // deadline, idle timeout); TCP_NODELAY is set on each (without it Nagle's algorithm and
+    // delayed ACKs stall every small exchange by tens of milliseconds).
+    let (tx, rx) = mpsc::channel::<Conn>(64);
+    let stop_accepting = CancellationToken::new();
+    let accepting = tokio::spawn(accept_loop(
+        listener,
+        tls,
+        limits,
+        tx,
+        stop_accepting.clone(),
+    ));
+    let incoming = ReceiverStream::new(rx).map(Ok::<_, std::io::Error>);
+    let result = router.serve_with_incoming_shutdown(incoming, signal).await;
+    stop_accepting.cancel();
+    let _ = accepting.await;
     coord.stop().await;
     result.map_err(|e| CoordError::bad("listener", e.to_string()))
 }
 
-async fn serve_tls(
-    router: Router,
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    signal: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
-    let (tx, rx) = mpsc::channel::<TlsConn>(64);
-    let stop = CancellationToken::new();
-    let accepting = tokio::spawn(accept_loop(listener, acceptor, tx, stop.clone()));
-    let incoming = ReceiverStream::new(rx).map(Ok::<_, std::io::Error>);
-    let result = router.serve_with_incoming_shutdown(incoming, signal).await;
-    stop.cancel();
-    let _ = accepting.await;
-    result
-}
-
-/// Accepts connections and runs their handshakes concurrently (inside this task, so nothing
-/// outlives it); finished connections go to the server.
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    tx: mpsc::Sender<TlsConn>,
-    stop: CancellationToken,
-) {
-    let mut handshakes = FuturesUnordered::new();
+/// Reads the users file again every `every` until `stop`; a change takes effect at once, a
+/// broken file is logged and the users stay as they were.
+async fn reload_users(users: Arc<UsersTable>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, addr)) => {
-                    let acceptor = acceptor.clone();
-                    handshakes.push(async move {
-                        (addr, tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await)
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some((addr, done)) = handshakes.next(), if !handshakes.is_empty() => match done {
-                Ok(Ok(conn)) => {
-                    if tx.send(conn).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Err(e)) => tracing::info!(peer = %addr, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::info!(peer = %addr, "TLS handshake timed out"),
-            },
+            _ = tick.tick() => {}
+        }
+        let table = users.clone();
+        match tokio::task::spawn_blocking(move || table.reload()).await {
+            Ok(Ok(true)) => tracing::info!("users file changed; reloaded"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "users file not reloaded; the previous users stay")
+            }
+            Err(e) => tracing::error!(error = %e, "users file reload panicked"),
         }
     }
 }
