@@ -51,7 +51,31 @@ impl Cluster {
             .expect("certificates");
         let tls = bundle.local().expect("bundle");
         let mut config = CoordinatorConfig::local(StoreUrl::parse(state).expect("state url"));
-        config.security = ctcluster_coordinator::auth::Security::tls(&tls.users);
+        config.security = ctcluster_coordinator::auth::Security::tls(&tls.users).expect("users");
+        config.tls = Some(tls.coordinator.clone());
+        let cluster = Self::launch(config, workers, Some(tls)).await;
+        (cluster, bundle)
+    }
+
+    /// Like [`Cluster::start_secure`], with the users file written to `users_file` and read
+    /// from there, reloaded every 100 ms (tests edit it to revoke or expire tokens).
+    pub async fn start_secure_from_file(
+        state: &str,
+        workers: usize,
+        users_file: &std::path::Path,
+    ) -> (Cluster, ctctl::certs::Bundle) {
+        let bundle = ctctl::certs::generate(&[], workers.max(1), &["alice".into(), "bob".into()])
+            .expect("certificates");
+        let tls = bundle.local().expect("bundle");
+        std::fs::write(users_file, bundle.get("users.yaml").expect("users.yaml"))
+            .expect("write the users file");
+        let mut config = CoordinatorConfig::local(StoreUrl::parse(state).expect("state url"));
+        config.security = ctcluster_coordinator::auth::Security::Tls {
+            users: std::sync::Arc::new(
+                ctcluster_coordinator::auth::UsersTable::from_file(users_file).expect("users"),
+            ),
+        };
+        config.users_reload = Some(Duration::from_millis(100));
         config.tls = Some(tls.coordinator.clone());
         let cluster = Self::launch(config, workers, Some(tls)).await;
         (cluster, bundle)

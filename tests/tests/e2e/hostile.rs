@@ -274,8 +274,19 @@ async fn hostile_inputs_get_clear_errors_and_a_job_beside_them_is_unharmed() {
     let image = 28 * 28;
     let bad_shards: Vec<(&str, String, &str)> = vec![
         (
+            // Too short for the rows its manifest declares: refused at submit by its size.
             "truncated shard",
             bad_dataset(&good, "truncated", true, |_, b| b.truncate(b.len() / 2)).await,
+            "the manifest says",
+        ),
+        (
+            // The right size, other bytes: refused by its sha256 when read.
+            "altered shard",
+            bad_dataset(&good, "altered", true, |_, b| {
+                let mid = b.len() / 2;
+                b[mid..mid + 64].fill(0xA5);
+            })
+            .await,
             "sha256",
         ),
         (
@@ -314,6 +325,12 @@ async fn hostile_inputs_get_clear_errors_and_a_job_beside_them_is_unharmed() {
             bad_dataset(&good, "nan", false, |m, b| {
                 m["image"]["pixel_type"] = "f32".into();
                 let rows = m["splits"]["train"]["shards"][0]["rows"].as_u64().unwrap() as usize;
+                // Only the first train shard is rewritten as f32: the others go.
+                m["splits"]["train"]["shards"]
+                    .as_array_mut()
+                    .unwrap()
+                    .truncate(1);
+                m["splits"]["train"]["rows"] = rows.into();
                 let mut px = vec![0.5f32; image];
                 px[100] = f32::NAN;
                 *b = shard_with(rows, |_| 0, f32_to_le_bytes(&px));

@@ -1,0 +1,368 @@
+//! Hard limits, on a real coordinator process: each crafted input (a forged row count, a job
+//! too large for the coordinator's memory, too many jobs, an oversized checkpoint file, a job
+//! that can never produce a finite gradient, a flood of idle connections) gets a clear error
+//! or a failed job with the reason, while a healthy job beside them ends bit-identical to a
+//! calm run; the coordinator stays under its memory budget, and after a SIGKILL it comes back
+//! without replaying any of it (a job whose start keeps taking the process down is failed).
+
+use std::path::Path;
+use std::time::Duration;
+
+use ctcluster_proto as pb;
+use ctcluster_tests::{Proc, final_checkpoint, free_port, spec, synthetic, wait_for_port};
+use ctctl::Target;
+use tonic::Code;
+
+/// The coordinator's memory budget in this test, MiB.
+const BUDGET_MB: u64 = 256;
+/// Its connection limit.
+const MAX_CONNECTIONS: usize = 16;
+
+fn coordinator(port: u16, state: &Path) -> Proc {
+    let p = Proc::start(
+        "ctcluster-coordinator",
+        &[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--state-url",
+            state.to_str().unwrap(),
+            "--insecure",
+            "--max-job-memory-mb",
+            "64",
+            "--memory-budget-mb",
+            &BUDGET_MB.to_string(),
+            "--max-jobs-per-user",
+            "3",
+            "--max-connections",
+            &MAX_CONNECTIONS.to_string(),
+            "--idle-timeout-s",
+            "2",
+        ],
+        &[],
+    );
+    wait_for_port(port, "coordinator");
+    p
+}
+
+async fn client(target: &Target) -> ctctl::connect::Client {
+    tokio::time::timeout(Duration::from_secs(20), ctctl::connect::connect(target))
+        .await
+        .expect("connect timeout")
+        .expect("connect")
+}
+
+async fn submit(target: &Target, yaml: String) -> Result<String, tonic::Status> {
+    Ok(client(target)
+        .await
+        .submit(pb::SubmitRequest { spec_yaml: yaml })
+        .await?
+        .into_inner()
+        .job_id)
+}
+
+async fn status(target: &Target, job: &str) -> pb::JobStatus {
+    client(target)
+        .await
+        .get_job(pb::GetJobRequest { job_id: job.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Polls (bounded) until the job's status satisfies `ok`.
+async fn until(target: &Target, job: &str, ok: impl Fn(&pb::JobStatus) -> bool) -> pb::JobStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let s = status(target, job).await;
+        if ok(&s) {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn ended(s: &pb::JobStatus) -> bool {
+    [
+        pb::JobState::Succeeded,
+        pb::JobState::Failed,
+        pb::JobState::Cancelled,
+    ]
+    .iter()
+    .any(|st| s.state == *st as i32)
+}
+
+fn refused(what: &str, r: Result<String, tonic::Status>, code: Code, needles: &[&str]) {
+    let e = r.expect_err(what);
+    assert_eq!(e.code(), code, "{what}: {e:?}");
+    for n in needles {
+        assert!(
+            e.message().contains(n),
+            "{what}: {:?} lacks {n:?}",
+            e.message()
+        );
+    }
+    println!("{what}: {:?} {}", e.code(), e.message());
+}
+
+/// A process's figure from /proc/PID/status, in kB.
+fn proc_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} for {pid}"))
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_limit_holds_and_a_healthy_job_beside_them_is_unharmed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = root.join("ds");
+    synthetic(data.to_str().unwrap(), 400, 16, 4).await;
+    let state = root.join("state");
+    let out = root.join("out").display().to_string();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let target = Target::insecure(&url);
+    let mut coord = coordinator(port, &state);
+    let _worker = Proc::start(
+        "ctcluster-worker",
+        &["--coordinator", &url, "--insecure"],
+        &[],
+    );
+    let ds = data.to_str().unwrap();
+    let healthy = spec(
+        "healthy",
+        ds,
+        &out,
+        "epochs: 3\nbatch_size: 64\nseed: 7\ncheckpoint:\n  every_steps: 3\n",
+    );
+    let h = submit(&target, healthy.clone()).await.unwrap();
+
+    // A manifest claiming far more rows than its shard holds (per-class counts made to agree).
+    let forged = root.join("forged");
+    copy_dir(&data, &forged);
+    let mpath = forged.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    let train = &mut m["splits"]["train"];
+    // Under the per-shard cap (u32 rows), so it is the shard file's size that gives it away.
+    let claimed = 1_000_000_000u64;
+    let real = train["shards"][0]["rows"].as_u64().unwrap();
+    train["shards"][0]["rows"] = claimed.into();
+    train["shards"][0]["per_class"] = serde_json::json!([claimed, 0]);
+    train["rows"] = (train["rows"].as_u64().unwrap() - real + claimed).into();
+    std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+    refused(
+        "a forged row count",
+        submit(
+            &target,
+            spec("forged", forged.to_str().unwrap(), &out, "epochs: 1\n"),
+        )
+        .await,
+        Code::InvalidArgument,
+        &["train-00000.arrow", "1000000000 rows", "but the file has"],
+    );
+
+    // Jobs too large for the coordinator's memory, refused at submit.
+    refused(
+        "a model too large for the job memory limit",
+        submit(
+            &target,
+            spec("huge", ds, &out, "preprocess:\n  resize: [512, 512]\n"),
+        )
+        .await,
+        Code::ResourceExhausted,
+        &["job memory", "MiB"],
+    );
+    refused(
+        "thousands of micro-batches a step",
+        submit(
+            &target,
+            spec("tiny", ds, &out, "batch_size: 4096\nmicro_batch_size: 1\n"),
+        )
+        .await,
+        Code::ResourceExhausted,
+        &["job memory", "micro_batch_size"],
+    );
+
+    // A checkpoint file far larger than its model, refused before it is read.
+    let first_ck = until(&target, &h, |s| !s.checkpoint.is_empty())
+        .await
+        .checkpoint;
+    let big = root.join("bigck");
+    copy_dir(Path::new(first_ck.trim_start_matches("file://")), &big);
+    std::fs::File::options()
+        .write(true)
+        .open(big.join("adam_m1.bin"))
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    refused(
+        "an oversized checkpoint file",
+        submit(
+            &target,
+            spec(
+                "bigck",
+                ds,
+                &out,
+                &format!(
+                    "epochs: 3\nbatch_size: 64\nseed: 7\nresume_from: {}\n",
+                    big.display()
+                ),
+            ),
+        )
+        .await,
+        Code::InvalidArgument,
+        &["adam_m1.bin", "more than the"],
+    );
+
+    // A spec that passes validation but can never give a finite gradient fails, bounded.
+    let nan = submit(
+        &target,
+        spec(
+            "never-finite",
+            ds,
+            &out,
+            "preprocess:\n  normalize: {mean: 0.0, std: 1.0e-38}\n",
+        ),
+    )
+    .await
+    .expect("the spec itself is valid");
+    let s = until(&target, &nan, ended).await;
+    assert_eq!(s.state, pb::JobState::Failed as i32, "{s:?}");
+    assert!(s.message.contains("kept failing"), "{}", s.message);
+    assert!(s.rejected_results <= 9, "{} rejections", s.rejected_results);
+    println!(
+        "never-finite job: failed after {} rejections: {}",
+        s.rejected_results, s.message
+    );
+
+    // Jobs per user: the healthy job and two long ones; a third long one is refused.
+    let long = spec("long", ds, &out, "epochs: 1000\nbatch_size: 32\n");
+    let l1 = submit(&target, long.clone()).await.unwrap();
+    let l2 = submit(&target, long.clone()).await.unwrap();
+    refused(
+        "a fourth unfinished job",
+        submit(&target, long.clone()).await,
+        Code::ResourceExhausted,
+        &["jobs per user"],
+    );
+
+    // A flood of idle connections: at most MAX_CONNECTIONS are taken in, the idle ones are
+    // closed, and the coordinator serves again.
+    let pid = coord.0.id();
+    let fds_before = open_fds(pid);
+    let mut flood = Vec::new();
+    for _ in 0..64 {
+        flood.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fds = open_fds(pid);
+    assert!(
+        fds <= fds_before + MAX_CONNECTIONS,
+        "{fds} open files with 64 connections knocking (limit {MAX_CONNECTIONS}, {fds_before} before)"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        use tokio::io::AsyncReadExt;
+        let mut n = 0;
+        for c in &mut flood {
+            let mut b = [0u8; 64];
+            // The server's settings frame, then EOF once the idle timeout closes it.
+            while c.read(&mut b).await.map(|k| k > 0).unwrap_or(false) {}
+            n += 1;
+        }
+        n
+    })
+    .await
+    .expect("idle connections are closed");
+    assert_eq!(closed, 64);
+    drop(flood);
+    client(&target)
+        .await
+        .list_jobs(pb::ListJobsRequest {})
+        .await
+        .expect("serving after the flood");
+    for id in [&l1, &l2] {
+        ctctl::jobs::cancel(&target, id).await.unwrap();
+    }
+
+    // The healthy job ends as a calm run would; the coordinator stayed under its budget.
+    let disturbed = until(&target, &h, ended).await;
+    assert_eq!(
+        disturbed.state,
+        pb::JobState::Succeeded as i32,
+        "{}",
+        disturbed.message
+    );
+    let peak_kb = proc_kb(pid, "VmHWM:");
+    println!(
+        "coordinator peak resident memory: {} MiB (budget {BUDGET_MB} MiB)",
+        peak_kb / 1024
+    );
+    assert!(peak_kb < BUDGET_MB * 1024, "peak {peak_kb} kB");
+
+    // A job record whose start took the process down three times running.
+    let record = state.join("jobs").join(format!("{h}.json"));
+    let mut rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let crashing = "job-c0ffeec0ffee";
+    rec["id"] = crashing.into();
+    rec["state"] = "running".into();
+    rec["unfinished_starts"] = 3.into();
+    std::fs::write(
+        state.join("jobs").join(format!("{crashing}.json")),
+        serde_json::to_vec(&rec).unwrap(),
+    )
+    .unwrap();
+
+    // SIGKILL and restart: nothing of the above is replayed.
+    coord.kill();
+    let _coord = coordinator(port, &state);
+    let s = status(&target, crashing).await;
+    assert_eq!(s.state, pb::JobState::Failed as i32, "{s:?}");
+    assert!(s.message.contains("not started again"), "{}", s.message);
+    let s = status(&target, &nan).await;
+    assert_eq!(s.state, pb::JobState::Failed as i32, "not replayed: {s:?}");
+    for id in [&l1, &l2] {
+        assert_eq!(
+            status(&target, id).await.state,
+            pb::JobState::Cancelled as i32
+        );
+    }
+    let calm = submit(&target, healthy).await.unwrap();
+    let calm = until(&target, &calm, ended).await;
+    assert_eq!(
+        calm.state,
+        pb::JobState::Succeeded as i32,
+        "{}",
+        calm.message
+    );
+    let (a, b) = (
+        final_checkpoint(&disturbed).await,
+        final_checkpoint(&calm).await,
+    );
+    assert!(
+        a.params == b.params && a.adam == b.adam,
+        "the hostile inputs changed the healthy job's result"
+    );
+}
