@@ -173,6 +173,15 @@ impl DatasetWriter {
         Ok(())
     }
 
+    /// The bytes of a file written beside the shards (a report, a metadata sidecar) as they
+    /// are stored: sealed, bound to this dataset and the file's name, when the shards are.
+    pub fn seal_extra(&self, name: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
+        match &self.key {
+            Some((k, binding)) => k.seal(&aad(Some(binding), name), &bytes),
+            None => Ok(bytes),
+        }
+    }
+
     /// Writes the remaining shards, then the manifest.
     pub async fn finish(mut self) -> Result<Manifest> {
         let classes = self.classes.len();

@@ -34,6 +34,12 @@ pub enum Reason {
     Duplicate,
     /// The same pixels as an item of another split (leakage between splits).
     CrossSplitDuplicate,
+    /// A DICOM image flagged with burned-in annotation (text such as names or dates drawn into
+    /// the pixels, which de-identifying the header cannot remove); `--allow-burned-in` keeps it.
+    BurnedInAnnotation,
+    /// A DICOM secondary-capture object (a screenshot or scanned document, often with
+    /// identifying text in its pixels); `--allow-secondary-capture` keeps it.
+    SecondaryCapture,
 }
 
 /// One item left out.

@@ -94,8 +94,67 @@ struct AuditRecord<'a> {
     attributes: &'a [AuditEntry],
 }
 
+/// Kinds of DICOM image left out unless the user opts in.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Allow {
+    /// Images flagged with burned-in annotation.
+    pub burned_in: bool,
+    /// Secondary-capture objects.
+    pub secondary_capture: bool,
+}
+
+/// SOP classes of secondary capture (single-frame and the multi-frame ones): PS3.4 B.5.
+const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
+
+fn text(header: &dicom_object::InMemDicomObject, tag: dicom_core::Tag) -> String {
+    header
+        .get(tag)
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_matches(['\0', ' ']).to_string())
+        .unwrap_or_default()
+}
+
+/// Why a header's image must be left out (unless allowed): burned-in annotation, or a
+/// secondary capture.
+fn risky_pixels(header: &dicom_object::InMemDicomObject, allow: Allow) -> Option<(Reason, String)> {
+    let burned = text(header, tags::BURNED_IN_ANNOTATION);
+    if !allow.burned_in && burned.eq_ignore_ascii_case("YES") {
+        return Some((
+            Reason::BurnedInAnnotation,
+            "BurnedInAnnotation is YES: text in the pixels would survive de-identification \
+             (--allow-burned-in keeps such images)"
+                .into(),
+        ));
+    }
+    let class = text(header, tags::SOP_CLASS_UID);
+    let conversion = text(header, tags::CONVERSION_TYPE);
+    let capture = class == SECONDARY_CAPTURE
+        || class.starts_with(&format!("{SECONDARY_CAPTURE}."))
+        || !conversion.is_empty();
+    if !allow.secondary_capture && capture {
+        return Some((
+            Reason::SecondaryCapture,
+            format!(
+                "a secondary capture (SOP class {class}{}): screenshots and scans often show \
+                 identifying text (--allow-secondary-capture keeps them)",
+                if conversion.is_empty() {
+                    String::new()
+                } else {
+                    format!(", conversion {conversion}")
+                }
+            ),
+        ));
+    }
+    None
+}
+
 /// `ctctl ingest dicom DIR --labels LABELS.csv`.
-pub fn dicom(dir: &Path, labels: &Path, key: Option<&DeidKey>) -> Result<Plan, CtlError> {
+pub fn dicom(
+    dir: &Path,
+    labels: &Path,
+    key: Option<&DeidKey>,
+    allow: Allow,
+) -> Result<Plan, CtlError> {
     let table = read_labels(labels)?;
     let mut paths = Vec::new();
     walk(dir, &mut paths)?;
@@ -126,15 +185,24 @@ pub fn dicom(dir: &Path, labels: &Path, key: Option<&DeidKey>) -> Result<Plan, C
                 continue;
             }
         };
+        if let Some((reason, detail)) = risky_pixels(&header, allow) {
+            dropped.push(Dropped {
+                source: rel,
+                reason,
+                detail,
+            });
+            continue;
+        }
         let d = deidentify(&header, key);
-        let sop = header
-            .get(tags::SOP_INSTANCE_UID)
-            .and_then(|e| e.to_str().ok())
-            .map(|s| s.trim_matches(['\0', ' ']).to_string())
-            .unwrap_or_else(|| rel.clone());
-        let id = match key {
-            Some(k) => format!("dcm-{}", k.short("sop", &sop)),
-            None => format!("dcm-{sop}"),
+        let sop = text(&header, tags::SOP_INSTANCE_UID);
+        // The id never carries the file's path or name: a keyed pseudonym of the instance
+        // UID (or, without one, of the path), or with --keep-identifiers the UID itself (a
+        // hash of the path when there is none).
+        let id = match (key, sop.is_empty()) {
+            (Some(k), false) => format!("dcm-{}", k.short("sop", &sop)),
+            (Some(k), true) => format!("dcm-{}", k.short("file", &rel)),
+            (None, false) => format!("dcm-{sop}"),
+            (None, true) => format!("dcm-{}", &ctcluster_common::checkpoint::sha(rel.as_bytes())[..16]),
         };
         let mut meta = serde_json::Map::new();
         meta.insert("id".into(), id.clone().into());
@@ -205,6 +273,8 @@ pub fn dicom(dir: &Path, labels: &Path, key: Option<&DeidKey>) -> Result<Plan, C
         candidates,
         dropped,
         sidecars,
+        ids_from_pixels: false,
+        item_refs: Vec::new(),
     })
 }
 

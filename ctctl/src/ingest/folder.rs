@@ -126,6 +126,8 @@ pub fn folder(dir: &Path) -> Result<Plan, CtlError> {
         candidates,
         dropped,
         sidecars: Vec::new(),
+        ids_from_pixels: true,
+        item_refs: Vec::new(),
     })
 }
 

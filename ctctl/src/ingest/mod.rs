@@ -37,6 +37,7 @@ pub fn decode_file(kind: &str, bytes: &[u8]) -> Result<Decoded, String> {
 }
 
 use crate::CtlError;
+use crate::render::safe;
 
 /// The report's file name inside the dataset prefix.
 pub const REPORT_FILE: &str = "ingest-report.json";
@@ -85,6 +86,11 @@ pub struct Plan {
     pub dropped: Vec<Dropped>,
     /// Extra files (name, bytes) written into the dataset prefix before the manifest.
     pub sidecars: Vec<(String, Vec<u8>)>,
+    /// Sample ids come from the pixels, not from `Candidate::id` (whose path-derived value
+    /// only groups items for the split).
+    pub ids_from_pixels: bool,
+    /// Every listed item's reference in the stored report (filled by [`run`]).
+    pub item_refs: Vec<(String, String)>,
 }
 
 /// Options every source shares.
@@ -176,6 +182,14 @@ pub enum IngestSource {
         /// anonymous; off by default).
         #[arg(long)]
         keep_identifiers: bool,
+        /// Ingest images whose header flags burned-in annotation (reported and left out by
+        /// default: text drawn into the pixels survives de-identification).
+        #[arg(long)]
+        allow_burned_in: bool,
+        /// Ingest secondary-capture objects (screenshots, scanned documents; reported and
+        /// left out by default).
+        #[arg(long)]
+        allow_secondary_capture: bool,
         #[command(flatten)]
         args: IngestArgs,
     },
@@ -267,6 +281,8 @@ pub async fn ingest_report(source: IngestSource) -> Result<IngestReport, CtlErro
             labels,
             deid_key,
             keep_identifiers,
+            allow_burned_in,
+            allow_secondary_capture,
             args,
         } => {
             let key = if keep_identifiers {
@@ -274,7 +290,11 @@ pub async fn ingest_report(source: IngestSource) -> Result<IngestReport, CtlErro
             } else {
                 Some(DeidKey::load(deid_key.as_deref())?)
             };
-            (dicom::dicom(&dir, &labels, key.as_ref())?, args)
+            let allow = dicom::Allow {
+                burned_in: allow_burned_in,
+                secondary_capture: allow_secondary_capture,
+            };
+            (dicom::dicom(&dir, &labels, key.as_ref(), allow)?, args)
         }
     };
     run(plan, &args).await
@@ -308,6 +328,7 @@ pub async fn run(mut plan: Plan, args: &IngestArgs) -> Result<IngestReport, CtlE
         None => None,
     };
     let scanned = plan.candidates.len() + plan.dropped.len();
+    plan.item_refs = item_refs(&plan);
     let mut items: Vec<(String, Candidate)> = plan
         .candidates
         .drain(..)
@@ -386,12 +407,14 @@ pub async fn run(mut plan: Plan, args: &IngestArgs) -> Result<IngestReport, CtlE
                     channels: t.channels,
                     pixel_type: t.pixel_type,
                 };
+                // The manifest names the kind of source, never its path (folder and file
+                // names often carry patient names or record numbers).
                 let mut w = DatasetWriter::new(
                     out.clone(),
                     image,
                     plan.classes.clone(),
                     args.shard_rows,
-                    format!("{}:{}", plan.kind, plan.source),
+                    format!("ctctl ingest {}", plan.kind),
                 )?;
                 if let Some(k) = key.clone() {
                     w = w.encrypt_with(k);
@@ -399,7 +422,12 @@ pub async fn run(mut plan: Plan, args: &IngestArgs) -> Result<IngestReport, CtlE
                 writer.insert(w)
             }
         };
-        w.add(&split, c.id, label, bytes).await?;
+        let id = if plan.ids_from_pixels {
+            pixel_id(&bytes)
+        } else {
+            c.id
+        };
+        w.add(&split, id, label, bytes).await?;
         *written.entry(split).or_default() += 1;
     }
     bar.finish_and_clear();
@@ -428,15 +456,82 @@ pub async fn run(mut plan: Plan, args: &IngestArgs) -> Result<IngestReport, CtlE
             summary(&report)
         )));
     }
+    // Beside the shards, and sealed like them: the sidecars and the report, which names
+    // items by their place in the listing, never by path.
     for (name, bytes) in plan.sidecars {
-        out.join(&name)?.put(bytes).await?;
+        out.join(&name)?.put(writer.seal_extra(&name, bytes)?).await?;
     }
-    let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
-    out.join(REPORT_FILE)?.put(json).await?;
+    let json = serde_json::to_vec_pretty(&stored_report(&report, &plan.item_refs)).unwrap_or_default();
+    out.join(REPORT_FILE)?
+        .put(writer.seal_extra(REPORT_FILE, json)?)
+        .await?;
     // The manifest last: a reader never sees a half-written dataset.
     writer.finish().await?;
     debug_assert!(out.join(MANIFEST_FILE).is_ok());
     Ok(report)
+}
+
+/// A sample id from an image's pixels (sha256, 16 hex digits): stable for the same image,
+/// and telling nothing of the file it came from. Exact duplicates, which would share it, are
+/// left out by the cleaning before they are written.
+fn pixel_id(pixels: &[u8]) -> String {
+    format!("img-{}", &ctcluster_common::checkpoint::sha(pixels)[..16])
+}
+
+/// Every item a source listed (kept or not), with the reference the stored report uses for
+/// it: `item-NNNNNN`, its place in the source's sorted listing.
+fn item_refs(plan: &Plan) -> Vec<(String, String)> {
+    let mut sources: Vec<&str> = plan
+        .candidates
+        .iter()
+        .map(|c| c.source.as_str())
+        .chain(plan.dropped.iter().map(|d| d.source.as_str()))
+        .collect();
+    sources.sort_unstable();
+    sources.dedup();
+    let mut refs: Vec<(String, String)> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.to_string(), format!("item-{i:06}")))
+        .collect();
+    // Longest first, so that replacing one path never touches a longer one containing it.
+    refs.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+    refs
+}
+
+/// The report as stored beside the shards: the source named by its kind, each item by its
+/// reference, and every path in a detail replaced by its item's reference.
+fn stored_report(r: &IngestReport, refs: &[(String, String)]) -> IngestReport {
+    let redact = |text: &str| {
+        let mut out = text.to_string();
+        for (source, reference) in refs {
+            if out.contains(source.as_str()) {
+                out = out.replace(source.as_str(), reference);
+            }
+        }
+        out
+    };
+    IngestReport {
+        source: r.kind.to_string(),
+        dropped: r
+            .dropped
+            .iter()
+            .map(|d| Dropped {
+                source: redact(&d.source),
+                reason: d.reason,
+                detail: redact(&d.detail),
+            })
+            .collect(),
+        modified: r
+            .modified
+            .iter()
+            .map(|m| Modified {
+                source: redact(&m.source),
+                change: redact(&m.change),
+            })
+            .collect(),
+        ..r.clone()
+    }
 }
 
 fn progress(len: u64, what: &str) -> ProgressBar {
@@ -456,8 +551,8 @@ pub fn summary(r: &IngestReport) -> String {
     let mut out = format!(
         "ingested {total} of {} items from {} into {} ({})\n",
         r.scanned,
-        r.source,
-        r.out,
+        safe(&r.source),
+        safe(&r.out),
         splits.join(", ")
     );
     if r.dropped.is_empty() {
@@ -482,7 +577,12 @@ pub fn summary(r: &IngestReport) -> String {
             counts.join(", ")
         ));
         for d in r.dropped.iter().take(20) {
-            out.push_str(&format!("  {}: {:?}: {}\n", d.source, d.reason, d.detail));
+            out.push_str(&format!(
+                "  {}: {:?}: {}\n",
+                safe(&d.source),
+                d.reason,
+                safe(&d.detail)
+            ));
         }
         if r.dropped.len() > 20 {
             out.push_str(&format!("  ... and {} more\n", r.dropped.len() - 20));
@@ -492,8 +592,8 @@ pub fn summary(r: &IngestReport) -> String {
         out.push_str(&format!(
             "modified {} (e.g. {}: {})\n",
             r.modified.len(),
-            r.modified[0].source,
-            r.modified[0].change
+            safe(&r.modified[0].source),
+            safe(&r.modified[0].change)
         ));
     }
     out.push_str(&format!(

@@ -150,15 +150,20 @@ async fn every_source_type_ingests() {
     assert_eq!(m.classes, vec!["cat-a", "cat-b"]);
     assert!(report.modified.iter().any(|x| x.source == "cat-b/rgb.png"));
     let all = rows(&url, &m).await;
-    let rgb_row = &all[&("train".to_string(), "cat-b/rgb".to_string())].1;
-    assert_eq!(
-        rgb_row,
-        &pattern(16, 16, 9, 255)
-            .iter()
-            .map(|&v| f32::from(v))
-            .collect::<Vec<_>>()
+    // Sample ids come from the pixels: nothing of a file's name or folder.
+    assert!(
+        all.keys().all(|(_, id)| id.starts_with("img-") && id.len() == 20),
+        "{:?}",
+        all.keys()
     );
-    let jpeg_row = &all[&("train".to_string(), "cat-b/scan".to_string())].1;
+    let want_rgb: Vec<f32> = pattern(16, 16, 9, 255)
+        .iter()
+        .map(|&v| f32::from(v))
+        .collect();
+    let cat_b: Vec<&Vec<f32>> = all.values().filter(|(l, _)| *l == 1).map(|(_, px)| px).collect();
+    assert_eq!(cat_b.len(), 2);
+    assert!(cat_b.contains(&&want_rgb), "the RGB PNG, converted to grey");
+    let jpeg_row = cat_b.into_iter().find(|px| **px != want_rgb).unwrap();
     let worst = jpeg_row
         .iter()
         .zip(&grey)
@@ -191,15 +196,15 @@ async fn every_source_type_ingests() {
     .await;
     assert_eq!(m.image.pixel_type, PixelType::U16);
     let all = rows(&url, &m).await;
-    let row = &all[&("train".to_string(), "high/1".to_string())].1;
-    assert_eq!(
-        row,
-        &pattern(8, 8, 11, 4000)
-            .iter()
-            .map(|&v| f32::from(v))
-            .collect::<Vec<_>>()
+    let want: Vec<f32> = pattern(8, 8, 11, 4000)
+        .iter()
+        .map(|&v| f32::from(v))
+        .collect();
+    assert!(
+        all.values().any(|(_, px)| *px == want),
+        "a 16-bit PNG keeps its values"
     );
-    assert!(row.iter().any(|&v| v > 255.0));
+    assert!(want.iter().any(|&v| v > 255.0));
 
     // The real CT slice: stored as Hounsfield units = raw x slope + intercept.
     let Some(data) = shared_data() else {
@@ -218,6 +223,8 @@ async fn every_source_type_ingests() {
         labels: t.join("labels.csv"),
         deid_key: Some(key_file(t, "k1", 1)),
         keep_identifiers: false,
+        allow_burned_in: false,
+        allow_secondary_capture: false,
         args: a,
     })
     .await;
@@ -380,7 +387,35 @@ async fn dicom_ingest_leaves_no_identifier_and_keeps_patients_in_one_split() {
         PrimitiveValue::from("1.2.3.45"),
     ));
     huge.write_to_file(dir.join("huge.dcm")).unwrap();
+    // Pixels that may show identifying text: burned-in annotation, a secondary capture.
+    let mut burned = dicom_object::open_file(&ct).unwrap();
+    burned.put(DataElement::new(
+        tags::BURNED_IN_ANNOTATION,
+        VR::CS,
+        PrimitiveValue::from("YES"),
+    ));
+    burned.put(DataElement::new(
+        tags::SOP_INSTANCE_UID,
+        VR::UI,
+        PrimitiveValue::from("1.2.3.46"),
+    ));
+    burned.write_to_file(dir.join("burned.dcm")).unwrap();
+    let mut capture = dicom_object::open_file(&ct).unwrap();
+    capture.put(DataElement::new(
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.7"),
+    ));
+    capture.put(DataElement::new(
+        tags::SOP_INSTANCE_UID,
+        VR::UI,
+        PrimitiveValue::from("1.2.3.47"),
+    ));
+    capture.write_to_file(dir.join("capture.dcm")).unwrap();
+    // A file named after its patient, as archives often name them.
+    patient_slice(&ct, &dir.join("Smithers-Waylon-MRN778899.dcm"), 8, 0);
     csv.push_str("sr.dcm,normal\ncine.dcm,normal\ntruncated.dcm,normal\nhuge.dcm,normal\n");
+    csv.push_str("burned.dcm,normal\ncapture.dcm,normal\nSmithers-Waylon-MRN778899.dcm,normal\n");
     std::fs::write(t.join("labels.csv"), &csv).unwrap();
 
     let run_with = |key: u8, out: &str| {
@@ -391,6 +426,8 @@ async fn dicom_ingest_leaves_no_identifier_and_keeps_patients_in_one_split() {
             labels: t.join("labels.csv"),
             deid_key: Some(key_file(t, &format!("key{key}"), key)),
             keep_identifiers: false,
+            allow_burned_in: false,
+            allow_secondary_capture: false,
             args: a,
         }
     };
@@ -405,6 +442,8 @@ async fn dicom_ingest_leaves_no_identifier_and_keeps_patients_in_one_split() {
     assert_eq!(reasons["truncated.dcm"], Reason::Unreadable);
     assert_eq!(reasons["unlabelled.dcm"], Reason::NoLabel);
     assert_eq!(reasons["huge.dcm"], Reason::Unreadable);
+    assert_eq!(reasons["burned.dcm"], Reason::BurnedInAnnotation);
+    assert_eq!(reasons["capture.dcm"], Reason::SecondaryCapture);
     let detail = &report
         .dropped
         .iter()
@@ -412,7 +451,7 @@ async fn dicom_ingest_leaves_no_identifier_and_keeps_patients_in_one_split() {
         .unwrap()
         .detail;
     assert!(detail.contains("60000x128"), "{detail}");
-    assert_eq!(report.written.values().sum::<u64>(), 13, "{report:?}");
+    assert_eq!(report.written.values().sum::<u64>(), 14, "{report:?}");
 
     // No identifying attribute of any source survives anywhere in the output.
     let original = dicom_object::open_file(&ct).unwrap();
@@ -445,6 +484,12 @@ async fn dicom_ingest_leaves_no_identifier_and_keeps_patients_in_one_split() {
         secrets.len() >= 8,
         "CT_small.dcm carries identifiers to remove: {secrets:?}"
     );
+    // Nor the name or path of any source file.
+    secrets.extend(
+        ["Smithers", "MRN778899", "truncated.dcm", "unlabelled", "burned.dcm", "capture.dcm"]
+            .map(String::from),
+    );
+    secrets.push(dir.display().to_string());
     for p in 0..6 {
         secrets.push(format!("MRN-40{p}17"));
         secrets.push(format!("Doe{p}"));
@@ -537,7 +582,42 @@ async fn dicom_ingest_leaves_no_identifier_and_keeps_patients_in_one_split() {
     let c = patients(&std::fs::read_to_string(t.join("out-c/dicom-metadata.jsonl")).unwrap());
     assert_eq!(a, b);
     assert!(a.is_disjoint(&c), "another key gives other pseudonyms");
-    assert_eq!(a.len(), 8, "7 patients and the original slice's patient");
+    assert_eq!(a.len(), 9, "8 patients and the original slice's patient");
+
+    // With --encrypt-key, what lies beside the shards is sealed like them.
+    let keys = t.join("keys");
+    let ctctl = |args: &[&str]| {
+        let out = std::process::Command::new(ctcluster_tests::binary("ctctl"))
+            .args(args)
+            .env("CT_KEYRING", &keys)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    ctctl(&["keys", "new", "site-a", "--dir", keys.to_str().unwrap()]);
+    let sealed = t.join("sealed");
+    let summary = ctctl(&[
+        "ingest",
+        "dicom",
+        dir.to_str().unwrap(),
+        "--labels",
+        t.join("labels.csv").to_str().unwrap(),
+        "--deid-key",
+        key_file(t, "key1", 1).to_str().unwrap(),
+        "--encrypt-key",
+        "site-a",
+        "--test-fraction",
+        "0.4",
+        "--out",
+        sealed.to_str().unwrap(),
+    ]);
+    assert!(summary.contains("burned.dcm"), "the terminal names the files: {summary}");
+    for f in ["ingest-report.json", "deid-audit.json", "dicom-metadata.jsonl"] {
+        let bytes = std::fs::read(sealed.join(f)).unwrap();
+        assert!(bytes.starts_with(b"CTCSEAL1"), "{f} is not sealed");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
