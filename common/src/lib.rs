@@ -9,6 +9,7 @@ pub mod error;
 pub mod evaluate;
 pub mod ids;
 pub mod job;
+pub mod local_file;
 pub mod model;
 pub mod optim;
 pub mod preprocess;

@@ -102,15 +102,9 @@ fn table_of(users: &UsersFile, origin: &str) -> Result<HashMap<String, KnownUser
 /// Reads a users file, refusing one over [`MAX_USERS_FILE_BYTES`] before reading it.
 fn read_users_file(path: &Path) -> Result<(Vec<u8>, UsersFile)> {
     let origin = path.display().to_string();
-    let io = |e: std::io::Error| Error::invalid("users file", format!("{origin}: {e}"));
-    let size = std::fs::metadata(path).map_err(io)?.len();
-    if size > MAX_USERS_FILE_BYTES {
-        return Err(Error::invalid(
-            "users file",
-            format!("{origin}: {size} bytes (at most {MAX_USERS_FILE_BYTES})"),
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(io)?;
+    let bytes =
+        ctcluster_common::local_file::read_limited(path, MAX_USERS_FILE_BYTES, "the users file")
+            .map_err(|e| Error::invalid("users file", e.to_string()))?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|e| Error::invalid("users file", format!("{origin}: {e}")))?;
     let users = UsersFile::from_yaml(text, &origin)?;

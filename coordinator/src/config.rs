@@ -7,6 +7,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use clap::Parser;
+use ctcluster_common::local_file::{MAX_PEM_BYTES, read_limited};
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_common::{Error, Result};
 
@@ -16,18 +17,9 @@ use crate::connections::ConnectionLimits;
 use crate::scope::StorageScope;
 use crate::tls::TlsFiles;
 
-/// Largest PEM file read.
-const MAX_PEM_BYTES: u64 = 1 << 20;
-
 fn read_file(flag: &str, path: &Path) -> Result<Vec<u8>> {
-    let bad = |e: String| Error::invalid("tls", format!("{flag} {}: {e}", path.display()));
-    let size = std::fs::metadata(path)
-        .map_err(|e| bad(e.to_string()))?
-        .len();
-    if size > MAX_PEM_BYTES {
-        return Err(bad(format!("{size} bytes (at most {MAX_PEM_BYTES})")));
-    }
-    std::fs::read(path).map_err(|e| bad(e.to_string()))
+    read_limited(path, MAX_PEM_BYTES, flag)
+        .map_err(|e| Error::invalid("tls", format!("{flag} {}: {e}", path.display())))
 }
 
 /// TLS and users from the flags: all four files, or `--insecure`.

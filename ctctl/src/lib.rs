@@ -34,12 +34,19 @@ pub fn target_from(
                 .into(),
         )
     })?;
-    let ca_pem =
-        std::fs::read(ca).map_err(|e| CtlError::Usage(format!("--ca {}: {e}", ca.display())))?;
+    let ca_pem = read_limited(ca, MAX_PEM_BYTES, "--ca")
+        .map_err(|e| CtlError::Usage(format!("--ca {}: {e}", ca.display())))?;
     let token = match (std::env::var("CTCTL_TOKEN"), token_file) {
         (Ok(t), _) if !t.trim().is_empty() => t,
-        (_, Some(f)) => std::fs::read_to_string(f)
-            .map_err(|e| CtlError::Usage(format!("--token-file {}: {e}", f.display())))?,
+        (_, Some(f)) => read_limited(f, MAX_PEM_BYTES, "--token-file")
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| {
+                CtlError::Usage(format!(
+                    "--token-file {}: not a readable text file of at most {MAX_PEM_BYTES} bytes",
+                    f.display()
+                ))
+            })?,
         _ => {
             return Err(CtlError::Usage(
                 "no token: set CTCTL_TOKEN or pass --token-file FILE".into(),
@@ -50,6 +57,7 @@ pub fn target_from(
 }
 
 use cli::{CertsCommand, Cli, Command, DatasetCommand, Format, KeysCommand};
+use ctcluster_common::local_file::{MAX_PEM_BYTES, read_limited};
 
 /// Runs one command; returns the text to print.
 pub async fn run(cli: Cli) -> Result<String, CtlError> {

@@ -76,8 +76,12 @@ impl std::fmt::Debug for WorkerTls {
 }
 
 fn read(flag: &str, path: &Path) -> Result<Vec<u8>, crate::WorkerError> {
-    std::fs::read(path)
-        .map_err(|e| crate::WorkerError::Config(format!("{flag} {}: {e}", path.display())))
+    ctcluster_common::local_file::read_limited(
+        path,
+        ctcluster_common::local_file::MAX_PEM_BYTES,
+        flag,
+    )
+    .map_err(|e| crate::WorkerError::Config(format!("{flag} {}: {e}", path.display())))
 }
 
 /// Validated worker settings.

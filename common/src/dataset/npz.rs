@@ -138,17 +138,38 @@ impl NpyArray {
 
 /// Reads every array of an in-memory `.npz` archive, keyed by name without `.npy`.
 pub fn read_npz_bytes(bytes: &[u8], what: &str) -> Result<BTreeMap<String, NpyArray>> {
+    unpack_npz(bytes, what, crate::local_file::MAX_ARRAY_FILE_BYTES)
+}
+
+/// [`read_npz_bytes`], refusing an archive whose entries unpack to more than `limit` bytes.
+fn unpack_npz(bytes: &[u8], what: &str, limit: u64) -> Result<BTreeMap<String, NpyArray>> {
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
         .map_err(|e| Error::invalid(what, format!("not an npz (zip) archive: {e}")))?;
     let mut out = BTreeMap::new();
+    // What the entries unpack to is counted as they are read, never taken from their headers:
+    // a small archive that unpacks to more than this (a zip bomb) is refused.
+    let mut left = limit;
     for i in 0..archive.len() {
         let mut file = archive
             .by_index(i)
             .map_err(|e| Error::invalid(what, format!("unreadable entry {i}: {e}")))?;
         let name = file.name().trim_end_matches(".npy").to_string();
-        let mut buf = Vec::with_capacity(usize::try_from(file.size()).unwrap_or(0).min(1 << 30));
-        file.read_to_end(&mut buf)
+        let mut buf = Vec::with_capacity(
+            usize::try_from(file.size().min(left))
+                .unwrap_or(0)
+                .min(1 << 30),
+        );
+        (&mut file)
+            .take(left + 1)
+            .read_to_end(&mut buf)
             .map_err(|e| Error::invalid(what, format!("entry {name}: {e}")))?;
+        if buf.len() as u64 > left {
+            return Err(Error::invalid(
+                what,
+                format!("entry {name}: the archive unpacks to more than {limit} bytes"),
+            ));
+        }
+        left -= buf.len() as u64;
         let array = NpyArray::parse(&buf, &format!("{what}:{name}"))?;
         out.insert(name, array);
     }
@@ -157,10 +178,11 @@ pub fn read_npz_bytes(bytes: &[u8], what: &str) -> Result<BTreeMap<String, NpyAr
 
 /// Reads every array of a `.npz` file.
 pub fn read_npz(path: &std::path::Path) -> Result<BTreeMap<String, NpyArray>> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let bytes = crate::local_file::read_limited(
+        path,
+        crate::local_file::MAX_ARRAY_FILE_BYTES,
+        "an .npz archive",
+    )?;
     read_npz_bytes(&bytes, &path.display().to_string())
 }
 
@@ -180,6 +202,31 @@ mod tests {
         out.extend_from_slice(header.as_bytes());
         out.extend_from_slice(data);
         out
+    }
+
+    #[test]
+    fn an_archive_that_unpacks_past_the_limit_is_refused_while_reading() {
+        let mut buf = Vec::new();
+        {
+            let mut z = zip::ZipWriter::new(std::io::Cursor::new(&mut buf));
+            let opts = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated);
+            z.start_file("images.npy", opts).unwrap();
+            std::io::Write::write_all(&mut z, &npy("|u1", "(1048576,)", &vec![0u8; 1 << 20]))
+                .unwrap();
+            z.finish().unwrap();
+        }
+        assert!(buf.len() < 16 << 10, "{} bytes packed", buf.len());
+        let e = unpack_npz(&buf, "bomb.npz", 64 << 10)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unpacks to more than 65536 bytes"), "{e}");
+        assert_eq!(
+            unpack_npz(&buf, "bomb.npz", 2 << 20).unwrap()["images"]
+                .data
+                .len(),
+            1 << 20
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ctcluster_common::dataset::PixelType;
+use ctcluster_common::local_file::{MAX_IMAGE_FILE_BYTES, read_limited};
 use dicom_dictionary_std::tags;
 use dicom_object::OpenFileOptions;
 use dicom_object::file::ReadPreamble;
@@ -170,6 +171,20 @@ pub fn dicom(
         }
         let rel = normalise(&path.strip_prefix(dir).unwrap_or(&path).to_string_lossy());
         seen.insert(rel.clone());
+        // Nothing of a file over the limit is read, not even its header.
+        if let Ok(m) = std::fs::metadata(&path)
+            && m.len() > MAX_IMAGE_FILE_BYTES
+        {
+            dropped.push(Dropped {
+                source: rel,
+                reason: Reason::Unreadable,
+                detail: format!(
+                    "{} bytes, more than the {MAX_IMAGE_FILE_BYTES} read for one image",
+                    m.len()
+                ),
+            });
+            continue;
+        }
         // The header only: the pixels are read later, one file at a time.
         let header = match OpenFileOptions::new()
             .read_until(tags::PIXEL_DATA)
@@ -202,7 +217,10 @@ pub fn dicom(
             (Some(k), false) => format!("dcm-{}", k.short("sop", &sop)),
             (Some(k), true) => format!("dcm-{}", k.short("file", &rel)),
             (None, false) => format!("dcm-{sop}"),
-            (None, true) => format!("dcm-{}", &ctcluster_common::checkpoint::sha(rel.as_bytes())[..16]),
+            (None, true) => format!(
+                "dcm-{}",
+                &ctcluster_common::checkpoint::sha(rel.as_bytes())[..16]
+            ),
         };
         let mut meta = serde_json::Map::new();
         meta.insert("id".into(), id.clone().into());
@@ -279,8 +297,8 @@ pub fn dicom(
 }
 
 fn load_pixels(path: &Path) -> Result<Decoded, (Reason, String)> {
-    let bytes =
-        std::fs::read(path).map_err(|e| (Reason::Unreadable, format!("cannot read: {e}")))?;
+    let bytes = read_limited(path, MAX_IMAGE_FILE_BYTES, "a DICOM file")
+        .map_err(|e| (Reason::Unreadable, format!("cannot read: {e}")))?;
     decode_dicom(&bytes)
 }
 

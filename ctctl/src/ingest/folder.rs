@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use ctcluster_common::dataset::{NpyArray, PixelType};
+use ctcluster_common::local_file::{MAX_IMAGE_FILE_BYTES, read_limited};
 
 use super::npy::npy_image;
 use super::{Candidate, Decoded, Dropped, Plan, RawLabel, Reason};
@@ -107,7 +108,7 @@ pub fn folder(dir: &Path) -> Result<Plan, CtlError> {
                 split: split.clone(),
                 label: RawLabel::Name(class.clone()),
                 load: Box::new(move || {
-                    let bytes = std::fs::read(&path)
+                    let bytes = read_limited(&path, MAX_IMAGE_FILE_BYTES, "an image file")
                         .map_err(|e| (Reason::Unreadable, format!("cannot read: {e}")))?;
                     match ext.as_str() {
                         "png" => decode_png(&bytes),

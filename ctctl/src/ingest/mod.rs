@@ -459,9 +459,12 @@ pub async fn run(mut plan: Plan, args: &IngestArgs) -> Result<IngestReport, CtlE
     // Beside the shards, and sealed like them: the sidecars and the report, which names
     // items by their place in the listing, never by path.
     for (name, bytes) in plan.sidecars {
-        out.join(&name)?.put(writer.seal_extra(&name, bytes)?).await?;
+        out.join(&name)?
+            .put(writer.seal_extra(&name, bytes)?)
+            .await?;
     }
-    let json = serde_json::to_vec_pretty(&stored_report(&report, &plan.item_refs)).unwrap_or_default();
+    let json =
+        serde_json::to_vec_pretty(&stored_report(&report, &plan.item_refs)).unwrap_or_default();
     out.join(REPORT_FILE)?
         .put(writer.seal_extra(REPORT_FILE, json)?)
         .await?;

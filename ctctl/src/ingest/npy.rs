@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ctcluster_common::dataset::{NpyArray, PixelType, read_npz};
+use ctcluster_common::local_file::{MAX_ARRAY_FILE_BYTES, read_limited};
 
 use super::{Candidate, Decoded, Plan, RawLabel, Reason};
 use crate::CtlError;
@@ -120,7 +121,7 @@ fn candidates(
 
 fn read_npy(path: &Path) -> Result<NpyArray, CtlError> {
     let what = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| CtlError::Usage(format!("{what}: {e}")))?;
+    let bytes = read_limited(path, MAX_ARRAY_FILE_BYTES, "an .npy file")?;
     Ok(NpyArray::parse(&bytes, &what)?)
 }
 

@@ -152,7 +152,8 @@ async fn every_source_type_ingests() {
     let all = rows(&url, &m).await;
     // Sample ids come from the pixels: nothing of a file's name or folder.
     assert!(
-        all.keys().all(|(_, id)| id.starts_with("img-") && id.len() == 20),
+        all.keys()
+            .all(|(_, id)| id.starts_with("img-") && id.len() == 20),
         "{:?}",
         all.keys()
     );
@@ -160,7 +161,11 @@ async fn every_source_type_ingests() {
         .iter()
         .map(|&v| f32::from(v))
         .collect();
-    let cat_b: Vec<&Vec<f32>> = all.values().filter(|(l, _)| *l == 1).map(|(_, px)| px).collect();
+    let cat_b: Vec<&Vec<f32>> = all
+        .values()
+        .filter(|(l, _)| *l == 1)
+        .map(|(_, px)| px)
+        .collect();
     assert_eq!(cat_b.len(), 2);
     assert!(cat_b.contains(&&want_rgb), "the RGB PNG, converted to grey");
     let jpeg_row = cat_b.into_iter().find(|px| **px != want_rgb).unwrap();
@@ -486,8 +491,15 @@ async fn dicom_ingest_leaves_no_identifier_and_keeps_patients_in_one_split() {
     );
     // Nor the name or path of any source file.
     secrets.extend(
-        ["Smithers", "MRN778899", "truncated.dcm", "unlabelled", "burned.dcm", "capture.dcm"]
-            .map(String::from),
+        [
+            "Smithers",
+            "MRN778899",
+            "truncated.dcm",
+            "unlabelled",
+            "burned.dcm",
+            "capture.dcm",
+        ]
+        .map(String::from),
     );
     secrets.push(dir.display().to_string());
     for p in 0..6 {
@@ -593,7 +605,11 @@ async fn dicom_ingest_leaves_no_identifier_and_keeps_patients_in_one_split() {
             .env("RUST_LOG", "error")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     ctctl(&["keys", "new", "site-a", "--dir", keys.to_str().unwrap()]);
@@ -613,8 +629,15 @@ async fn dicom_ingest_leaves_no_identifier_and_keeps_patients_in_one_split() {
         "--out",
         sealed.to_str().unwrap(),
     ]);
-    assert!(summary.contains("burned.dcm"), "the terminal names the files: {summary}");
-    for f in ["ingest-report.json", "deid-audit.json", "dicom-metadata.jsonl"] {
+    assert!(
+        summary.contains("burned.dcm"),
+        "the terminal names the files: {summary}"
+    );
+    for f in [
+        "ingest-report.json",
+        "deid-audit.json",
+        "dicom-metadata.jsonl",
+    ] {
         let bytes = std::fs::read(sealed.join(f)).unwrap();
         assert!(bytes.starts_with(b"CTCSEAL1"), "{f} is not sealed");
     }
