@@ -267,6 +267,24 @@ impl Cluster {
     }
 }
 
+/// A client of the coordinator at `target` (connecting within 20 s).
+pub async fn client_for(target: &ctctl::Target) -> ctctl::connect::Client {
+    tokio::time::timeout(Duration::from_secs(20), ctctl::connect::connect(target))
+        .await
+        .expect("connect timeout")
+        .expect("connect")
+}
+
+/// Submits a spec as the caller of `target`; returns the job id or the refusal.
+pub async fn submit_as(target: &ctctl::Target, yaml: String) -> Result<String, tonic::Status> {
+    Ok(client_for(target)
+        .await
+        .submit(pb::SubmitRequest { spec_yaml: yaml })
+        .await?
+        .into_inner()
+        .job_id)
+}
+
 /// `../shared/data` from the repository root, if present.
 pub fn shared_data() -> Option<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -239,9 +239,10 @@ async fn wrong_gradients_are_rejected_and_the_job_goes_on() {
         ))
         .await
         .unwrap();
+    // A result header for a task, as the rogue worker sends it.
     let header = |t: &pb::Task, len: u64, step: u64| pb::ResultHeader {
         worker_id: id.clone(),
-        job_id: job.clone(),
+        job_id: t.job.as_ref().map(|j| j.job_id.clone()).unwrap_or_default(),
         task_id: t.task_id,
         step,
         samples: t.samples.len() as u32,
@@ -300,17 +301,6 @@ async fn wrong_gradients_are_rejected_and_the_job_goes_on() {
         ))
         .await
         .unwrap();
-    let header = |t: &pb::Task, len: u64, step: u64| pb::ResultHeader {
-        worker_id: id.clone(),
-        job_id: job.clone(),
-        task_id: t.task_id,
-        step,
-        samples: t.samples.len() as u32,
-        loss_sum: 1.0,
-        correct: 0,
-        gradient_len: len,
-        ..Default::default()
-    };
     let lies: [(u64, Vec<f32>, u64); 3] = [
         (3, vec![0.0; 3], 0),
         (n, nan.clone(), 0),

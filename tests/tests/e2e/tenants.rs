@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use ctcluster_proto as pb;
-use ctcluster_tests::{Cluster, spec, synthetic};
+use ctcluster_tests::{Cluster, client_for, spec, submit_as, synthetic};
 use ctctl::Target;
 use ctctl::certs::Bundle;
 use pb::worker_service_client::WorkerServiceClient;
@@ -18,22 +18,6 @@ fn token(bundle: &Bundle, user: &str) -> String {
         .unwrap()
         .trim()
         .to_string()
-}
-
-async fn client(target: &Target) -> ctctl::connect::Client {
-    tokio::time::timeout(Duration::from_secs(10), ctctl::connect::connect(target))
-        .await
-        .expect("connect timeout")
-        .expect("connect")
-}
-
-async fn submit(target: &Target, yaml: String) -> Result<String, tonic::Status> {
-    Ok(client(target)
-        .await
-        .submit(pb::SubmitRequest { spec_yaml: yaml })
-        .await?
-        .into_inner()
-        .job_id)
 }
 
 /// Asserts a `PermissionDenied` whose message names `field` and says nothing of `secret`.
@@ -101,10 +85,10 @@ async fn users_reach_only_their_own_data_unless_it_is_shared() {
     let small = "epochs: 1\nbatch_size: 64\nseed: 3\ncheckpoint:\n  every_steps: 2\n";
 
     // Alice trains a private job and a shared one.
-    let private = submit(&alice, spec("private", ds.as_str(), out, small))
+    let private = submit_as(&alice, spec("private", ds.as_str(), out, small))
         .await
         .unwrap();
-    let shared = submit(
+    let shared = submit_as(
         &alice,
         spec(
             "shared",
@@ -159,13 +143,13 @@ async fn users_reach_only_their_own_data_unless_it_is_shared() {
     for (field, extra, dataset, output) in refusals {
         denied(
             &format!("bob's {field} into alice's job"),
-            submit(&bob, spec("b", &dataset, &output, &extra)).await,
+            submit_as(&bob, spec("b", &dataset, &output, &extra)).await,
             field,
             "alice",
         );
     }
     // Every RPC that takes a job id.
-    let mut b = client(&bob).await;
+    let mut b = client_for(&bob).await;
     let id = || pb::GetJobRequest {
         job_id: private.clone(),
     };
@@ -212,7 +196,7 @@ async fn users_reach_only_their_own_data_unless_it_is_shared() {
         pool.workers.iter().all(|w| !w.name.contains("test-worker")),
         "{pool:?}"
     );
-    let full = client(&admin)
+    let full = client_for(&admin)
         .await
         .list_workers(pb::ListWorkersRequest {})
         .await
@@ -224,7 +208,7 @@ async fn users_reach_only_their_own_data_unless_it_is_shared() {
     );
 
     // What alice shares, bob may resume from; the result is bob's.
-    let resumed = submit(
+    let resumed = submit_as(
         &bob,
         spec(
             "from-shared",
@@ -243,7 +227,7 @@ async fn users_reach_only_their_own_data_unless_it_is_shared() {
     assert_eq!(s.owner, "bob");
     assert_eq!(s.resumed_from_step, Some(shared_s.step));
     // The admin may read any job's checkpoints (to recover a user's run, say).
-    let by_admin = submit(
+    let by_admin = submit_as(
         &admin,
         spec(
             "admin",
@@ -326,7 +310,7 @@ async fn users_reach_only_their_own_data_unless_it_is_shared() {
     }
     std::fs::write(&users_file, serde_yaml::to_string(&users).unwrap()).unwrap();
     eventually("bob's prefixes apply", async || {
-        match submit(&bob, spec("p", ds.as_str(), out, small)).await {
+        match submit_as(&bob, spec("p", ds.as_str(), out, small)).await {
             Err(e) => {
                 assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
                 assert!(
@@ -342,13 +326,13 @@ async fn users_reach_only_their_own_data_unless_it_is_shared() {
         }
     })
     .await;
-    let inside = submit(&bob, spec("p", ds.as_str(), "memory://tenants/bob", small))
+    let inside = submit_as(&bob, spec("p", ds.as_str(), "memory://tenants/bob", small))
         .await
         .expect("inside bob's prefixes");
     cluster.wait(&inside).await;
     denied(
         "a dataset outside bob's read prefixes",
-        submit(
+        submit_as(
             &bob,
             spec(
                 "p",
@@ -375,12 +359,12 @@ async fn users_reach_only_their_own_data_unless_it_is_shared() {
     std::fs::write(&users_file, serde_yaml::to_string(&users).unwrap()).unwrap();
     eventually("bob's token is revoked", async || {
         matches!(
-            client(&bob).await.list_jobs(pb::ListJobsRequest {}).await,
+            client_for(&bob).await.list_jobs(pb::ListJobsRequest {}).await,
             Err(e) if e.code() == Code::Unauthenticated && e.message().contains("unknown token")
         )
     })
     .await;
-    let e = client(&alice)
+    let e = client_for(&alice)
         .await
         .list_jobs(pb::ListJobsRequest {})
         .await
@@ -390,7 +374,7 @@ async fn users_reach_only_their_own_data_unless_it_is_shared() {
     // A broken users file is not taken: the admin still gets in.
     std::fs::write(&users_file, "users: [ {broken").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    client(&admin)
+    client_for(&admin)
         .await
         .list_jobs(pb::ListJobsRequest {})
         .await
