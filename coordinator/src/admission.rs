@@ -41,15 +41,15 @@ impl Default for Limits {
 /// dataset, at its peak:
 /// - parameters, the encoded copy workers fetch, and Adam's two moments: 4 vectors;
 /// - a checkpoint being encoded (parameters and moments as bytes, sealed copies): 3 more;
-/// - the step's micro-batch gradients, and the previous step's being freed: 2 x
-///   ceil(batch / micro-batch) vectors;
+/// - the step's micro-batch gradients, second copies pushed by re-issued stragglers, and the
+///   previous step's being freed: 3 x ceil(batch / micro-batch) vectors;
 /// - the data plan: 32 bytes a sample (references, the epoch's order, validation ids);
 /// - with a validation fraction, the largest train shard decoded to read its ids (its stored
 ///   bytes and its pixels as f32).
 pub fn footprint(spec: &JobSpec, manifest: &Manifest, num_params: usize) -> u64 {
     let vector = 4 * num_params as u64;
     let micro_batches = u64::from(spec.batch_size.div_ceil(spec.micro_batch_size));
-    let vectors = 4 + 3 + 2 * micro_batches;
+    let vectors = 4 + 3 + 3 * micro_batches;
     let samples: u64 = manifest
         .splits
         .values()
