@@ -64,7 +64,7 @@ pub fn check_spec(
         }
         let target = canonical(url).map_err(|e| CoordError::bad(field, format!("{url}: {e}")))?;
         for job in jobs {
-            let owner = job.record().owner;
+            let owner = job.owner();
             if owner == who.name() {
                 continue;
             }

@@ -110,7 +110,7 @@ impl ClientApi {
     fn visible_job<T>(&self, req: &Request<T>, raw_id: &str) -> Result<Arc<JobHandle>, Status> {
         let who = principal(req)?;
         let job = self.coord.job(&job_id(raw_id.to_string())?)?;
-        let owner = job.record().owner;
+        let owner = job.owner();
         if !who.may_access(&owner) {
             return Err(Status::permission_denied(format!(
                 "job {} belongs to another user",

@@ -52,6 +52,11 @@ impl JobHandle {
         self.record.borrow().clone()
     }
 
+    /// Who submitted the job (without copying the whole record).
+    pub fn owner(&self) -> String {
+        self.record.borrow().owner.clone()
+    }
+
     /// Changes the record and wakes every watcher.
     pub fn update(&self, f: impl FnOnce(&mut JobRecord)) {
         self.record.send_modify(f);
