@@ -85,10 +85,18 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         }
         let name: String = req.name.chars().take(128).collect();
         let device: String = req.device.chars().take(32).collect();
-        let id =
-            self.coord
-                .workers
-                .register(name.clone(), device.clone(), caller.name().to_string());
+        let id = self
+            .coord
+            .workers
+            .register(name.clone(), device.clone(), caller.name().to_string())
+            .ok_or_else(|| CoordError::ResourceExhausted {
+                what: "workers",
+                reason: format!(
+                    "at most {} workers may be registered; silent ones are dropped when their \
+                     lease lapses",
+                    crate::workers::MAX_WORKERS
+                ),
+            })?;
         tracing::info!(worker = %id, %name, %device, "worker registered");
         Ok(Response::new(pb::RegisterResponse {
             worker_id: id.to_string(),

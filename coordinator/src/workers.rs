@@ -105,6 +105,10 @@ pub fn slowest(workers: &[(WorkerId, WorkerEntry)]) -> Option<(String, String)> 
     })
 }
 
+/// Most workers registered at once. (No cap per certificate: operators may give one
+/// certificate to every worker of a node pool.)
+pub const MAX_WORKERS: usize = 10_000;
+
 /// Whether a worker id is registered, and to whom.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lease {
@@ -133,9 +137,14 @@ impl WorkerRegistry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a worker registered by `identity`; returns its new id.
-    pub fn register(&self, name: String, device: String, identity: String) -> WorkerId {
+    /// Adds a worker registered by `identity`; returns its new id, or `None` past
+    /// [`MAX_WORKERS`] registered workers (registrations of a process that restarted are
+    /// dropped when their lease lapses).
+    pub fn register(&self, name: String, device: String, identity: String) -> Option<WorkerId> {
         let mut r = self.lock();
+        if r.workers.len() >= MAX_WORKERS {
+            return None;
+        }
         r.next_id += 1;
         let id = WorkerId(r.next_id);
         r.workers.insert(
@@ -148,7 +157,7 @@ impl WorkerRegistry {
                 stats: WorkerStats::default(),
             },
         );
-        id
+        Some(id)
     }
 
     fn check(r: &Registry, id: WorkerId, identity: &str) -> Lease {
@@ -228,8 +237,12 @@ mod tests {
     #[test]
     fn silent_workers_expire_and_live_ones_stay() {
         let reg = WorkerRegistry::default();
-        let a = reg.register("a".into(), "cpu".into(), "worker-0".into());
-        let b = reg.register("b".into(), "cpu".into(), "worker-1".into());
+        let a = reg
+            .register("a".into(), "cpu".into(), "worker-0".into())
+            .unwrap();
+        let b = reg
+            .register("b".into(), "cpu".into(), "worker-1".into())
+            .unwrap();
         assert_ne!(a, b);
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(reg.touch(b, "worker-1"), Lease::Held);
@@ -244,13 +257,33 @@ mod tests {
         assert_eq!(reg.count(), 1);
         assert_eq!(reg.remove(b, "worker-1"), Lease::Held);
         assert_eq!(reg.count(), 0);
+        // The registry is bounded; silent registrations make room when their lease lapses.
+        for i in 0..MAX_WORKERS {
+            assert!(
+                reg.register(format!("r{i}"), "cpu".into(), "pool".into())
+                    .is_some()
+            );
+        }
+        assert!(
+            reg.register("one more".into(), "cpu".into(), "pool".into())
+                .is_none()
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(reg.expire(Duration::from_millis(20)).len(), MAX_WORKERS);
+        assert!(
+            reg.register("c".into(), "cpu".into(), "worker-2".into())
+                .is_some()
+        );
     }
 
     #[test]
     fn the_slow_worker_is_named_with_its_main_cost() {
         let reg = WorkerRegistry::default();
         let ids: Vec<WorkerId> = (0..3)
-            .map(|i| reg.register(format!("w{i}"), "cpu".into(), "w".into()))
+            .map(|i| {
+                reg.register(format!("w{i}"), "cpu".into(), "w".into())
+                    .unwrap()
+            })
             .collect();
         for _ in 0..5 {
             reg.record(ids[0], 32, 0.001, 0.020, 0.022);
@@ -278,7 +311,10 @@ mod tests {
     fn noise_is_not_a_straggler_but_one_very_slow_task_is() {
         let reg = WorkerRegistry::default();
         let ids: Vec<WorkerId> = (0..3)
-            .map(|i| reg.register(format!("w{i}"), "cpu".into(), "w".into()))
+            .map(|i| {
+                reg.register(format!("w{i}"), "cpu".into(), "w".into())
+                    .unwrap()
+            })
             .collect();
         for _ in 0..4 {
             reg.record(ids[0], 32, 0.001, 0.020, 0.022);

@@ -19,6 +19,8 @@ pub const MAX_SIDE: u32 = 4096;
 pub const MAX_CLASSES: usize = 10_000;
 /// Longest sample id accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 1024;
+/// Most shards one split may list (each is checked against its file before a job is planned).
+pub const MAX_SHARDS_PER_SPLIT: usize = 65_536;
 /// Largest `manifest.json` read.
 pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 
@@ -230,6 +232,12 @@ impl Manifest {
         for (name, split) in &self.splits {
             if split.per_class.len() != self.classes.len() {
                 return bad(format!("split {name}: per_class has the wrong length"));
+            }
+            if split.shards.len() > MAX_SHARDS_PER_SPLIT {
+                return bad(format!(
+                    "split {name}: {} shards (at most {MAX_SHARDS_PER_SPLIT})",
+                    split.shards.len()
+                ));
             }
             let mut rows = 0u64;
             for shard in &split.shards {
