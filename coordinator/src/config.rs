@@ -127,6 +127,10 @@ pub struct Args {
     /// keepalive pings sent every third of it.
     #[arg(long, env = "CT_IDLE_TIMEOUT_S", default_value_t = 60)]
     pub idle_timeout_s: u64,
+    /// On SIGTERM (preemption), every running job is checkpointed at the step it completed
+    /// last and the process exits within this many seconds (what spot instances give).
+    #[arg(long, env = "CT_SHUTDOWN_GRACE_S", default_value_t = 15)]
+    pub shutdown_grace_s: u64,
 }
 
 /// Validated coordinator settings.
@@ -152,6 +156,8 @@ pub struct CoordinatorConfig {
     pub limits: Limits,
     /// Limits on connections.
     pub connections: ConnectionLimits,
+    /// How long a stop may take: jobs checkpoint within it, then the process ends regardless.
+    pub shutdown_grace: Duration,
 }
 
 impl CoordinatorConfig {
@@ -168,6 +174,7 @@ impl CoordinatorConfig {
             users_reload: Some(Duration::from_secs(2)),
             limits: Limits::default(),
             connections: ConnectionLimits::default(),
+            shutdown_grace: Duration::from_secs(15),
         }
     }
 }
@@ -222,6 +229,7 @@ impl TryFrom<&Args> for CoordinatorConfig {
             users_reload: (a.users_reload_ms > 0).then(|| Duration::from_millis(a.users_reload_ms)),
             limits,
             connections,
+            shutdown_grace: Duration::from_secs(positive("shutdown-grace-s", a.shutdown_grace_s)?),
             scope,
             state_url: StoreUrl::parse(&a.state_url)?,
             heartbeat: Duration::from_millis(a.heartbeat_ms),

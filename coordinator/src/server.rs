@@ -44,6 +44,7 @@ pub async fn serve(
     let security = config.security.clone();
     let limits = config.connections.clone();
     let reload = config.users_reload;
+    let grace = config.shutdown_grace;
     let coord = Coordinator::new(config);
     coord.start().await?;
     if let (Security::Tls { users }, Some(every)) = (&security, reload)
@@ -66,12 +67,15 @@ pub async fn serve(
     );
     let stop = coord.shutdown.clone();
     let coord_for_stop: Arc<Coordinator> = coord.clone();
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
     let signal = async move {
         tokio::select! {
             () = shutdown => {}
             () = stop.cancelled() => {}
         }
-        // Stop the long polls and watches before the server drains its connections.
+        let _ = stopping_tx.send(tokio::time::Instant::now());
+        // Stop the long polls and watches before the server drains its connections; the job
+        // drivers checkpoint meanwhile.
         coord_for_stop.shutdown.cancel();
     };
     let router = tonic::transport::Server::builder()
@@ -98,7 +102,20 @@ pub async fn serve(
     let result = router.serve_with_incoming_shutdown(incoming, signal).await;
     stop_accepting.cancel();
     let _ = accepting.await;
-    coord.stop().await;
+    // Jobs checkpoint within the grace counted from the signal; past it the process ends
+    // anyway (a half-written checkpoint has no manifest and is never loaded).
+    let since = stopping_rx
+        .await
+        .unwrap_or_else(|_| tokio::time::Instant::now());
+    if tokio::time::timeout_at(since + grace, coord.stop())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            grace_s = grace.as_secs_f64(),
+            "jobs did not stop within the shutdown grace; exiting"
+        );
+    }
     result.map_err(|e| CoordError::bad("listener", e.to_string()))
 }
 

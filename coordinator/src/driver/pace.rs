@@ -4,11 +4,13 @@ use std::time::Duration;
 
 use ctcluster_common::job::JobState;
 
+use super::run::Stop;
 use crate::job::JobHandle;
 use crate::state::Coordinator;
 
-/// Holds the job in `waiting` while fewer than `min_workers` workers are registered.
-pub(super) async fn wait_for_workers(coord: &Coordinator, job: &JobHandle) {
+/// Holds the job in `waiting` while fewer than `min_workers` workers are registered; ends
+/// with [`Stop::Shutdown`] when the coordinator stops meanwhile.
+pub(super) async fn wait_for_workers(coord: &Coordinator, job: &JobHandle) -> Result<(), Stop> {
     let want = job.spec.min_workers as usize;
     let mut waiting = false;
     loop {
@@ -25,7 +27,10 @@ pub(super) async fn wait_for_workers(coord: &Coordinator, job: &JobHandle) {
             r.message = format!("waiting for workers: {have} of min_workers {want} registered");
             r.workers = have as u32;
         });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            () = coord.shutdown.cancelled() => return Err(Stop::Shutdown),
+        }
     }
     if waiting {
         job.update(|r| {
@@ -33,6 +38,7 @@ pub(super) async fn wait_for_workers(coord: &Coordinator, job: &JobHandle) {
             r.message.clear();
         });
     }
+    Ok(())
 }
 
 /// Images per second over the recent steps, and the ETA it implies.

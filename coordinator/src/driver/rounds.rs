@@ -44,9 +44,13 @@ pub(super) async fn run_round(
     let mut slots: Vec<Option<TaskResult>> = (0..ids.len()).map(|_| None).collect();
     let mut remaining = ids.len();
     while remaining > 0 {
-        let result = rx
-            .recv()
-            .await
+        // A stopping coordinator does not wait for the round: the job checkpoints the step it
+        // completed last (see `run::train`) and resumes from it.
+        let next = tokio::select! {
+            r = rx.recv() => r,
+            () = coord.shutdown.cancelled() => return Err(Stop::Shutdown),
+        };
+        let result = next
             .ok_or_else(|| Stop::Failed(CoordError::Stale("the job's tasks were dropped".into())))?
             .map_err(|e| Stop::Failed(CoordError::TaskFailed(e)))?;
         if let Some(&i) = index.get(&result.task)

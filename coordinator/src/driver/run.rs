@@ -29,7 +29,7 @@ use crate::state::Coordinator;
 use super::pace::{RateMeter, wait_for_workers};
 use super::persist::{checkpoint, write_audit};
 use super::rounds::{evaluate, reduce_and_step, run_round, task_job};
-use super::start::{plan_for, start_point};
+use super::start::{Progress, plan_for, start_point};
 
 pub(super) enum Stop {
     Cancelled,
@@ -59,12 +59,13 @@ pub async fn run(coord: Arc<Coordinator>, job: Arc<JobHandle>) {
     // A panic anywhere in the job's driver fails that job (with the panic's message), never
     // the coordinator or its other jobs.
     let training = AssertUnwindSafe(train(&coord, &job).instrument(span.clone())).catch_unwind();
+    // A stopping coordinator is not raced here: the driver sees it where it waits (a round,
+    // workers), checkpoints the step it completed last and ends with `Stop::Shutdown`.
     let outcome = tokio::select! {
         r = training => r.unwrap_or_else(|panic| Err(Stop::Failed(CoordError::Internal(
             format!("the job's driver panicked: {}", panic_message(panic.as_ref()))
         )))),
         _ = job.cancel.cancelled() => Err(Stop::Cancelled),
-        _ = coord.shutdown.cancelled() => Err(Stop::Shutdown),
     };
     coord.scheduler.forget_job(&job.id);
     match outcome {
@@ -78,12 +79,10 @@ pub async fn run(coord: Arc<Coordinator>, job: Arc<JobHandle>) {
         }),
         Err(Stop::Shutdown) => {
             tracing::info!(job = %job.id, "coordinator stopping; job left to resume on restart");
-            // A clean stop is not a crash at start.
-            if job.record().unfinished_starts > 0 {
-                job.update(|r| r.unfinished_starts = 0);
-                if let Err(e) = records::save(&coord.config.state_url, &job.record()).await {
-                    tracing::error!(job = %job.id, error = %e, "could not write the job record");
-                }
+            // A clean stop is not a crash at start; the record names the checkpoint written.
+            job.update(|r| r.unfinished_starts = 0);
+            if let Err(e) = records::save(&coord.config.state_url, &job.record()).await {
+                tracing::error!(job = %job.id, error = %e, "could not write the job record");
             }
             return;
         }
@@ -155,7 +154,9 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
             if p.state.step.0 >= total_steps {
                 break 'epochs;
             }
-            wait_for_workers(coord, job).await;
+            if let Err(stop) = wait_for_workers(coord, job).await {
+                return preempted(job, &p, &job_output, last_checkpoint, stop).await;
+            }
             let started = Instant::now();
             let step = p.state.step.0;
             let step_span = if coord.config.traces_step(epoch, step) {
@@ -191,7 +192,10 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
                     .flat_map(|t| t.samples.iter().map(|s| [s.shard, s.row]))
                     .collect()
             });
-            let results = run_round(coord, job, tasks, &round_trace).await?;
+            let results = match run_round(coord, job, tasks, &round_trace).await {
+                Ok(r) => r,
+                Err(stop) => return preempted(job, &p, &job_output, last_checkpoint, stop).await,
+            };
             let samples: u64 = results.iter().map(|r| u64::from(r.samples)).sum();
             let loss: f64 = results.iter().map(|r| r.loss_sum).sum();
             let correct: u64 = results.iter().map(|r| u64::from(r.correct)).sum();
@@ -264,7 +268,11 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
             &p,
             &eval_span,
         )
-        .await?;
+        .await;
+        let val = match val {
+            Ok(v) => v,
+            Err(stop) => return preempted(job, &p, &job_output, last_checkpoint, stop).await,
+        };
         if let Some(v) = &val {
             eval_span.record("val_loss", v.loss);
             eval_span.record("val_accuracy", v.accuracy);
@@ -323,4 +331,25 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
         .map(|s| (*s).to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".into())
+}
+
+/// Where a round or a wait was stopped: when the coordinator is stopping, the job's state at
+/// the step it completed last is checkpointed (unless that step's checkpoint exists), so that
+/// a preempted coordinator loses nothing; other stops pass through.
+async fn preempted(
+    job: &JobHandle,
+    p: &Progress,
+    job_output: &StoreUrl,
+    last_checkpoint: Option<Step>,
+    stop: Stop,
+) -> Result<(), Stop> {
+    if !matches!(stop, Stop::Shutdown) {
+        return Err(stop);
+    }
+    if last_checkpoint != Some(p.state.step) && p.state.step.0 > 0 {
+        let span = trace_span!("checkpoint", step = p.state.step.0, preempted = true);
+        checkpoint(job, p, job_output).instrument(span).await?;
+        tracing::info!(job = %job.id, step = p.state.step.0, "checkpointed for the coordinator's stop");
+    }
+    Err(Stop::Shutdown)
 }

@@ -10,6 +10,7 @@ mod learning;
 mod lifecycle;
 mod limits;
 mod observability;
+mod preemption;
 mod processes;
 mod resume;
 mod security;

@@ -1,0 +1,142 @@
+//! Preemption: SIGTERM to the coordinator (what a spot instance or a Kubernetes eviction sends)
+//! checkpoints every running job at the step it completed last and exits 0 within the grace;
+//! the restarted coordinator resumes the job from that step, and it ends bit-identical to an
+//! undisturbed run.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ctcluster_proto as pb;
+use ctcluster_tests::{
+    Proc, client_for, final_checkpoint, free_port, spec, submit_as, synthetic, wait_for_port,
+};
+use ctctl::Target;
+
+fn coordinator(port: u16, state: &Path) -> Proc {
+    let p = Proc::start(
+        "ctcluster-coordinator",
+        &[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--state-url",
+            state.to_str().unwrap(),
+            "--insecure",
+            "--shutdown-grace-s",
+            "15",
+        ],
+        &[],
+    );
+    wait_for_port(port, "coordinator");
+    p
+}
+
+async fn status(target: &Target, job: &str) -> pb::JobStatus {
+    client_for(target)
+        .await
+        .get_job(pb::GetJobRequest { job_id: job.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn until(target: &Target, job: &str, ok: impl Fn(&pb::JobStatus) -> bool) -> pb::JobStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let s = status(target, job).await;
+        if ok(&s) {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn ended(s: &pb::JobStatus) -> bool {
+    s.state == pb::JobState::Succeeded as i32 || s.state == pb::JobState::Failed as i32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_checkpoints_every_job_at_its_step_and_the_resumed_job_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = root.join("ds");
+    synthetic(data.to_str().unwrap(), 600, 16, 6).await;
+    let state = root.join("state");
+    let out = root.join("out").display().to_string();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let target = Target::insecure(&url);
+    let mut coord = coordinator(port, &state);
+    let _worker = Proc::start(
+        "ctcluster-worker",
+        &["--coordinator", &url, "--insecure"],
+        &[],
+    );
+    // No periodic checkpoint before the end: whatever is there after the SIGTERM was written
+    // for it.
+    let yaml = spec(
+        "preempted",
+        data.to_str().unwrap(),
+        &out,
+        "epochs: 8\nbatch_size: 32\nseed: 5\ncheckpoint:\n  every_steps: 100000\n",
+    );
+    let job = submit_as(&target, yaml.clone()).await.unwrap();
+    until(&target, &job, |s| s.step >= 4).await;
+
+    let signalled = Instant::now();
+    coord.terminate("coordinator");
+    let took = signalled.elapsed();
+    assert!(took < Duration::from_secs(15), "exited after {took:?}");
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(state.join("jobs").join(format!("{job}.json"))).unwrap(),
+    )
+    .unwrap();
+    let step = record["step"].as_u64().unwrap();
+    assert!(step >= 4, "{record}");
+    let checkpoints = Path::new(&out).join(&job).join("checkpoints");
+    let mut written: Vec<String> = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(
+        written,
+        vec![format!("step-{step:010}")],
+        "one checkpoint, at the step the job was on"
+    );
+    assert!(
+        checkpoints
+            .join(&written[0])
+            .join("manifest.json")
+            .is_file(),
+        "the checkpoint is complete"
+    );
+    println!("SIGTERM at step {step}: checkpointed and exited 0 in {took:?}");
+
+    // The restarted coordinator resumes from that step; the job ends as an undisturbed run.
+    let _coord = coordinator(port, &state);
+    let resumed = until(&target, &job, ended).await;
+    assert_eq!(
+        resumed.state,
+        pb::JobState::Succeeded as i32,
+        "{}",
+        resumed.message
+    );
+    assert_eq!(resumed.resumed_from_step, Some(step));
+    let calm = submit_as(&target, yaml).await.unwrap();
+    let calm = until(&target, &calm, ended).await;
+    assert_eq!(
+        calm.state,
+        pb::JobState::Succeeded as i32,
+        "{}",
+        calm.message
+    );
+    let (a, b) = (
+        final_checkpoint(&resumed).await,
+        final_checkpoint(&calm).await,
+    );
+    assert!(
+        a.params == b.params && a.adam == b.adam,
+        "the preempted job ended elsewhere than an undisturbed one"
+    );
+}
