@@ -11,7 +11,7 @@ pub mod procs;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use procs::{Proc, bin_dir, binary, free_port, start_s3, wait_for_port};
+pub use procs::{Proc, bin_dir, binary, free_port, start_coordinator, start_s3, wait_for_port};
 
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_coordinator::CoordinatorConfig;
@@ -283,6 +283,38 @@ pub async fn submit_as(target: &ctctl::Target, yaml: String) -> Result<String, t
         .await?
         .into_inner()
         .job_id)
+}
+
+/// A job's status, as the caller of `target` sees it.
+pub async fn job_status(target: &ctctl::Target, job: &str) -> pb::JobStatus {
+    client_for(target)
+        .await
+        .get_job(pb::GetJobRequest { job_id: job.into() })
+        .await
+        .expect("get job")
+        .into_inner()
+}
+
+/// Polls a job's status (bounded by [`JOB_TIMEOUT`], every 50 ms) until `ok` holds.
+pub async fn job_until(
+    target: &ctctl::Target,
+    job: &str,
+    ok: impl Fn(&pb::JobStatus) -> bool,
+) -> pb::JobStatus {
+    let deadline = tokio::time::Instant::now() + JOB_TIMEOUT;
+    loop {
+        let s = job_status(target, job).await;
+        if ok(&s) {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a job has ended (succeeded, failed or cancelled).
+pub fn has_ended(s: &pb::JobStatus) -> bool {
+    ctctl::render::is_terminal(s.state)
 }
 
 /// `../shared/data` from the repository root, if present.

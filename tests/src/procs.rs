@@ -60,6 +60,23 @@ impl Proc {
     }
 }
 
+/// Starts a plain-text `ctcluster-coordinator` on loopback `port` with its state in `state`
+/// and the extra flags, and waits until it listens. Killed when dropped.
+pub fn start_coordinator(port: u16, state: &Path, extra: &[&str]) -> Proc {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "--listen",
+        &listen,
+        "--state-url",
+        state.to_str().expect("utf-8 state path"),
+        "--insecure",
+    ];
+    args.extend_from_slice(extra);
+    let p = Proc::start("ctcluster-coordinator", &args, &[]);
+    wait_for_port(port, "coordinator");
+    p
+}
+
 /// Starts `ctcluster-s3`, the S3-compatible test server, over the folder `root` (a sub-folder
 /// per bucket) on a free loopback port, and waits until it listens. Killed when dropped.
 pub fn start_s3(root: &Path, access_key: &str, secret_key: &str) -> (Proc, u16) {

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use ctcluster_proto as pb;
 use ctcluster_tests::{
-    Proc, client_for, final_checkpoint, free_port, spec, submit_as, synthetic, wait_for_port,
+    Proc, client_for, final_checkpoint, free_port, has_ended, job_status, job_until, spec,
+    start_coordinator, submit_as, synthetic,
 };
 use ctctl::Target;
 use tonic::Code;
@@ -22,61 +23,40 @@ const BUDGET_MB: u64 = 256;
 const MAX_CONNECTIONS: usize = 16;
 
 fn coordinator(port: u16, state: &Path) -> Proc {
-    let p = Proc::start(
-        "ctcluster-coordinator",
+    let (budget, connections) = (BUDGET_MB.to_string(), MAX_CONNECTIONS.to_string());
+    start_coordinator(
+        port,
+        state,
         &[
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--state-url",
-            state.to_str().unwrap(),
-            "--insecure",
             "--max-job-memory-mb",
             "64",
             "--memory-budget-mb",
-            &BUDGET_MB.to_string(),
+            &budget,
             "--max-jobs-per-user",
             "3",
             "--max-connections",
-            &MAX_CONNECTIONS.to_string(),
+            &connections,
             "--idle-timeout-s",
             "2",
         ],
-        &[],
-    );
-    wait_for_port(port, "coordinator");
-    p
+    )
 }
 
-async fn status(target: &Target, job: &str) -> pb::JobStatus {
-    client_for(target)
-        .await
-        .get_job(pb::GetJobRequest { job_id: job.into() })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-/// Polls (bounded) until the job's status satisfies `ok`.
-async fn until(target: &Target, job: &str, ok: impl Fn(&pb::JobStatus) -> bool) -> pb::JobStatus {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        let s = status(target, job).await;
-        if ok(&s) {
-            return s;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never: {s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// Waits (bounded) until the job's record in storage, what a restarted coordinator reads,
+/// says `state`.
+async fn recorded(state_dir: &Path, id: &str, state: &str) {
+    let record = state_dir.join("jobs").join(format!("{id}.json"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&record)
+        .unwrap_or_default()
+        .contains(&format!("\"state\": \"{state}\""))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} never recorded as {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn ended(s: &pb::JobStatus) -> bool {
-    [
-        pb::JobState::Succeeded,
-        pb::JobState::Failed,
-        pb::JobState::Cancelled,
-    ]
-    .iter()
-    .any(|st| s.state == *st as i32)
 }
 
 fn refused(what: &str, r: Result<String, tonic::Status>, code: Code, needles: &[&str]) {
@@ -205,7 +185,7 @@ async fn every_limit_holds_and_a_healthy_job_beside_them_is_unharmed() {
     peak_kb = peak_kb.max(restart(&mut coord, port, &state, &target).await);
 
     // A checkpoint file far larger than its model, refused before it is read.
-    let first_ck = until(&target, &h, |s| !s.checkpoint.is_empty())
+    let first_ck = job_until(&target, &h, |s| !s.checkpoint.is_empty())
         .await
         .checkpoint;
     let big = root.join("bigck");
@@ -248,7 +228,7 @@ async fn every_limit_holds_and_a_healthy_job_beside_them_is_unharmed() {
     )
     .await
     .expect("the spec itself is valid");
-    let s = until(&target, &nan, ended).await;
+    let s = job_until(&target, &nan, has_ended).await;
     assert_eq!(s.state, pb::JobState::Failed as i32, "{s:?}");
     assert!(s.message.contains("kept failing"), "{}", s.message);
     assert!(s.rejected_results <= 9, "{} rejections", s.rejected_results);
@@ -256,6 +236,7 @@ async fn every_limit_holds_and_a_healthy_job_beside_them_is_unharmed() {
         "never-finite job: failed after {} rejections: {}",
         s.rejected_results, s.message
     );
+    recorded(&state, &nan, "failed").await;
     peak_kb = peak_kb.max(restart(&mut coord, port, &state, &target).await);
 
     // Jobs per user: long jobs beside the healthy one until one is refused, at the fourth
@@ -320,9 +301,12 @@ async fn every_limit_holds_and_a_healthy_job_beside_them_is_unharmed() {
     for id in &longs {
         ctctl::jobs::cancel(&target, id).await.unwrap();
     }
+    for id in &longs {
+        recorded(&state, id, "cancelled").await;
+    }
 
     // The healthy job ends as a calm run would; the coordinator stayed under its budget.
-    let disturbed = until(&target, &h, ended).await;
+    let disturbed = job_until(&target, &h, has_ended).await;
     assert_eq!(
         disturbed.state,
         pb::JobState::Succeeded as i32,
@@ -336,6 +320,7 @@ async fn every_limit_holds_and_a_healthy_job_beside_them_is_unharmed() {
     );
     assert!(peak_kb < BUDGET_MB * 1024, "peak {peak_kb} kB");
 
+    recorded(&state, &h, "succeeded").await;
     // A job record whose start took the process down three times running.
     let record = state.join("jobs").join(format!("{h}.json"));
     let mut rec: serde_json::Value =
@@ -353,19 +338,19 @@ async fn every_limit_holds_and_a_healthy_job_beside_them_is_unharmed() {
     // SIGKILL and restart: nothing of the above is replayed.
     coord.kill();
     let _coord = coordinator(port, &state);
-    let s = status(&target, crashing).await;
+    let s = job_status(&target, crashing).await;
     assert_eq!(s.state, pb::JobState::Failed as i32, "{s:?}");
     assert!(s.message.contains("not started again"), "{}", s.message);
-    let s = status(&target, &nan).await;
+    let s = job_status(&target, &nan).await;
     assert_eq!(s.state, pb::JobState::Failed as i32, "not replayed: {s:?}");
     for id in &longs {
         assert_eq!(
-            status(&target, id).await.state,
+            job_status(&target, id).await.state,
             pb::JobState::Cancelled as i32
         );
     }
     let calm = submit_as(&target, healthy).await.unwrap();
-    let calm = until(&target, &calm, ended).await;
+    let calm = job_until(&target, &calm, has_ended).await;
     assert_eq!(
         calm.state,
         pb::JobState::Succeeded as i32,

@@ -8,50 +8,15 @@ use std::time::{Duration, Instant};
 
 use ctcluster_proto as pb;
 use ctcluster_tests::{
-    Proc, client_for, final_checkpoint, free_port, spec, submit_as, synthetic, wait_for_port,
+    Proc, final_checkpoint, free_port, job_until, spec, start_coordinator, submit_as, synthetic,
 };
 use ctctl::Target;
 
 fn coordinator(port: u16, state: &Path) -> Proc {
-    let p = Proc::start(
-        "ctcluster-coordinator",
-        &[
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--state-url",
-            state.to_str().unwrap(),
-            "--insecure",
-            "--shutdown-grace-s",
-            "15",
-        ],
-        &[],
-    );
-    wait_for_port(port, "coordinator");
-    p
+    start_coordinator(port, state, &["--shutdown-grace-s", "15"])
 }
 
-async fn status(target: &Target, job: &str) -> pb::JobStatus {
-    client_for(target)
-        .await
-        .get_job(pb::GetJobRequest { job_id: job.into() })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn until(target: &Target, job: &str, ok: impl Fn(&pb::JobStatus) -> bool) -> pb::JobStatus {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        let s = status(target, job).await;
-        if ok(&s) {
-            return s;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never: {s:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn ended(s: &pb::JobStatus) -> bool {
+fn succeeded_or_failed(s: &pb::JobStatus) -> bool {
     s.state == pb::JobState::Succeeded as i32 || s.state == pb::JobState::Failed as i32
 }
 
@@ -81,7 +46,7 @@ async fn sigterm_checkpoints_every_job_at_its_step_and_the_resumed_job_is_exact(
         "epochs: 8\nbatch_size: 32\nseed: 5\ncheckpoint:\n  every_steps: 100000\n",
     );
     let job = submit_as(&target, yaml.clone()).await.unwrap();
-    until(&target, &job, |s| s.step >= 4).await;
+    job_until(&target, &job, |s| s.step >= 4).await;
 
     let signalled = Instant::now();
     coord.terminate("coordinator");
@@ -115,7 +80,7 @@ async fn sigterm_checkpoints_every_job_at_its_step_and_the_resumed_job_is_exact(
 
     // The restarted coordinator resumes from that step; the job ends as an undisturbed run.
     let _coord = coordinator(port, &state);
-    let resumed = until(&target, &job, ended).await;
+    let resumed = job_until(&target, &job, succeeded_or_failed).await;
     assert_eq!(
         resumed.state,
         pb::JobState::Succeeded as i32,
@@ -124,7 +89,7 @@ async fn sigterm_checkpoints_every_job_at_its_step_and_the_resumed_job_is_exact(
     );
     assert_eq!(resumed.resumed_from_step, Some(step));
     let calm = submit_as(&target, yaml).await.unwrap();
-    let calm = until(&target, &calm, ended).await;
+    let calm = job_until(&target, &calm, succeeded_or_failed).await;
     assert_eq!(
         calm.state,
         pb::JobState::Succeeded as i32,
