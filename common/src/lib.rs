@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod dataset;
 pub mod error;
 pub mod evaluate;
+pub mod health;
 pub mod ids;
 pub mod job;
 pub mod local_file;

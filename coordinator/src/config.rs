@@ -131,6 +131,10 @@ pub struct Args {
     /// last and the process exits within this many seconds (what spot instances give).
     #[arg(long, env = "CT_SHUTDOWN_GRACE_S", default_value_t = 15)]
     pub shutdown_grace_s: u64,
+    /// Also serve the gRPC health protocol (`grpc.health.v1`) in plain text on this address,
+    /// for probes that speak no TLS (Kubernetes' gRPC probes). The main port serves it too.
+    #[arg(long, env = "CT_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// Validated coordinator settings.
@@ -158,6 +162,8 @@ pub struct CoordinatorConfig {
     pub connections: ConnectionLimits,
     /// How long a stop may take: jobs checkpoint within it, then the process ends regardless.
     pub shutdown_grace: Duration,
+    /// Where the plain-text health listener binds (`None`: the main port only).
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl CoordinatorConfig {
@@ -175,6 +181,7 @@ impl CoordinatorConfig {
             limits: Limits::default(),
             connections: ConnectionLimits::default(),
             shutdown_grace: Duration::from_secs(15),
+            health_listen: None,
         }
     }
 }
@@ -230,6 +237,7 @@ impl TryFrom<&Args> for CoordinatorConfig {
             limits,
             connections,
             shutdown_grace: Duration::from_secs(positive("shutdown-grace-s", a.shutdown_grace_s)?),
+            health_listen: a.health_listen,
             scope,
             state_url: StoreUrl::parse(&a.state_url)?,
             heartbeat: Duration::from_millis(a.heartbeat_ms),

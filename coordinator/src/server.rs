@@ -8,7 +8,8 @@ use std::time::Duration;
 use ctcluster_proto as pb;
 use futures::StreamExt;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -21,9 +22,14 @@ use crate::error::CoordError;
 use crate::state::Coordinator;
 use crate::tls::TlsAcceptor;
 use crate::worker_api::WorkerApi;
+use ctcluster_common::health::{Health, serve_plain};
 
 /// Largest message accepted (gradient chunks are 1 MiB; specs are small).
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
+
+/// How long open connections may take to close once the coordinator stops (at most the
+/// shutdown grace).
+const CONNECTION_DRAIN: Duration = Duration::from_secs(2);
 
 /// Largest block of request headers accepted.
 const MAX_HEADER_BYTES: u32 = 64 << 10;
@@ -45,8 +51,27 @@ pub async fn serve(
     let limits = config.connections.clone();
     let reload = config.users_reload;
     let grace = config.shutdown_grace;
+    let health = Health::new().await;
+    let health_listener = match config.health_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| CoordError::bad("health-listen", format!("{addr}: {e}")))?,
+        ),
+        None => None,
+    };
     let coord = Coordinator::new(config);
+    if let Some(listener) = health_listener {
+        let (health, stop) = (health.clone(), coord.shutdown.clone());
+        coord.tracker.spawn(async move {
+            if let Err(e) = serve_plain(listener, health, stop).await {
+                tracing::error!(error = %e, "health listener stopped");
+            }
+        });
+    }
     coord.start().await?;
+    // Ready once the job records are loaded and the jobs they hold are resumed.
+    health.set_ready(true).await;
     if let (Security::Tls { users }, Some(every)) = (&security, reload)
         && users.reloads()
     {
@@ -67,13 +92,15 @@ pub async fn serve(
     );
     let stop = coord.shutdown.clone();
     let coord_for_stop: Arc<Coordinator> = coord.clone();
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
+    let (stopping_tx, mut stopping_rx) = watch::channel::<Option<Instant>>(None);
+    let stopping_health = health.clone();
     let signal = async move {
         tokio::select! {
             () = shutdown => {}
             () = stop.cancelled() => {}
         }
-        let _ = stopping_tx.send(tokio::time::Instant::now());
+        let _ = stopping_tx.send(Some(Instant::now()));
+        stopping_health.set_ready(false).await;
         // Stop the long polls and watches before the server drains its connections; the job
         // drivers checkpoint meanwhile.
         coord_for_stop.shutdown.cancel();
@@ -85,7 +112,8 @@ pub async fn serve(
         .http2_max_header_list_size(MAX_HEADER_BYTES)
         .http2_max_pending_accept_reset_streams(Some(64))
         .add_service(client)
-        .add_service(worker);
+        .add_service(worker)
+        .add_service(health.service());
     // Connections come from our own accept loop (connection limit, TLS handshake with a
     // deadline, idle timeout); TCP_NODELAY is set on each (without it Nagle's algorithm and
     // delayed ACKs stall every small exchange by tens of milliseconds).
@@ -99,14 +127,44 @@ pub async fn serve(
         stop_accepting.clone(),
     ));
     let incoming = ReceiverStream::new(rx).map(Ok::<_, std::io::Error>);
-    let result = router.serve_with_incoming_shutdown(incoming, signal).await;
+    let serving = router.serve_with_incoming_shutdown(incoming, signal);
+    // Once stopping, open connections get a short drain: long polls and watches have ended,
+    // and a connection whose peer vanished without a word (a killed container, a cut link)
+    // would otherwise hold the server until its keepalive gives up. The job drivers checkpoint
+    // meanwhile; a late result is of no use to a stopped round.
+    let mut drain_rx = stopping_rx.clone();
+    let drained = async move {
+        let since = drain_rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|at| *at);
+        let Some(since) = since else {
+            // The server ended without a stop signal: nothing to bound.
+            return std::future::pending().await;
+        };
+        tokio::time::sleep_until(since + grace.min(CONNECTION_DRAIN)).await;
+    };
+    let result = tokio::select! {
+        r = serving => r,
+        () = drained => {
+            tracing::warn!(
+                drain_s = grace.min(CONNECTION_DRAIN).as_secs_f64(),
+                "connections still open after the drain; closing them"
+            );
+            Ok(())
+        }
+    };
     stop_accepting.cancel();
     let _ = accepting.await;
     // Jobs checkpoint within the grace counted from the signal; past it the process ends
     // anyway (a half-written checkpoint has no manifest and is never loaded).
     let since = stopping_rx
+        .wait_for(Option::is_some)
         .await
-        .unwrap_or_else(|_| tokio::time::Instant::now());
+        .ok()
+        .and_then(|at| *at)
+        .unwrap_or_else(Instant::now);
     if tokio::time::timeout_at(since + grace, coord.stop())
         .await
         .is_err()

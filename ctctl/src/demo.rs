@@ -97,6 +97,7 @@ pub async fn run(args: &DemoArgs) -> Result<String, CtlError> {
             faults: Default::default(),
             tls: Some(identity.clone()),
             prefetch: true,
+            health_listen: None,
         };
         let stop = stop_workers.clone();
         tasks.spawn(async move {

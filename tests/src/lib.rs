@@ -11,7 +11,10 @@ pub mod procs;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use procs::{Proc, bin_dir, binary, free_port, start_coordinator, start_s3, wait_for_port};
+pub use procs::{
+    Proc, bin_dir, binary, free_port, python, python_script, start_coordinator, start_s3,
+    wait_for_port,
+};
 
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_coordinator::CoordinatorConfig;
@@ -145,6 +148,7 @@ impl Cluster {
             tls: (!self.worker_tls.is_empty())
                 .then(|| self.worker_tls[self.workers.len() % self.worker_tls.len()].clone()),
             prefetch: self.prefetch,
+            health_listen: None,
         };
         let stop = token.clone();
         self.tasks.spawn(async move {

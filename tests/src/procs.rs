@@ -137,3 +137,28 @@ pub fn binary(name: &str) -> PathBuf {
     );
     path
 }
+
+/// The Python interpreter of the test venv (`$CTCLUSTER_PYENV`, else
+/// `~/.cache/ctcluster/pyenv`), which `./scripts/test` installs with the reference clients
+/// (grpcio-health-checking, safetensors, pyarrow); panics with how to get it if it is missing.
+pub fn python() -> PathBuf {
+    let venv = std::env::var_os("CTCLUSTER_PYENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/ctcluster/pyenv")
+        });
+    let python = venv.join("bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: ./scripts/test installs the Python test venv (or set CTCLUSTER_PYENV)",
+        python.display()
+    );
+    python
+}
+
+/// A script of tests/python.
+pub fn python_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(name)
+}

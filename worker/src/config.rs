@@ -41,6 +41,11 @@ pub struct Args {
     /// can help on a machine whose cores are all busy with compute and coordinator alike).
     #[arg(long, env = "CT_NO_PREFETCH")]
     pub no_prefetch: bool,
+    /// Serve the gRPC health protocol (`grpc.health.v1`, plain text) on this address: `liveness`
+    /// SERVING while the process runs; `""` and `readiness` SERVING only while the worker is
+    /// registered with a coordinator that answers its heartbeats.
+    #[arg(long, env = "CT_HEALTH_LISTEN")]
+    pub health_listen: Option<std::net::SocketAddr>,
     /// Fault injection for tests (off by default): replace every Nth training gradient with NaN.
     #[arg(long, env = "CT_FAULT_NAN_EVERY", hide = true)]
     pub fault_nan_every: Option<u64>,
@@ -99,6 +104,8 @@ pub struct WorkerConfig {
     pub tls: Option<WorkerTls>,
     /// Fetch and prepare the next task while one computes.
     pub prefetch: bool,
+    /// Where the health listener binds (`None`: no health listener).
+    pub health_listen: Option<std::net::SocketAddr>,
 }
 
 impl TryFrom<&Args> for WorkerConfig {
@@ -161,6 +168,7 @@ impl TryFrom<&Args> for WorkerConfig {
             },
             tls,
             prefetch: !a.no_prefetch,
+            health_listen: a.health_listen,
         })
     }
 }

@@ -7,6 +7,7 @@ pub mod compute;
 pub mod config;
 pub mod device;
 mod error;
+mod health;
 pub mod runner;
 
 pub use config::{Args, Faults, WorkerConfig, WorkerTls};

@@ -22,6 +22,8 @@ use crate::cache::Cache;
 use crate::compute::{ComputeThread, Output, Work};
 use crate::config::WorkerConfig;
 use crate::device::parse_device;
+use crate::health::HealthListener;
+use ctcluster_common::health::Health;
 
 /// Largest message the worker accepts.
 const MAX_MESSAGE_BYTES: usize = 8 << 20;
@@ -34,12 +36,22 @@ pub async fn run_worker(
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let device = parse_device(&config.device)?;
+    let health = Health::new().await;
+    let _health_listener = match config.health_listen {
+        Some(addr) => Some(HealthListener::start(addr, health.clone()).await?),
+        None => None,
+    };
     let compute = ComputeThread::start(device);
     let mut cache = Cache::default();
     let mut endpoint = Endpoint::from_shared(config.coordinator.clone())
         .map_err(|e| WorkerError::Config(format!("--coordinator: {e}")))?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // A connection whose link went down is noticed within seconds (unanswered pings),
+        // not after TCP's retransmissions give up; the worker then reconnects.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
     if let Some(tls) = &config.tls {
         endpoint = endpoint
             .tls_config(
@@ -96,11 +108,13 @@ pub async fn run_worker(
         };
         backoff = Duration::from_millis(100);
         tracing::info!(worker = %reg.worker_id, "registered with the coordinator");
+        health.set_ready(true).await;
         let beat = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat(
             client.clone(),
             reg.worker_id.clone(),
             Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(50))),
+            health.clone(),
             beat.clone(),
         ));
         let result = work_loop(
@@ -114,6 +128,7 @@ pub async fn run_worker(
         .await;
         beat.cancel();
         let _ = heartbeat.await;
+        health.set_ready(false).await;
         match result {
             Ok(()) => {
                 let mut c = client;
@@ -129,10 +144,12 @@ pub async fn run_worker(
     }
 }
 
+/// Beats until `stop`; readiness follows whether the coordinator answers.
 async fn heartbeat(
     mut client: Client,
     worker_id: String,
     every: Duration,
+    health: Health,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
@@ -141,14 +158,19 @@ async fn heartbeat(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = client
-            .heartbeat(pb::HeartbeatRequest {
+        // A beat that gets no answer (a cut link) counts as failed once the next is due.
+        let answered = tokio::time::timeout(
+            every.max(Duration::from_millis(500)) * 2,
+            client.heartbeat(pb::HeartbeatRequest {
                 worker_id: worker_id.clone(),
-            })
-            .await
-        {
-            tracing::debug!(error = %e, "heartbeat failed");
+            }),
+        )
+        .await;
+        let ok = matches!(answered, Ok(Ok(_)));
+        if !ok {
+            tracing::debug!(?answered, "heartbeat failed");
         }
+        health.set_ready(ok).await;
     }
 }
 

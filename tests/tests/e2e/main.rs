@@ -4,6 +4,7 @@ mod bad_input;
 mod chaos;
 mod deploy;
 mod exactness;
+mod health;
 mod hostile;
 mod ingest;
 mod learning;
