@@ -157,6 +157,24 @@ impl StoreUrl {
         Ok(StoreUrl { url, store, prefix })
     }
 
+    /// Uses `store` for every URL under `base` (`scheme://host`: a bucket, a container) from
+    /// now on, instead of a store configured from the environment: for an embedding
+    /// application that configures its stores in code, and for tests against a local server.
+    /// A store already in use for `base` is replaced for URLs parsed afterwards.
+    pub fn register_store(base: &str, store: Arc<dyn ObjectStore>) -> Result<()> {
+        let url = normalize_url(base)?;
+        if !url.path().trim_matches('/').is_empty() {
+            return Err(Error::Url {
+                url: base.into(),
+                reason: "register a store for scheme://host, without a path".into(),
+            });
+        }
+        let key = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+        let mut map = stores().lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(key, store);
+        Ok(())
+    }
+
     fn cached(
         key: &str,
         make: impl FnOnce() -> std::result::Result<Arc<dyn ObjectStore>, object_store::Error>,

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod chaos;
 pub mod fixtures;
+pub mod netns;
 pub mod otlp;
 pub mod procs;
 
