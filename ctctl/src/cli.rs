@@ -49,6 +49,10 @@ pub enum Command {
         /// Then watch it until it ends.
         #[arg(long)]
         watch: bool,
+        /// Submit only if the coordinator has no unfinished job of the spec's name; if it has
+        /// one (a restarted or re-admitted run's), take that one instead (print, watch it).
+        #[arg(long)]
+        once: bool,
     },
     /// One job's status.
     Status {

@@ -24,6 +24,42 @@ pub async fn submit(coordinator: &Target, file: &Path) -> Result<String, CtlErro
     submit_text(coordinator, spec_yaml).await
 }
 
+/// Submits a spec unless the coordinator already has an unfinished job of its name, whose id
+/// is then returned instead: a submit step that runs again (a restarted or re-admitted
+/// Kubernetes JobSet, a rerun batch script) follows the job it started, which the coordinator
+/// resumed from its checkpoint, instead of starting a second one.
+pub async fn submit_once(coordinator: &Target, file: &Path) -> Result<String, CtlError> {
+    let spec_yaml = std::fs::read_to_string(file)
+        .map_err(|e| CtlError::Usage(format!("{}: {e}", file.display())))?;
+    let name = ctcluster_common::spec::JobSpec::from_yaml(&spec_yaml)
+        .map_err(|e| CtlError::Usage(format!("{}: {e}", file.display())))?
+        .name;
+    let mut c = connect(coordinator).await?;
+    let jobs = c.list_jobs(pb::ListJobsRequest {}).await?.into_inner().jobs;
+    let running: Vec<&pb::JobStatus> = jobs
+        .iter()
+        .filter(|j| j.name == name && !crate::render::is_terminal(j.state))
+        .collect();
+    match running.as_slice() {
+        [] => submit_text(coordinator, spec_yaml).await,
+        [one] => {
+            eprintln!(
+                "ctctl: job {} ({name}) is already running; following it",
+                one.id
+            );
+            Ok(one.id.clone())
+        }
+        many => Err(CtlError::Usage(format!(
+            "--once: {} unfinished jobs are named {name:?} ({}); cancel all but one",
+            many.len(),
+            many.iter()
+                .map(|j| j.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
 /// Submits a spec given as text; returns the job id. When traces are exported this is where
 /// the job's trace starts: the coordinator's job span is a child of this `submit` span.
 pub async fn submit_text(coordinator: &Target, spec_yaml: String) -> Result<String, CtlError> {

@@ -73,9 +73,14 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
         Command::Submit {
             file,
             watch: follow,
+            once,
         } => {
             let c = &target()?;
-            let id = jobs::submit(c, &file).await?;
+            let id = if once {
+                jobs::submit_once(c, &file).await?
+            } else {
+                jobs::submit(c, &file).await?
+            };
             if !follow {
                 return Ok(id);
             }

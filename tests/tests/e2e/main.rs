@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod chaos;
+mod containers;
 mod deploy;
 mod exactness;
 mod health;
