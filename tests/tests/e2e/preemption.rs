@@ -1,7 +1,8 @@
 //! Preemption: SIGTERM to the coordinator (what a spot instance or a Kubernetes eviction sends)
 //! checkpoints every running job at the step it completed last and exits 0 within the grace;
 //! the restarted coordinator resumes the job from that step, and it ends bit-identical to an
-//! undisturbed run.
+//! undisturbed run. SIGTERM to a worker: it finishes its task in flight, says goodbye (the
+//! coordinator drops it at once) and exits 0; the job ends as an undisturbed run.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -104,4 +105,89 @@ async fn sigterm_checkpoints_every_job_at_its_step_and_the_resumed_job_is_exact(
         a.params == b.params && a.adam == b.adam,
         "the preempted job ended elsewhere than an undisturbed one"
     );
+}
+
+/// The registered workers' names.
+async fn worker_names(target: &Target) -> Vec<String> {
+    ctcluster_tests::client_for(target)
+        .await
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .expect("list workers")
+        .into_inner()
+        .workers
+        .into_iter()
+        .map(|w| w.name)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_told_to_stop_finishes_its_task_says_goodbye_and_exits_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = root.join("ds");
+    synthetic(data.to_str().unwrap(), 480, 16, 8).await;
+    let state = root.join("state");
+    let out = root.join("out").display().to_string();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let target = Target::insecure(&url);
+    // A long lease: a worker that left without a word would stay listed for a minute.
+    let _coord = start_coordinator(port, &state, &["--worker-lease-ms", "60000"]);
+    // Slow tasks (200 ms), so that the signal finds a task in flight.
+    let worker = |name: &str| {
+        Proc::start(
+            "ctcluster-worker",
+            &[
+                "--coordinator",
+                &url,
+                "--insecure",
+                "--name",
+                name,
+                "--fault-delay-ms",
+                "200",
+            ],
+            &[],
+        )
+    };
+    let mut w0 = worker("w0");
+    let _w1 = worker("w1");
+    let yaml = spec(
+        "worker-stop",
+        data.to_str().unwrap(),
+        &out,
+        "epochs: 3\nbatch_size: 32\nmicro_batch_size: 8\nseed: 9\n",
+    );
+    let job = submit_as(&target, yaml.clone()).await.unwrap();
+    job_until(&target, &job, |s| s.step >= 2).await;
+    assert_eq!(worker_names(&target).await.len(), 2);
+
+    let signalled = Instant::now();
+    w0.terminate("worker");
+    let took = signalled.elapsed();
+    // Gone from the coordinator at once (its goodbye), not after the lease.
+    assert_eq!(worker_names(&target).await, ["w1"]);
+    println!("worker SIGTERM: exited 0 and said goodbye in {took:?}");
+
+    let done = job_until(&target, &job, succeeded_or_failed).await;
+    assert_eq!(
+        done.state,
+        pb::JobState::Succeeded as i32,
+        "{}",
+        done.message
+    );
+    assert_eq!(done.rejected_results, 0, "a result was refused: {done:?}");
+    let calm = ctcluster_tests::Cluster::start(&root.join("calm").display().to_string(), 1).await;
+    let calm_status = calm
+        .run(&yaml.replace(&out, &root.join("calm-out").display().to_string()))
+        .await;
+    let (a, b) = (
+        final_checkpoint(&done).await,
+        final_checkpoint(&calm_status).await,
+    );
+    assert!(
+        a.params == b.params && a.adam == b.adam,
+        "the job whose worker stopped ended elsewhere than an undisturbed one"
+    );
+    calm.stop().await;
 }
