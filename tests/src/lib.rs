@@ -317,6 +317,41 @@ pub async fn job_until(
     }
 }
 
+/// A job's status, or `None` while the coordinator cannot be reached (connecting and asking
+/// take at most 3 s each): for tests that cut the coordinator off or restart it.
+pub async fn try_job_status(target: &ctctl::Target, job: &str) -> Option<pb::JobStatus> {
+    let bound = Duration::from_secs(3);
+    let mut client = tokio::time::timeout(bound, ctctl::connect::connect(target))
+        .await
+        .ok()?
+        .ok()?;
+    let call = client.get_job(pb::GetJobRequest { job_id: job.into() });
+    Some(
+        tokio::time::timeout(bound, call)
+            .await
+            .ok()?
+            .ok()?
+            .into_inner(),
+    )
+}
+
+/// The names of the registered workers, or `None` while the coordinator cannot be reached.
+pub async fn try_worker_names(target: &ctctl::Target) -> Option<Vec<String>> {
+    let bound = Duration::from_secs(3);
+    let mut client = tokio::time::timeout(bound, ctctl::connect::connect(target))
+        .await
+        .ok()?
+        .ok()?;
+    let call = client.list_workers(pb::ListWorkersRequest {});
+    let workers = tokio::time::timeout(bound, call)
+        .await
+        .ok()?
+        .ok()?
+        .into_inner()
+        .workers;
+    Some(workers.into_iter().map(|w| w.name).collect())
+}
+
 /// Whether a job has ended (succeeded, failed or cancelled).
 pub fn has_ended(s: &pb::JobStatus) -> bool {
     ctctl::render::is_terminal(s.state)

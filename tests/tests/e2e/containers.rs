@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ctcluster_common::checkpoint::Checkpoint;
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_proto as pb;
-use ctcluster_tests::{Cluster, bin_dir, has_ended};
+use ctcluster_tests::{Cluster, bin_dir, has_ended, try_job_status};
 use ctctl::Target;
 
 const TAG: &str = "e2e";
@@ -170,17 +170,7 @@ async fn status(net: &Net, coordinator: &str, job: &str) -> Option<pb::JobStatus
     if addr.is_empty() {
         return None;
     }
-    let target = Target::insecure(&format!("http://{addr}:50051"));
-    let connect = tokio::time::timeout(Duration::from_secs(3), ctctl::connect::connect(&target));
-    let mut client = connect.await.ok()?.ok()?;
-    let call = client.get_job(pb::GetJobRequest { job_id: job.into() });
-    Some(
-        tokio::time::timeout(Duration::from_secs(3), call)
-            .await
-            .ok()?
-            .ok()?
-            .into_inner(),
-    )
+    try_job_status(&Target::insecure(&format!("http://{addr}:50051")), job).await
 }
 
 /// Polls (bounded) until the job reaches `step` or ends.

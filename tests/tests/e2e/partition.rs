@@ -10,39 +10,13 @@ use std::time::{Duration, Instant};
 
 use ctcluster_proto as pb;
 use ctcluster_tests::netns::Hosts;
-use ctcluster_tests::{Cluster, final_checkpoint, has_ended, spec, synthetic};
+use ctcluster_tests::{
+    Cluster, final_checkpoint, has_ended, spec, synthetic, try_job_status, try_worker_names,
+};
 use ctctl::Target;
 
 /// The coordinator drops a worker silent for this long.
 const LEASE_MS: u64 = 3000;
-
-/// The status of `job`, or `None` while the coordinator cannot be reached.
-async fn try_status(target: &Target, job: &str) -> Option<pb::JobStatus> {
-    let connect = tokio::time::timeout(Duration::from_secs(3), ctctl::connect::connect(target));
-    let mut client = connect.await.ok()?.ok()?;
-    let call = client.get_job(pb::GetJobRequest { job_id: job.into() });
-    Some(
-        tokio::time::timeout(Duration::from_secs(3), call)
-            .await
-            .ok()?
-            .ok()?
-            .into_inner(),
-    )
-}
-
-/// The names of the registered workers, or `None` while the coordinator cannot be reached.
-async fn worker_names(target: &Target) -> Option<Vec<String>> {
-    let connect = tokio::time::timeout(Duration::from_secs(3), ctctl::connect::connect(target));
-    let mut client = connect.await.ok()?.ok()?;
-    let call = client.list_workers(pb::ListWorkersRequest {});
-    let workers = tokio::time::timeout(Duration::from_secs(3), call)
-        .await
-        .ok()?
-        .ok()?
-        .into_inner()
-        .workers;
-    Some(workers.into_iter().map(|w| w.name).collect())
-}
 
 /// Polls (bounded by `within`) until `ok` holds of the registered workers' names; returns how
 /// long that took.
@@ -54,7 +28,7 @@ async fn workers_until(
 ) -> Duration {
     let start = Instant::now();
     loop {
-        let names = worker_names(target).await;
+        let names = try_worker_names(target).await;
         if let Some(names) = &names
             && ok(names)
         {
@@ -69,7 +43,7 @@ async fn workers_until(
 async fn step_at_least(target: &Target, job: &str, step: u64) -> pb::JobStatus {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        if let Some(s) = try_status(target, job).await {
+        if let Some(s) = try_job_status(target, job).await {
             assert!(
                 !has_ended(&s) || s.state == pb::JobState::Succeeded as i32,
                 "the job failed: {}",

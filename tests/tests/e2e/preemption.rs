@@ -109,16 +109,9 @@ async fn sigterm_checkpoints_every_job_at_its_step_and_the_resumed_job_is_exact(
 
 /// The registered workers' names.
 async fn worker_names(target: &Target) -> Vec<String> {
-    ctcluster_tests::client_for(target)
+    ctcluster_tests::try_worker_names(target)
         .await
-        .list_workers(pb::ListWorkersRequest {})
-        .await
-        .expect("list workers")
-        .into_inner()
-        .workers
-        .into_iter()
-        .map(|w| w.name)
-        .collect()
+        .expect("the coordinator answers")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
