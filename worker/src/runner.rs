@@ -158,7 +158,7 @@ async fn heartbeat(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        // A beat that gets no answer (a cut link) counts as failed once the next is due.
+        // A beat with no answer within two periods (at least 1 s: a cut link) has failed.
         let answered = tokio::time::timeout(
             every.max(Duration::from_millis(500)) * 2,
             client.heartbeat(pb::HeartbeatRequest {
