@@ -127,7 +127,7 @@ pub fn hash_token(token: &str) -> String {
 impl UsersFile {
     /// Parses and checks a users file; `origin` names it in errors.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self> {
-        let f: UsersFile = serde_yaml::from_str(text)
+        let f: UsersFile = serde_norway::from_str(text)
             .map_err(|e| Error::invalid("users file", format!("{origin}: {e}")))?;
         let mut seen = std::collections::HashSet::new();
         for u in &f.users {
@@ -159,7 +159,7 @@ impl UsersFile {
     pub fn to_yaml(&self) -> String {
         format!(
             "# ctcluster users: bearer tokens stored as sha256 (made by `ctctl certs init`).\n{}",
-            serde_yaml::to_string(self).unwrap_or_default()
+            serde_norway::to_string(self).unwrap_or_default()
         )
     }
 }

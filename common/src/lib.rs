@@ -2,6 +2,7 @@
 //! dataset format and its Arrow codec, the CNN model, the optimizer, checkpoints and storage URLs.
 
 pub mod alloc;
+pub mod audit;
 pub mod auth;
 pub mod checkpoint;
 pub mod dataset;
@@ -18,8 +19,10 @@ pub mod rng;
 pub mod seal;
 pub mod spec;
 pub mod storage;
+pub mod task;
 pub mod telemetry;
 pub mod tensor_bytes;
+pub mod wire;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorClass, Result};
 pub use ids::{JobId, Step, TaskId, WorkerId};

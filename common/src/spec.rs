@@ -331,13 +331,23 @@ fn check_url(field: &str, value: &str) -> Result<()> {
         .map_err(|e| Error::invalid(field, e.to_string()))
 }
 
+/// Largest job spec accepted, as YAML text: wherever a spec is read (a submit, a job record, a
+/// checkpoint), this one limit applies before any parsing.
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
+
 impl JobSpec {
     /// Parses and validates a YAML spec.
     pub fn from_yaml(text: &str) -> Result<Self> {
-        if text.len() > 1 << 20 {
-            return Err(Error::invalid("spec", "larger than 1 MiB"));
+        if text.len() > MAX_SPEC_BYTES {
+            return Err(Error::invalid(
+                "spec",
+                format!(
+                    "{} bytes; a job spec may have at most {MAX_SPEC_BYTES}",
+                    text.len()
+                ),
+            ));
         }
-        let spec: JobSpec = serde_yaml::from_str(text).map_err(|e| {
+        let spec: JobSpec = serde_norway::from_str(text).map_err(|e| {
             let at = e
                 .location()
                 .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
@@ -350,7 +360,7 @@ impl JobSpec {
 
     /// The spec as YAML (what checkpoints store).
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).unwrap_or_default()
+        serde_norway::to_string(self).unwrap_or_default()
     }
 
     /// Checks every value; the error names the first bad field.
@@ -470,6 +480,27 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = "name: t\ndataset: memory://d/x\noutput: memory://d/out\n";
+
+    /// The YAML parser's own limits, which every spec and users file relies on: aliases may
+    /// not expand without bound (a "billion laughs" of 9^7 nodes), nesting is bounded.
+    #[test]
+    fn the_yaml_parser_refuses_alias_bombs_and_deep_nesting() {
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
+        for (name, prev) in [("b", "a"), ("c", "b"), ("d", "c"), ("e", "d"), ("f", "e")] {
+            let refs = vec![format!("*{prev}"); 9].join(", ");
+            bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        }
+        bomb.push_str(&format!("g: [{}]\n", ["*f"; 9].join(", ")));
+        let err = serde_norway::from_str::<serde_norway::Value>(&bomb).unwrap_err();
+        assert!(err.to_string().contains("repetition limit"), "{err}");
+        let deep = format!("name: {}\n", "[".repeat(20_000));
+        let err = serde_norway::from_str::<serde_norway::Value>(&deep).unwrap_err();
+        assert!(err.to_string().contains("recursion limit"), "{err}");
+        // And a spec is refused by size before it is parsed at all.
+        let big = format!("{MINIMAL}# {}\n", "x".repeat(MAX_SPEC_BYTES));
+        let err = JobSpec::from_yaml(&big).unwrap_err().to_string();
+        assert!(err.contains(&format!("at most {MAX_SPEC_BYTES}")), "{err}");
+    }
 
     #[test]
     fn minimal_spec_gets_pytorch_like_defaults() {

@@ -230,6 +230,7 @@ impl StoreUrl {
     fn storage_err(&self, source: object_store::Error) -> Error {
         match source {
             object_store::Error::NotFound { .. } => Error::NotFound {
+                what: "object".into(),
                 location: self.as_str().into(),
             },
             source => Error::Storage {

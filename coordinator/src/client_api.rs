@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{Principal, principal};
 use crate::error::CoordError;
 use crate::job::JobHandle;
-use crate::state::{Coordinator, state_to_proto};
+use crate::state::Coordinator;
 use crate::workers::{WorkerEntry, slowest};
 
 /// Converts a job record to its wire form.
@@ -21,7 +21,7 @@ pub fn record_to_proto(r: &JobRecord) -> pb::JobStatus {
     pb::JobStatus {
         id: r.id.to_string(),
         name: r.name.clone(),
-        state: state_to_proto(r.state) as i32,
+        state: pb::JobState::from(r.state) as i32,
         message: r.message.clone(),
         epoch: r.epoch,
         epochs: r.epochs,
@@ -177,10 +177,10 @@ impl pb::client_service_server::ClientService for ClientApi {
                 device: w.device,
                 last_seen_ms: u64::try_from(w.last_seen.elapsed().as_millis()).unwrap_or(u64::MAX),
                 tasks: w.stats.tasks,
-                images_per_sec: w.stats.images_per_sec,
-                fetch_seconds: w.stats.fetch,
-                compute_seconds: w.stats.compute,
-                network_seconds: w.stats.network,
+                images_per_sec: w.stats.images_per_sec.value(),
+                fetch_seconds: w.stats.fetch.value(),
+                compute_seconds: w.stats.compute.value(),
+                network_seconds: w.stats.network.value(),
             })
             .collect();
         Ok(Response::new(pb::ListWorkersResponse {

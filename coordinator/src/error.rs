@@ -1,6 +1,7 @@
 //! The coordinator's error type, and its one mapping to gRPC status codes.
 
-use ctcluster_common::{Error as CommonError, JobId, WorkerId};
+use ctcluster_common::task::{FailureKind, TaskFailure};
+use ctcluster_common::{Error as CommonError, ErrorClass, JobId, WorkerId};
 use tonic::Status;
 
 /// Everything a coordinator request can fail with.
@@ -56,9 +57,10 @@ pub enum CoordError {
         /// What is wrong.
         reason: String,
     },
-    /// A task failed on every try (its error says what and where).
-    #[error("a task kept failing, so the job cannot progress; the last error: {0}")]
-    TaskFailed(String),
+    /// A task failed for good: its input is bad, or it failed on every try (its error says
+    /// what and where).
+    #[error("{}", task_failed(.0))]
+    TaskFailed(TaskFailure),
     /// A fault inside the coordinator (a panic in a job's driver); the job fails with it.
     #[error("internal error: {0}")]
     Internal(String),
@@ -77,6 +79,15 @@ pub enum CoordError {
     },
 }
 
+fn task_failed(f: &TaskFailure) -> String {
+    match f.kind {
+        FailureKind::BadInput => format!("a task's input is bad, so the job cannot progress: {f}"),
+        FailureKind::Retryable => {
+            format!("a task kept failing, so the job cannot progress; the last error: {f}")
+        }
+    }
+}
+
 impl CoordError {
     /// Shorthand for [`CoordError::BadRequest`].
     pub fn bad(field: &'static str, reason: impl Into<String>) -> Self {
@@ -91,11 +102,13 @@ impl From<CoordError> for Status {
     fn from(e: CoordError) -> Status {
         let msg = e.to_string();
         match e {
-            CoordError::Common(c) => match c {
-                CommonError::NotFound { .. } => Status::not_found(msg),
-                CommonError::Storage { .. } => Status::unavailable(msg),
-                CommonError::Compute(_) | CommonError::Io { .. } => Status::internal(msg),
-                _ => Status::invalid_argument(msg),
+            CoordError::Common(c) => match c.class() {
+                ErrorClass::InvalidInput => Status::invalid_argument(msg),
+                ErrorClass::NotFound => Status::not_found(msg),
+                ErrorClass::PermissionDenied => Status::permission_denied(msg),
+                ErrorClass::FailedPrecondition => Status::failed_precondition(msg),
+                ErrorClass::Unavailable => Status::unavailable(msg),
+                ErrorClass::Internal => Status::internal(msg),
             },
             CoordError::JobNotFound(_) | CoordError::WorkerNotFound(_) => Status::not_found(msg),
             CoordError::Stale(_) | CoordError::ProtocolMismatch { .. } => {
@@ -167,6 +180,33 @@ mod tests {
                 .into()
             ),
             Code::InvalidArgument
+        );
+        assert_eq!(
+            code(
+                CommonError::NotFound {
+                    what: "no dataset here, manifest.json".into(),
+                    location: "memory://d".into()
+                }
+                .in_field("dataset")
+                .into()
+            ),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(
+                CommonError::KeyMissing {
+                    what: "dataset".into(),
+                    key_id: "k".into(),
+                    hint: "CT_KEY_k".into()
+                }
+                .into()
+            ),
+            Code::FailedPrecondition
+        );
+        assert_eq!(code(CoordError::ShuttingDown), Code::Unavailable);
+        assert_eq!(
+            code(CoordError::TaskFailed(TaskFailure::bad_input("shard 1"))),
+            Code::Aborted
         );
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod connections;
 pub mod driver;
 pub mod error;
+pub mod ewma;
 pub mod job;
 pub mod plan;
 pub mod records;

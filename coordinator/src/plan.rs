@@ -4,7 +4,7 @@
 use ctcluster_common::dataset::Manifest;
 use ctcluster_common::rng::{KeyedRng, derive, hash_str};
 use ctcluster_common::spec::JobSpec;
-use ctcluster_proto as pb;
+use ctcluster_common::task::SampleRef;
 
 /// Which split a task reads.
 #[derive(Clone, Debug, PartialEq)]
@@ -12,7 +12,7 @@ pub struct SplitRefs {
     /// Split name in the dataset.
     pub split: String,
     /// Samples, in dataset order.
-    pub samples: Vec<pb::SampleRef>,
+    pub samples: Vec<SampleRef>,
 }
 
 /// A job's data plan.
@@ -29,12 +29,12 @@ pub fn is_validation(id: &str, fraction: f64) -> bool {
     (hash_str(id) >> 11) as f64 / (1u64 << 53) as f64 <= fraction && fraction > 0.0
 }
 
-fn all_refs(manifest: &Manifest, split: &str) -> Vec<pb::SampleRef> {
+fn all_refs(manifest: &Manifest, split: &str) -> Vec<SampleRef> {
     let mut out = Vec::new();
     if let Some(s) = manifest.splits.get(split) {
         for (shard, info) in s.shards.iter().enumerate() {
             for row in 0..info.rows {
-                out.push(pb::SampleRef {
+                out.push(SampleRef {
                     shard: shard as u32,
                     row: row as u32,
                 });
@@ -65,7 +65,7 @@ impl DataPlan {
         let mut val = Vec::new();
         for (shard, rows) in ids.iter().enumerate() {
             for (row, id) in rows.iter().enumerate() {
-                let r = pb::SampleRef {
+                let r = SampleRef {
                     shard: shard as u32,
                     row: row as u32,
                 };
@@ -106,7 +106,7 @@ impl DataPlan {
         order: &[usize],
         step_in_epoch: u64,
         spec: &JobSpec,
-    ) -> Vec<Vec<pb::SampleRef>> {
+    ) -> Vec<Vec<SampleRef>> {
         let b = spec.batch_size as usize;
         let start = (step_in_epoch as usize).saturating_mul(b).min(order.len());
         let end = (start + b).min(order.len());
@@ -159,7 +159,7 @@ mod tests {
         let s = spec(64, 16);
         let order = plan.epoch_order(1, 0);
         assert_ne!(order, plan.epoch_order(1, 1));
-        let mut seen: Vec<pb::SampleRef> = Vec::new();
+        let mut seen: Vec<SampleRef> = Vec::new();
         for step in 0..plan.steps_per_epoch(64) {
             let mbs = plan.micro_batches(&order, step, &s);
             assert!(mbs.iter().all(|m| m.len() <= 16));

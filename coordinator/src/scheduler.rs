@@ -3,12 +3,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::ewma::Ewma;
+use ctcluster_common::task::{FailureKind, Task, TaskFailure};
 use ctcluster_common::telemetry::TraceCarrier;
-use ctcluster_common::{JobId, TaskId, WorkerId};
-use ctcluster_proto as pb;
+use ctcluster_common::{JobId, Step, TaskId, WorkerId};
 use tokio::sync::{Notify, mpsc};
+// Tokio's clock, so that leases of tasks and straggler timing run under paused time in tests.
+use tokio::time::Instant;
 
 /// A validated result of one task, on its way to the job that asked for it.
 #[derive(Debug)]
@@ -40,7 +43,7 @@ pub struct RoundTrace {
 }
 
 /// What a job's driver receives for each task: its result, or why it could not be computed.
-pub type TaskOutcome = Result<TaskResult, String>;
+pub type TaskOutcome = Result<TaskResult, TaskFailure>;
 
 /// Failures of one task before its job is failed, when they happened on this many different
 /// workers (or on every registered worker, if fewer are registered).
@@ -55,7 +58,7 @@ pub const STRAGGLER_MIN: Duration = Duration::from_secs(1);
 
 struct Pending {
     job: JobId,
-    task: pb::Task,
+    task: Task,
     reply: mpsc::UnboundedSender<TaskOutcome>,
     /// Workers computing it now, with when they got it: one, or two once re-issued.
     holders: Vec<(WorkerId, Instant)>,
@@ -71,7 +74,7 @@ struct Inner {
     queue: VecDeque<TaskId>,
     pending: HashMap<TaskId, Pending>,
     /// Smoothed seconds from hand-out to result, for spotting stragglers.
-    typical_secs: Option<f64>,
+    typical_secs: Ewma,
     /// Workers holding no task that are waiting for one (with how many polls each).
     idle: HashMap<WorkerId, usize>,
 }
@@ -101,7 +104,7 @@ impl Inner {
     }
 
     fn straggler_after(&self) -> Duration {
-        let typical = self.typical_secs.map_or(Duration::ZERO, |s| {
+        let typical = self.typical_secs.get().map_or(Duration::ZERO, |s| {
             Duration::from_secs_f64(s * STRAGGLER_FACTOR)
         });
         typical.max(STRAGGLER_MIN)
@@ -114,7 +117,7 @@ pub struct Expected {
     /// The task's job.
     pub job: JobId,
     /// The step it belongs to.
-    pub step: u64,
+    pub step: Step,
     /// Gradient length expected (0 for evaluation).
     pub gradient_len: u64,
     /// Samples in the task.
@@ -129,7 +132,7 @@ pub struct Expected {
 #[derive(Debug)]
 pub struct Handout {
     /// The task.
-    pub task: pb::Task,
+    pub task: Task,
     /// Its job.
     pub job: JobId,
     /// True when it is a second copy of a straggling task (the first result wins).
@@ -196,7 +199,7 @@ impl Scheduler {
     pub fn submit(
         &self,
         job: &JobId,
-        tasks: Vec<pb::Task>,
+        tasks: Vec<Task>,
         trace: &RoundTrace,
         reply: &mpsc::UnboundedSender<TaskOutcome>,
     ) -> Vec<TaskId> {
@@ -205,7 +208,7 @@ impl Scheduler {
         for mut task in tasks {
             g.next_id += 1;
             let id = TaskId(g.next_id);
-            task.task_id = id.0;
+            task.id = id;
             g.pending.insert(
                 id,
                 Pending {
@@ -290,11 +293,7 @@ impl Scheduler {
             handed_out,
             job: p.job.clone(),
             step: p.task.step,
-            gradient_len: if p.task.kind == pb::TaskKind::Train as i32 {
-                p.task.num_params
-            } else {
-                0
-            },
+            gradient_len: p.task.gradient_len(),
             samples: u32::try_from(p.task.samples.len()).unwrap_or(u32::MAX),
             failure_trace: p.trace.failures.clone(),
         })
@@ -308,16 +307,18 @@ impl Scheduler {
         };
         if let Some((_, since)) = p.holders.iter().find(|(w, _)| *w == result.worker) {
             let secs = since.elapsed().as_secs_f64();
-            g.typical_secs = Some(g.typical_secs.map_or(secs, |t| 0.8 * t + 0.2 * secs));
+            g.typical_secs.add(secs);
         }
         drop(g);
         p.reply.send(Ok(result)).is_ok()
     }
 
-    /// A worker could not compute a task: it is retried (on any worker) until it has failed
+    /// A worker could not compute a task. A failure of the input itself
+    /// ([`FailureKind::BadInput`]: a corrupt shard) goes to the job at once: every worker would
+    /// fail the same way. Any other is retried (on any worker) until it has failed
     /// [`MAX_TASK_FAILURES`] times on that many different workers (on all `live` workers when
     /// fewer are registered), or [`MAX_TASK_TRIES`] times in all; then its job gets the error.
-    pub fn fail(&self, task: TaskId, worker: WorkerId, error: String, live: usize) {
+    pub fn fail(&self, task: TaskId, worker: WorkerId, failure: TaskFailure, live: usize) {
         let mut g = self.lock();
         let Some(p) = g.pending.get_mut(&task) else {
             return;
@@ -330,9 +331,15 @@ impl Scheduler {
             p.failed_on.push(worker);
         }
         let spread = p.failed_on.len() >= live.clamp(1, MAX_TASK_FAILURES as usize);
-        if (p.failures >= MAX_TASK_FAILURES && spread) || p.failures >= MAX_TASK_TRIES {
+        let give_up = match failure.kind {
+            FailureKind::BadInput => true,
+            FailureKind::Retryable => {
+                (p.failures >= MAX_TASK_FAILURES && spread) || p.failures >= MAX_TASK_TRIES
+            }
+        };
+        if give_up {
             if let Some(p) = g.pending.remove(&task) {
-                let _ = p.reply.send(Err(error));
+                let _ = p.reply.send(Err(failure));
             }
             return;
         }
@@ -347,7 +354,8 @@ impl Scheduler {
     /// finite, a worker that always answers wrongly) fails its job with the reason instead of
     /// being computed again without end.
     pub fn retry(&self, task: TaskId, worker: WorkerId, reason: &str, live: usize) {
-        self.fail(task, worker, format!("result refused: {reason}"), live);
+        let failure = TaskFailure::retryable(format!("result refused: {reason}"));
+        self.fail(task, worker, failure, live);
     }
 
     /// Re-queues every task a lost worker held alone; returns how many it held.
@@ -380,6 +388,14 @@ impl Scheduler {
 
 #[cfg(test)]
 mod tests {
+    //! Under paused time: tokio's clock only moves when every task waits, so the long polls,
+    //! the straggler threshold and the 250 ms rechecks take no real time and do not depend on
+    //! the machine's load.
+
+    use std::sync::Arc;
+
+    use ctcluster_common::task::{SampleRef, TaskJob, TaskKind};
+
     use super::*;
 
     fn result(task: TaskId, worker: WorkerId) -> TaskResult {
@@ -394,34 +410,50 @@ mod tests {
         }
     }
 
-    fn task(step: u64) -> pb::Task {
-        pb::Task {
-            kind: pb::TaskKind::Train as i32,
-            step,
+    fn task(job: &JobId, step: u64) -> Task {
+        Task {
+            id: TaskId(0),
+            kind: TaskKind::Train,
+            job: Arc::new(TaskJob {
+                job_id: job.clone(),
+                dataset_url: "memory://d".into(),
+                model_json: "{}".into(),
+                seed: 1,
+                split: "train".into(),
+            }),
+            epoch: 0,
+            step: Step(step),
+            params_version: step,
             num_params: 10,
-            samples: vec![pb::SampleRef { shard: 0, row: 1 }],
-            ..Default::default()
+            samples: vec![SampleRef { shard: 0, row: 1 }],
         }
     }
 
-    #[tokio::test]
+    const POLL: Duration = Duration::from_millis(10);
+
+    #[tokio::test(start_paused = true)]
     async fn lost_workers_tasks_go_to_others_and_first_result_wins() {
         let s = Scheduler::default();
         let job = JobId::generate();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let ids = s.submit(&job, vec![task(1), task(1)], &RoundTrace::default(), &tx);
+        let ids = s.submit(
+            &job,
+            vec![task(&job, 1), task(&job, 1)],
+            &RoundTrace::default(),
+            &tx,
+        );
         let (a, b) = (WorkerId(1), WorkerId(2));
-        let t1 = s.next_for(a, Duration::from_millis(10)).await.unwrap().task;
-        assert_eq!(t1.task_id, ids[0].0);
+        let t1 = s.next_for(a, POLL).await.unwrap().task;
+        assert_eq!(t1.id, ids[0]);
         assert_eq!(s.release_worker(a), 1);
-        let again = s.next_for(b, Duration::from_millis(10)).await.unwrap().task;
-        assert_eq!(again.task_id, ids[0].0, "the lost task goes first");
+        let again = s.next_for(b, POLL).await.unwrap().task;
+        assert_eq!(again.id, ids[0], "the lost task goes first");
         assert!(
             s.expected(ids[0], a).is_none(),
             "the old holder's result is not expected"
         );
         let exp = s.expected(ids[0], b).unwrap();
-        assert_eq!((exp.step, exp.gradient_len, exp.samples), (1, 10, 1));
+        assert_eq!((exp.step, exp.gradient_len, exp.samples), (Step(1), 10, 1));
         assert!(s.complete(result(ids[0], b)));
         assert!(
             !s.complete(result(ids[0], a)),
@@ -429,63 +461,91 @@ mod tests {
         );
         assert_eq!(rx.recv().await.unwrap().unwrap().worker, b);
         s.forget_job(&job);
-        assert!(s.next_for(a, Duration::from_millis(10)).await.is_none());
-        // A task that keeps failing reaches its job as an error.
-        let ids = s.submit(&job, vec![task(2)], &RoundTrace::default(), &tx);
-        for _ in 0..MAX_TASK_FAILURES {
-            let t = s.next_for(a, Duration::from_millis(10)).await.unwrap().task;
-            s.fail(TaskId(t.task_id), a, "corrupt shard".into(), 1);
-        }
-        assert_eq!(rx.recv().await.unwrap().unwrap_err(), "corrupt shard");
-        assert!(s.expected(ids[0], a).is_none());
-        assert!(s.next_for(a, Duration::from_millis(10)).await.is_none());
+        assert!(s.next_for(a, POLL).await.is_none());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
+    async fn a_retryable_failure_is_tried_again_and_reaches_the_job_when_it_persists() {
+        let s = Scheduler::default();
+        let job = JobId::generate();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let ids = s.submit(&job, vec![task(&job, 2)], &RoundTrace::default(), &tx);
+        let a = WorkerId(1);
+        for i in 0..MAX_TASK_FAILURES {
+            assert!(rx.try_recv().is_err(), "given up after {i} failures");
+            let t = s.next_for(a, POLL).await.unwrap().task;
+            assert_eq!(t.id, ids[0], "tried again");
+            s.fail(t.id, a, TaskFailure::retryable("storage unreachable"), 1);
+        }
+        let err = rx.recv().await.unwrap().unwrap_err();
+        assert_eq!(err, TaskFailure::retryable("storage unreachable"));
+        assert!(s.expected(ids[0], a).is_none());
+        assert!(s.next_for(a, POLL).await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bad_input_failure_is_not_retried() {
+        let s = Scheduler::default();
+        let job = JobId::generate();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let ids = s.submit(&job, vec![task(&job, 2)], &RoundTrace::default(), &tx);
+        let a = WorkerId(1);
+        let t = s.next_for(a, POLL).await.unwrap().task;
+        s.fail(t.id, a, TaskFailure::bad_input("shard 0: truncated"), 3);
+        let err = rx.recv().await.unwrap().unwrap_err();
+        assert_eq!(err.kind, FailureKind::BadInput);
+        assert!(s.expected(ids[0], a).is_none());
+        assert!(
+            s.next_for(WorkerId(2), POLL).await.is_none(),
+            "not queued again for another worker"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_task_whose_results_are_always_refused_fails_its_job() {
         let s = Scheduler::default();
         let job = JobId::generate();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let ids = s.submit(&job, vec![task(1)], &RoundTrace::default(), &tx);
+        let ids = s.submit(&job, vec![task(&job, 1)], &RoundTrace::default(), &tx);
         let (a, b) = (WorkerId(1), WorkerId(2));
         for i in 0..MAX_TASK_FAILURES {
             let w = if i % 2 == 0 { a } else { b };
-            let t = s.next_for(w, Duration::from_millis(10)).await.unwrap().task;
-            assert_eq!(t.task_id, ids[0].0);
+            let t = s.next_for(w, POLL).await.unwrap().task;
+            assert_eq!(t.id, ids[0]);
             assert!(rx.try_recv().is_err(), "not failed after {i} refusals");
-            s.retry(TaskId(t.task_id), w, "gradient value 3 is NaN", 2);
+            s.retry(t.id, w, "gradient value 3 is NaN", 2);
         }
         let err = rx.recv().await.unwrap().unwrap_err();
         assert!(
-            err.contains("result refused") && err.contains("NaN"),
+            err.message.contains("result refused") && err.message.contains("NaN"),
             "{err}"
         );
         assert!(
-            s.next_for(a, Duration::from_millis(10)).await.is_none(),
+            s.next_for(a, POLL).await.is_none(),
             "nothing is queued again"
         );
         // One faulty worker among healthy ones cannot fail a job before MAX_TASK_TRIES.
-        let ids = s.submit(&job, vec![task(2)], &RoundTrace::default(), &tx);
+        let ids = s.submit(&job, vec![task(&job, 2)], &RoundTrace::default(), &tx);
         for i in 0..MAX_TASK_TRIES {
-            let t = s.next_for(a, Duration::from_millis(10)).await.unwrap().task;
-            assert_eq!(t.task_id, ids[0].0);
+            let t = s.next_for(a, POLL).await.unwrap().task;
+            assert_eq!(t.id, ids[0]);
             assert!(
                 rx.try_recv().is_err(),
                 "failed after {i} refusals by one of 3 workers"
             );
-            s.retry(TaskId(t.task_id), a, "NaN", 3);
+            s.retry(t.id, a, "NaN", 3);
         }
         assert!(rx.recv().await.unwrap().is_err(), "bounded all the same");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_worker_asking_ahead_waits_while_an_idle_worker_asks() {
-        let s = std::sync::Arc::new(Scheduler::default());
+        let s = Arc::new(Scheduler::default());
         let job = JobId::generate();
         let (tx, _rx) = mpsc::unbounded_channel();
         let (busy, idle) = (WorkerId(1), WorkerId(2));
-        s.submit(&job, vec![task(1)], &RoundTrace::default(), &tx);
-        s.next_for(busy, Duration::from_millis(10)).await.unwrap();
+        s.submit(&job, vec![task(&job, 1)], &RoundTrace::default(), &tx);
+        s.next_for(busy, POLL).await.unwrap();
         // The idle worker is waiting when the busy one asks for its next task.
         let waiting = {
             let s = s.clone();
@@ -497,42 +557,79 @@ mod tests {
             tokio::spawn(async move { s.next_for(busy, Duration::from_secs(2)).await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let ids = s.submit(&job, vec![task(1), task(1)], &RoundTrace::default(), &tx);
+        let ids = s.submit(
+            &job,
+            vec![task(&job, 1), task(&job, 1)],
+            &RoundTrace::default(),
+            &tx,
+        );
+        let asked = tokio::time::Instant::now();
         let got = waiting.await.unwrap().unwrap();
-        assert_eq!(got.task.task_id, ids[0].0, "the idle worker goes first");
-        // Once it has its task, the worker asking ahead gets the next one at once.
-        let next = tokio::time::timeout(Duration::from_millis(200), ahead)
-            .await
-            .expect("no 250 ms recheck wait")
-            .unwrap()
-            .unwrap();
-        assert_eq!(next.task.task_id, ids[1].0);
+        assert_eq!(got.task.id, ids[0], "the idle worker goes first");
+        // Once it has its task, the worker asking ahead gets the next one at once, not at its
+        // next 250 ms recheck.
+        let next = ahead.await.unwrap().unwrap();
+        assert_eq!(next.task.id, ids[1]);
+        assert!(
+            asked.elapsed() < Duration::from_millis(250),
+            "{:?}",
+            asked.elapsed()
+        );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_idle_worker_gets_a_copy_of_a_straggler_and_the_first_result_wins() {
         let s = Scheduler::default();
         let job = JobId::generate();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let ids = s.submit(&job, vec![task(1)], &RoundTrace::default(), &tx);
+        let ids = s.submit(&job, vec![task(&job, 1)], &RoundTrace::default(), &tx);
         let (slow, idle) = (WorkerId(1), WorkerId(2));
+        let handed_out = tokio::time::Instant::now();
+        assert!(!s.next_for(slow, POLL).await.unwrap().reissued);
+        // Not yet a straggler: nothing for the idle worker, however long it polls short of it.
         assert!(
-            !s.next_for(slow, Duration::from_millis(10))
+            s.next_for(idle, STRAGGLER_MIN - Duration::from_millis(100))
                 .await
-                .unwrap()
-                .reissued
+                .is_none()
         );
-        // Not yet a straggler: nothing for the idle worker.
-        assert!(s.next_for(idle, Duration::from_millis(10)).await.is_none());
-        let copy = s
-            .next_for(idle, STRAGGLER_MIN + Duration::from_millis(600))
-            .await
-            .unwrap();
+        let copy = s.next_for(idle, Duration::from_secs(60)).await.unwrap();
+        let after = handed_out.elapsed();
         assert!(copy.reissued);
-        assert_eq!(copy.task.task_id, ids[0].0);
+        assert_eq!(copy.task.id, ids[0]);
+        // Re-issued once past the threshold, at the first 250 ms recheck after it.
+        assert!(
+            after > STRAGGLER_MIN && after <= STRAGGLER_MIN + Duration::from_millis(250),
+            "{after:?}"
+        );
         assert!(s.expected(ids[0], slow).is_some() && s.expected(ids[0], idle).is_some());
         assert!(s.complete(result(ids[0], idle)));
         assert!(!s.complete(result(ids[0], slow)));
         assert_eq!(rx.recv().await.unwrap().unwrap().worker, idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_straggler_threshold_follows_how_long_tasks_usually_take() {
+        let s = Scheduler::default();
+        let job = JobId::generate();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let (a, b) = (WorkerId(1), WorkerId(2));
+        // Tasks that take 2 s each make the typical time 2 s: a straggler only after 8 s.
+        for _ in 0..3 {
+            let ids = s.submit(&job, vec![task(&job, 1)], &RoundTrace::default(), &tx);
+            s.next_for(a, POLL).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert!(s.complete(result(ids[0], a)));
+        }
+        s.submit(&job, vec![task(&job, 2)], &RoundTrace::default(), &tx);
+        let handed_out = tokio::time::Instant::now();
+        s.next_for(a, POLL).await.unwrap();
+        let copy = s.next_for(b, Duration::from_secs(60)).await.unwrap();
+        let after = handed_out.elapsed();
+        assert!(copy.reissued);
+        let threshold = Duration::from_secs_f64(2.0 * STRAGGLER_FACTOR);
+        assert!(
+            after > threshold && after <= threshold + Duration::from_millis(250),
+            "{after:?}"
+        );
     }
 }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use ctcluster_common::JobId;
 use ctcluster_common::checkpoint::Checkpoint;
 use ctcluster_common::dataset::{load_manifest, verify_shard_sizes};
 use ctcluster_common::job::{JobRecord, JobState, MAX_UNFINISHED_STARTS};
@@ -11,7 +12,6 @@ use ctcluster_common::seal::DataKey;
 use ctcluster_common::spec::JobSpec;
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_common::telemetry::TraceCarrier;
-use ctcluster_common::{Error, JobId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,9 +24,6 @@ use crate::job::JobHandle;
 use crate::scheduler::Scheduler;
 use crate::workers::WorkerRegistry;
 use crate::{driver, records};
-
-/// Largest job spec accepted, in bytes (checked before parsing).
-pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 
 /// Everything the coordinator's services share.
 pub struct Coordinator {
@@ -146,39 +143,29 @@ impl Coordinator {
         if self.shutdown.is_cancelled() {
             return Err(CoordError::ShuttingDown);
         }
-        if spec_yaml.len() > MAX_SPEC_BYTES {
-            return Err(CoordError::bad(
-                "spec",
-                format!(
-                    "{} bytes; a job spec may have at most {MAX_SPEC_BYTES}",
-                    spec_yaml.len()
-                ),
-            ));
-        }
         let spec = JobSpec::from_yaml(spec_yaml)?;
         access::check_spec(&spec, owner, &self.config.scope, &self.list())?;
-        let dataset =
-            StoreUrl::parse(&spec.dataset).map_err(|e| Error::invalid("dataset", e.to_string()))?;
+        let dataset = StoreUrl::parse(&spec.dataset).map_err(|e| e.in_field("dataset"))?;
         let manifest = load_manifest(&dataset)
             .await
-            .map_err(|e| Error::invalid("dataset", e.to_string()))?;
+            .map_err(|e| e.in_field("dataset"))?;
         // Row counts are believed only as far as the shard files bear them out.
         verify_shard_sizes(&dataset, &manifest, "train")
             .await
-            .map_err(|e| Error::invalid("dataset", e.to_string()))?;
+            .map_err(|e| e.in_field("dataset"))?;
         // Encrypted data, or checkpoints to encrypt: the key must be here now, not fail later.
         if let Some(e) = &manifest.encryption {
             DataKey::from_env(&e.key_id, &format!("dataset {}", spec.dataset))
-                .map_err(|e| Error::invalid("dataset", e.to_string()))?;
+                .map_err(|e| e.in_field("dataset"))?;
         }
         if let Some(e) = &spec.encryption {
             DataKey::from_env(&e.key_id, "the job's checkpoints")
-                .map_err(|e| Error::invalid("encryption.key_id", e.to_string()))?;
+                .map_err(|e| e.in_field("encryption.key_id"))?;
         }
         if let Some(split) = &spec.validation.split {
             verify_shard_sizes(&dataset, &manifest, split)
                 .await
-                .map_err(|e| Error::invalid("validation.split", e.to_string()))?;
+                .map_err(|e| e.in_field("validation.split"))?;
         }
         let model = ctcluster_common::model::model_for_job(&spec, &manifest)?;
         let bytes = admission::footprint(&spec, &manifest, model.num_params());
@@ -188,14 +175,14 @@ impl Coordinator {
             // from its state.json, before its tensors are read.
             let ck = Checkpoint::load_limited(&url, model.num_params())
                 .await
-                .map_err(|e| Error::invalid("resume_from", e.to_string()))?;
+                .map_err(|e| e.in_field("resume_from"))?;
             access::check_sealing(&spec, &ck).map_err(|e| CoordError::NotYours {
                 field: "resume_from",
                 url: r.clone(),
                 reason: e,
             })?;
         }
-        StoreUrl::parse(&spec.output).map_err(|e| Error::invalid("output", e.to_string()))?;
+        StoreUrl::parse(&spec.output).map_err(|e| e.in_field("output"))?;
         let id = JobId::generate();
         self.admissions
             .admit(&self.config.limits, &id, owner.name(), bytes)?;
@@ -248,18 +235,5 @@ impl Coordinator {
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
-    }
-}
-
-/// State names as the wire has them.
-pub fn state_to_proto(s: JobState) -> ctcluster_proto::JobState {
-    use ctcluster_proto::JobState as P;
-    match s {
-        JobState::Queued => P::Queued,
-        JobState::Running => P::Running,
-        JobState::Succeeded => P::Succeeded,
-        JobState::Failed => P::Failed,
-        JobState::Cancelled => P::Cancelled,
-        JobState::Waiting => P::Waiting,
     }
 }

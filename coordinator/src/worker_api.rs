@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ctcluster_common::task::ResultHeader;
 use ctcluster_common::telemetry::{TraceCarrier, carrier_to_metadata, child_of_carrier};
 use ctcluster_common::tensor_bytes::{extend_f32_from_le_bytes, first_non_finite};
 use ctcluster_common::{JobId, TaskId, WorkerId, trace_span};
@@ -57,7 +58,7 @@ fn failure_span(expected: &Expected, task: TaskId, worker: WorkerId, what: &str,
         otel.name = what,
         otel.status_code = "error",
         job.id = %expected.job,
-        step = expected.step,
+        step = expected.step.0,
         task = task.0,
         worker.id = %worker,
         error = error,
@@ -127,13 +128,13 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let mut trace = TraceCarrier::new();
         let task = handout.map(|h| {
             if h.reissued {
-                tracing::info!(task = h.task.task_id, worker = %id, job = %h.job, "straggling task re-issued");
+                tracing::info!(task = %h.task.id, worker = %id, job = %h.job, "straggling task re-issued");
                 if let Ok(job) = self.coord.job(&h.job) {
                     job.update(|r| r.reissued_tasks += 1);
                 }
             }
             trace = h.trace;
-            h.task
+            pb::Task::from(&h.task)
         });
         let mut response = Response::new(pb::FetchWorkResponse { task });
         carrier_to_metadata(&trace, response.metadata_mut());
@@ -181,7 +182,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
     ) -> Result<Response<pb::PushResultResponse>, Status> {
         let caller = principal(&req)?;
         let mut stream = req.into_inner();
-        let header = match stream.next().await {
+        let raw = match stream.next().await {
             Some(Ok(pb::ResultChunk {
                 part: Some(pb::result_chunk::Part::Header(h)),
             })) => h,
@@ -194,21 +195,12 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                 .into());
             }
         };
-        let worker = self.live(&header.worker_id, &caller)?;
-        let task = TaskId(header.task_id);
+        let worker = self.live(&raw.worker_id, &caller)?;
+        let task = TaskId(raw.task_id);
         let Some(expected) = self.coord.scheduler.expected(task, worker) else {
             tracing::debug!(%task, %worker, "result for a task no longer outstanding; discarded");
             return Ok(Response::new(pb::PushResultResponse { accepted: false }));
         };
-        if !header.error.is_empty() {
-            let error: String = header.error.chars().take(4096).collect();
-            failure_span(&expected, task, worker, "task_failed", &error);
-            tracing::warn!(%task, %worker, job = %expected.job, %error, "worker could not compute a task");
-            self.coord
-                .scheduler
-                .fail(task, worker, error, self.coord.workers.count());
-            return Ok(Response::new(pb::PushResultResponse { accepted: false }));
-        }
         let reject = |reason: String| {
             failure_span(&expected, task, worker, "result_rejected", &reason);
             tracing::warn!(%task, %worker, job = %expected.job, %reason, "result rejected; task re-queued");
@@ -220,10 +212,20 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             }
             Status::from(CoordError::bad("result", reason))
         };
-        if header.job_id != expected.job.as_str() || header.step != expected.step {
+        let header = ResultHeader::try_from(raw).map_err(|e| reject(e.to_string()))?;
+        if let Some(failure) = header.failure {
+            let error = failure.message.as_str();
+            failure_span(&expected, task, worker, "task_failed", error);
+            tracing::warn!(%task, %worker, job = %expected.job, kind = ?failure.kind, %error, "worker could not compute a task");
+            self.coord
+                .scheduler
+                .fail(task, worker, failure, self.coord.workers.count());
+            return Ok(Response::new(pb::PushResultResponse { accepted: false }));
+        }
+        if header.job != expected.job || header.step != expected.step {
             return Err(reject(format!(
                 "result for job {} step {}, but the task is job {} step {}",
-                header.job_id, header.step, expected.job, expected.step
+                header.job, header.step.0, expected.job, expected.step.0
             )));
         }
         if header.gradient_len != expected.gradient_len || header.samples != expected.samples {

@@ -2,9 +2,14 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock: leases run under paused time in tests.
+use tokio::time::Instant;
 
 use ctcluster_common::WorkerId;
+
+use crate::ewma::Ewma;
 
 /// What the coordinator knows of one worker.
 #[derive(Clone, Debug)]
@@ -22,44 +27,45 @@ pub struct WorkerEntry {
     pub stats: WorkerStats,
 }
 
-/// A worker's recent tasks, smoothed (each new task weighs 20%).
+/// A worker's recent tasks, smoothed (see [`Ewma`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WorkerStats {
     /// Results accepted.
     pub tasks: u64,
     /// Seconds per task getting parameters and data.
-    pub fetch: f64,
+    pub fetch: Ewma,
     /// Seconds per task computing.
-    pub compute: f64,
+    pub compute: Ewma,
     /// Seconds per task neither (network, queueing): hand-out to result, less the two above.
-    pub network: f64,
+    pub network: Ewma,
     /// Images per busy second.
-    pub images_per_sec: f64,
+    pub images_per_sec: Ewma,
 }
 
 impl WorkerStats {
     fn add(&mut self, images: u32, fetch: f64, compute: f64, total: f64) {
-        let network = (total - fetch - compute).max(0.0);
-        let ips = f64::from(images) / total.max(1e-9);
-        let mix = |old: f64, new: f64, first: bool| if first { new } else { 0.8 * old + 0.2 * new };
-        let first = self.tasks == 0;
-        self.fetch = mix(self.fetch, fetch, first);
-        self.compute = mix(self.compute, compute, first);
-        self.network = mix(self.network, network, first);
-        self.images_per_sec = mix(self.images_per_sec, ips, first);
+        self.fetch.add(fetch);
+        self.compute.add(compute);
+        self.network.add((total - fetch - compute).max(0.0));
+        self.images_per_sec.add(f64::from(images) / total.max(1e-9));
         self.tasks += 1;
     }
 
     /// Seconds per task in all.
     pub fn per_task(&self) -> f64 {
-        self.fetch + self.compute + self.network
+        self.fetch.value() + self.compute.value() + self.network.value()
     }
 
     /// Where most of its time goes.
     pub fn main_cost(&self) -> &'static str {
-        if self.compute >= self.fetch && self.compute >= self.network {
+        let (fetch, compute, network) = (
+            self.fetch.value(),
+            self.compute.value(),
+            self.network.value(),
+        );
+        if compute >= fetch && compute >= network {
             "computing"
-        } else if self.fetch >= self.network {
+        } else if fetch >= network {
             "waiting for data"
         } else {
             "network and queueing"
@@ -97,9 +103,9 @@ pub fn slowest(workers: &[(WorkerId, WorkerEntry)]) -> Option<(String, String)> 
                 w.stats.main_cost(),
                 t,
                 median,
-                w.stats.fetch,
-                w.stats.compute,
-                w.stats.network
+                w.stats.fetch.value(),
+                w.stats.compute.value(),
+                w.stats.network.value()
             ),
         )
     })
@@ -234,8 +240,8 @@ impl WorkerRegistry {
 mod tests {
     use super::*;
 
-    #[test]
-    fn silent_workers_expire_and_live_ones_stay() {
+    #[tokio::test(start_paused = true)]
+    async fn silent_workers_expire_and_live_ones_stay() {
         let reg = WorkerRegistry::default();
         let a = reg
             .register("a".into(), "cpu".into(), "worker-0".into())
@@ -244,7 +250,7 @@ mod tests {
             .register("b".into(), "cpu".into(), "worker-1".into())
             .unwrap();
         assert_ne!(a, b);
-        std::thread::sleep(Duration::from_millis(30));
+        tokio::time::advance(Duration::from_millis(30)).await;
         assert_eq!(reg.touch(b, "worker-1"), Lease::Held);
         let gone = reg.expire(Duration::from_millis(20));
         assert_eq!(gone.len(), 1);
@@ -268,7 +274,10 @@ mod tests {
             reg.register("one more".into(), "cpu".into(), "pool".into())
                 .is_none()
         );
-        std::thread::sleep(Duration::from_millis(30));
+        // A lease lapses only past its length, to the millisecond.
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert!(reg.expire(Duration::from_millis(20)).is_empty());
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(reg.expire(Duration::from_millis(20)).len(), MAX_WORKERS);
         assert!(
             reg.register("c".into(), "cpu".into(), "worker-2".into())

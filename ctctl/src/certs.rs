@@ -140,7 +140,7 @@ pub fn generate(hosts: &[String], workers: usize, users: &[String]) -> Result<Bu
 
 fn write(dir: &Path, f: &BundleFile) -> Result<(), CtlError> {
     let path = dir.join(&f.name);
-    let io = |e: std::io::Error| CtlError::Usage(format!("{}: {e}", path.display()));
+    let io = |e: std::io::Error| CtlError::write(&path)(e);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -170,7 +170,7 @@ pub fn init(
         )));
     }
     let bundle = generate(hosts, workers, users)?;
-    std::fs::create_dir_all(dir).map_err(|e| CtlError::Usage(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(CtlError::write(dir))?;
     for f in &bundle.files {
         write(dir, f)?;
     }

@@ -123,7 +123,7 @@ fn sealing_key(id: Option<&str>, url: &StoreUrl) -> Result<Option<DataKey>, CtlE
 /// `ctctl keys new`: a random key in `dir/<id>.key`, readable by its owner only.
 pub fn new_key(id: &str, dir: &Path) -> Result<String, CtlError> {
     let key = DataKey::generate(id)?;
-    std::fs::create_dir_all(dir).map_err(|e| CtlError::Usage(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(CtlError::write(dir))?;
     let path = dir.join(format!("{id}.key"));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -136,7 +136,7 @@ pub fn new_key(id: &str, dir: &Path) -> Result<String, CtlError> {
     options
         .open(&path)
         .and_then(|mut f| f.write_all(format!("{}\n", key.to_hex()).as_bytes()))
-        .map_err(|e| CtlError::Usage(format!("{}: {e}", path.display())))?;
+        .map_err(CtlError::write(&path))?;
     Ok(format!(
         "wrote {}\nset CT_KEYRING={} on ctctl, the coordinator and the workers, then\n  ctctl dataset from-npz FILE --out URL --encrypt-key {id}\n  or in a job spec: encryption: {{key_id: {id}}}\n",
         path.display(),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ctcluster_common::dataset::{HeadCtOptions, MANIFEST_FILE, write_head_ct};
 use ctcluster_common::evaluate::evaluate;
+use ctcluster_common::job::JobState;
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_coordinator::CoordinatorConfig;
 use ctcluster_coordinator::auth::Security;
@@ -14,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cli::DemoArgs;
-use crate::render::state_name;
+use crate::render::{job_state, state_name};
 use crate::{CtlError, jobs, watch};
 
 fn demo_err(e: impl std::fmt::Display) -> CtlError {
@@ -45,8 +46,7 @@ pub async fn run(args: &DemoArgs) -> Result<String, CtlError> {
     if args.workers == 0 {
         return Err(CtlError::Usage("--workers must be at least 1".into()));
     }
-    std::fs::create_dir_all(&args.dir)
-        .map_err(|e| CtlError::Usage(format!("{}: {e}", args.dir.display())))?;
+    std::fs::create_dir_all(&args.dir).map_err(CtlError::write(&args.dir))?;
     let dir = args
         .dir
         .canonicalize()
@@ -115,7 +115,7 @@ pub async fn run(args: &DemoArgs) -> Result<String, CtlError> {
         let id = jobs::submit_text(&target, demo_spec(data.as_str(), output.as_str(), args.epochs)).await?;
         println!("submitted job {id}");
         let status = watch::watch(&target, &id).await?;
-        if state_name(status.state) != "succeeded" {
+        if job_state(status.state) != Some(JobState::Succeeded) {
             return Err(CtlError::JobDidNotSucceed {
                 id,
                 state: state_name(status.state).into(),

@@ -57,6 +57,7 @@ pub fn target_from(
 }
 
 use cli::{CertsCommand, Cli, Command, DatasetCommand, Format, KeysCommand};
+use ctcluster_common::job::JobState;
 use ctcluster_common::local_file::{MAX_PEM_BYTES, read_limited};
 
 /// Runs one command; returns the text to print.
@@ -87,7 +88,7 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
             println!("{id}");
             let s = watch::watch(c, &id).await?;
             let text = render::status_text(&s);
-            if render::state_name(s.state) == "succeeded" {
+            if render::job_state(s.state) == Some(JobState::Succeeded) {
                 Ok(text)
             } else {
                 Err(CtlError::JobDidNotSucceed {

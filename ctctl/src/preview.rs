@@ -121,10 +121,11 @@ pub async fn preview(
         let label: String = class.chars().take(tw / 8).collect();
         canvas.text(x0 as i64, (y0 + h * scale + 6) as i64, &label, 1, INK);
     }
-    let png = canvas
-        .png()
-        .map_err(|e| CtlError::Usage(format!("encoding the grid: {e}")))?;
-    std::fs::write(out, png).map_err(|e| CtlError::Usage(format!("{}: {e}", out.display())))?;
+    let png = canvas.png().map_err(|e| CtlError::Encode {
+        what: "the grid",
+        reason: e.to_string(),
+    })?;
+    std::fs::write(out, png).map_err(CtlError::write(out))?;
     Ok(format!(
         "wrote {} ({} images of split {split}, window {lo:.0}..{hi:.0})\n",
         out.display(),

@@ -1,5 +1,6 @@
 //! How job statuses are shown: JSON for scripts, tables for people.
 
+use ctcluster_common::job::JobState;
 use ctcluster_proto as pb;
 use serde::Serialize;
 
@@ -61,22 +62,19 @@ pub struct MetricsJson {
     pub val_accuracy: Option<f64>,
 }
 
+/// A status's job state (`None` for a value this `ctctl` does not know).
+pub fn job_state(raw: i32) -> Option<JobState> {
+    JobState::try_from(raw).ok()
+}
+
 /// Lowercase state name.
-pub fn state_name(state: i32) -> &'static str {
-    match pb::JobState::try_from(state).unwrap_or(pb::JobState::Unspecified) {
-        pb::JobState::Queued => "queued",
-        pb::JobState::Running => "running",
-        pb::JobState::Succeeded => "succeeded",
-        pb::JobState::Failed => "failed",
-        pb::JobState::Cancelled => "cancelled",
-        pb::JobState::Waiting => "waiting",
-        pb::JobState::Unspecified => "unknown",
-    }
+pub fn state_name(raw: i32) -> &'static str {
+    job_state(raw).map_or("unknown", JobState::as_str)
 }
 
 /// Whether the state is final.
-pub fn is_terminal(state: i32) -> bool {
-    matches!(state_name(state), "succeeded" | "failed" | "cancelled")
+pub fn is_terminal(raw: i32) -> bool {
+    job_state(raw).is_some_and(JobState::is_terminal)
 }
 
 /// Text from elsewhere (job names, messages, worker names) made safe for a terminal: control

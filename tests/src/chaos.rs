@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use ctcluster_common::audit::StepAudit;
 use ctcluster_common::checkpoint::Checkpoint;
 use ctcluster_common::dataset::{SynthOptions, write_synthetic};
 use ctcluster_common::rng::KeyedRng;
@@ -205,21 +206,13 @@ type SampleCounts = HashMap<(u32, u32), u32>;
 
 /// Reads the audit files of a job and checks every epoch used every sample exactly once.
 pub async fn audit(job_output: &StoreUrl) -> Vec<EpochAudit> {
-    let dir = job_output.join("audit").unwrap();
     let mut epochs: BTreeMap<u32, (usize, SampleCounts)> = BTreeMap::new();
-    for file in dir.list().await.unwrap() {
-        let v: serde_json::Value =
-            serde_json::from_slice(&dir.join(&file).unwrap().get().await.unwrap()).unwrap();
-        let epoch = v["epoch"].as_u64().unwrap() as u32;
-        let entry = epochs.entry(epoch).or_insert_with(|| {
-            (
-                v["train_samples"].as_u64().unwrap() as usize,
-                HashMap::new(),
-            )
-        });
-        for s in v["samples"].as_array().unwrap() {
-            let key = (s[0].as_u64().unwrap() as u32, s[1].as_u64().unwrap() as u32);
-            *entry.1.entry(key).or_default() += 1;
+    for record in StepAudit::read_all(job_output).await.unwrap() {
+        let entry = epochs
+            .entry(record.epoch)
+            .or_insert_with(|| (record.train_samples, HashMap::new()));
+        for [shard, row] in record.samples {
+            *entry.1.entry((shard, row)).or_default() += 1;
         }
     }
     epochs

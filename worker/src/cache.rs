@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ctcluster_common::Error;
 use ctcluster_common::dataset::{DecodedShard, Manifest, load_manifest, load_shard};
 use ctcluster_common::model::{BatchInput, ModelConfig, dropout_keep_mask};
 use ctcluster_common::storage::StoreUrl;
+use ctcluster_common::task::{Task, TaskJob, TaskKind};
 use ctcluster_common::tensor_bytes::extend_f32_from_le_bytes;
+use ctcluster_common::{Error, JobId};
 use ctcluster_proto as pb;
 use futures::StreamExt;
 use tonic::transport::Channel;
@@ -30,12 +31,12 @@ struct JobCache {
 /// The per-job caches of one worker.
 #[derive(Default)]
 pub struct Cache {
-    jobs: HashMap<String, JobCache>,
+    jobs: HashMap<JobId, JobCache>,
     clock: u64,
 }
 
 impl Cache {
-    async fn job(&mut self, job: &pb::TaskJob) -> Result<&mut JobCache, WorkerError> {
+    async fn job(&mut self, job: &TaskJob) -> Result<&mut JobCache, WorkerError> {
         self.clock += 1;
         if !self.jobs.contains_key(&job.job_id) {
             if self.jobs.len() >= MAX_JOBS
@@ -73,7 +74,7 @@ impl Cache {
     }
 
     /// The model configuration of a task's job.
-    pub async fn model(&mut self, job: &pb::TaskJob) -> Result<Arc<ModelConfig>, WorkerError> {
+    pub async fn model(&mut self, job: &TaskJob) -> Result<Arc<ModelConfig>, WorkerError> {
         Ok(self.job(job).await?.model.clone())
     }
 
@@ -81,7 +82,7 @@ impl Cache {
     pub async fn params(
         &mut self,
         client: &mut pb::worker_service_client::WorkerServiceClient<Channel>,
-        job: &pb::TaskJob,
+        job: &TaskJob,
         version: u64,
         expected_len: u64,
     ) -> Result<Arc<Vec<f32>>, WorkerError> {
@@ -91,11 +92,11 @@ impl Cache {
         {
             return Ok(p.clone());
         }
-        let want =
-            usize::try_from(expected_len).map_err(|_| Error::invalid("num_params", "too large"))?;
+        let want = usize::try_from(expected_len)
+            .map_err(|_| WorkerError::Parameters(format!("{expected_len} values: too many")))?;
         let mut stream = client
             .fetch_parameters(pb::FetchParametersRequest {
-                job_id: job.job_id.clone(),
+                job_id: job.job_id.to_string(),
                 version,
             })
             .await?
@@ -104,21 +105,21 @@ impl Cache {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             if chunk.offset != params.len() as u64 || chunk.total != expected_len {
-                return Err(
-                    Error::invalid("parameters", "chunks out of order or of another size").into(),
-                );
+                return Err(WorkerError::Parameters(
+                    "chunks out of order or of another size".into(),
+                ));
             }
-            extend_f32_from_le_bytes(&mut params, &chunk.data, "parameters")?;
+            extend_f32_from_le_bytes(&mut params, &chunk.data, "parameters")
+                .map_err(|e| WorkerError::Parameters(e.to_string()))?;
             if params.len() > want {
-                return Err(Error::invalid("parameters", "more values than announced").into());
+                return Err(WorkerError::Parameters("more values than announced".into()));
             }
         }
         if params.len() != want {
-            return Err(Error::invalid(
-                "parameters",
-                format!("{} values, expected {want}", params.len()),
-            )
-            .into());
+            return Err(WorkerError::Parameters(format!(
+                "{} values, expected {want}",
+                params.len()
+            )));
         }
         let params = Arc::new(params);
         entry.params = Some((version, params.clone()));
@@ -127,11 +128,7 @@ impl Cache {
 
     /// Reads and decodes the shards a task needs that are not cached yet; returns how many it
     /// read.
-    pub async fn load_shards(
-        &mut self,
-        task: &pb::Task,
-        job: &pb::TaskJob,
-    ) -> Result<u64, WorkerError> {
+    pub async fn load_shards(&mut self, task: &Task, job: &TaskJob) -> Result<u64, WorkerError> {
         let entry = self.job(job).await?;
         let mut read = 0u64;
         for sample in &task.samples {
@@ -154,8 +151,8 @@ impl Cache {
 
     /// The task's samples as a batch (raw pixels, labels, dropout masks for training), from
     /// shards loaded by [`Cache::load_shards`].
-    pub fn batch(&self, task: &pb::Task, job: &pb::TaskJob) -> Result<BatchInput, WorkerError> {
-        let train = task.kind == pb::TaskKind::Train as i32;
+    pub fn batch(&self, task: &Task, job: &TaskJob) -> Result<BatchInput, WorkerError> {
+        let train = task.kind == TaskKind::Train;
         let entry = self
             .jobs
             .get(&job.job_id)
@@ -214,7 +211,7 @@ impl Cache {
                     p,
                     job.seed,
                     task.epoch,
-                    task.step,
+                    task.step.0,
                     &shard.ids[row],
                 ));
             }

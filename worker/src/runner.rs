@@ -6,7 +6,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ctcluster_common::WorkerId;
 use ctcluster_common::model::{BatchInput, ModelConfig};
+use ctcluster_common::task::{FailureKind, ResultHeader, Task, TaskFailure, TaskKind};
 use ctcluster_common::telemetry::{TraceCarrier, carrier_from_metadata, child_of_carrier};
 use ctcluster_common::tensor_bytes::f32_to_le_bytes;
 use ctcluster_common::trace_span;
@@ -107,7 +109,14 @@ pub async fn run_worker(
             _ = shutdown.cancelled() => return Ok(()),
         };
         backoff = Duration::from_millis(100);
-        tracing::info!(worker = %reg.worker_id, "registered with the coordinator");
+        let worker: WorkerId = match reg.worker_id.parse() {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(error = %e, "the coordinator answered with a bad worker id; reconnecting");
+                continue;
+            }
+        };
+        tracing::info!(%worker, "registered with the coordinator");
         health.set_ready(true).await;
         let beat = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat(
@@ -119,7 +128,7 @@ pub async fn run_worker(
         ));
         let result = work_loop(
             client.clone(),
-            &reg.worker_id,
+            worker,
             &compute,
             &mut cache,
             &config,
@@ -177,7 +186,7 @@ async fn heartbeat(
 /// A fetched task with what its computation needs (or why it cannot run), and the seconds
 /// spent getting parameters and data and building the batch.
 struct Prepared {
-    task: pb::Task,
+    task: Task,
     span: Span,
     fetch_seconds: f64,
     input: Result<Input, WorkerError>,
@@ -192,7 +201,7 @@ struct Input {
 }
 
 type Fetch =
-    Pin<Box<dyn Future<Output = Result<Option<(pb::Task, TraceCarrier)>, WorkerError>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<Option<(Task, TraceCarrier)>, WorkerError>> + Send>>;
 
 /// A result on its way to the coordinator.
 type Push = Pin<Box<dyn Future<Output = Result<(), WorkerError>> + Send>>;
@@ -200,21 +209,49 @@ type Push = Pin<Box<dyn Future<Output = Result<(), WorkerError>> + Send>>;
 /// What happened while a task computed.
 enum Event {
     /// The prefetched next task arrived (or the long poll ended without one).
-    Fetched(Result<Option<(pb::Task, TraceCarrier)>, WorkerError>),
+    Fetched(Result<Option<(Task, TraceCarrier)>, WorkerError>),
     /// The previous task's result finished pushing.
     Pushed(Result<(), WorkerError>),
 }
 
-/// Asks the coordinator for a task (a long poll: `None` when none came).
-fn fetch(client: &Client, worker_id: &str) -> Fetch {
+/// Asks the coordinator for a task (a long poll: `None` when none came). A task this worker
+/// cannot read (a kind it does not know, a missing field) is reported back as failed, and
+/// retryable: another worker may know it.
+fn fetch(client: &Client, worker: WorkerId) -> Fetch {
     let mut client = client.clone();
-    let worker_id = worker_id.to_string();
     Box::pin(async move {
         let reply = client
-            .fetch_work(pb::FetchWorkRequest { worker_id })
+            .fetch_work(pb::FetchWorkRequest {
+                worker_id: worker.to_string(),
+            })
             .await?;
         let trace = carrier_from_metadata(reply.metadata());
-        Ok(reply.into_inner().task.map(|t| (t, trace)))
+        let Some(raw) = reply.into_inner().task else {
+            return Ok(None);
+        };
+        let (task_id, step) = (raw.task_id, raw.step);
+        let job_id = raw
+            .job
+            .as_ref()
+            .map(|j| j.job_id.clone())
+            .unwrap_or_default();
+        match Task::try_from(raw) {
+            Ok(task) => Ok(Some((task, trace))),
+            Err(e) => {
+                tracing::warn!(task = task_id, error = %e, "cannot read a task");
+                let header = pb::ResultHeader {
+                    worker_id: worker.to_string(),
+                    job_id,
+                    task_id,
+                    step,
+                    error: format!("task {task_id}: {e}"),
+                    error_kind: pb::TaskFailureKind::from(FailureKind::Retryable) as i32,
+                    ..Default::default()
+                };
+                push(client, header, Vec::new()).await?;
+                Ok(None)
+            }
+        }
     })
 }
 
@@ -224,7 +261,7 @@ fn fetch(client: &Client, worker_id: &str) -> Fetch {
 /// compute on them. At most one push is in flight: results reach the coordinator in order.
 async fn work_loop(
     mut client: Client,
-    worker_id: &str,
+    worker: WorkerId,
     compute: &ComputeThread,
     cache: &mut Cache,
     config: &WorkerConfig,
@@ -238,7 +275,7 @@ async fn work_loop(
         let current = match ready.take() {
             Some(p) => p,
             None => {
-                let next = pending.take().unwrap_or_else(|| fetch(&client, worker_id));
+                let next = pending.take().unwrap_or_else(|| fetch(&client, worker));
                 let got = tokio::select! {
                     r = next => r?,
                     _ = shutdown.cancelled() => return Ok(()),
@@ -246,7 +283,7 @@ async fn work_loop(
                 let Some((task, trace)) = got else {
                     continue;
                 };
-                prepare(&mut client, task, &trace, worker_id, cache).await
+                prepare(&mut client, task, &trace, worker, cache).await
             }
         };
         let Prepared {
@@ -281,7 +318,7 @@ async fn work_loop(
         let outcome = loop {
             let prefetch = config.prefetch && ready.is_none() && !shutdown.is_cancelled();
             if prefetch && pending.is_none() {
-                pending = Some(fetch(&client, worker_id));
+                pending = Some(fetch(&client, worker));
             }
             let event = tokio::select! {
                 out = &mut run => break out,
@@ -309,7 +346,7 @@ async fn work_loop(
             pending = None;
             match fetched {
                 Ok(Some((next, trace))) => {
-                    ready = Some(prepare(&mut client, next, &trace, worker_id, cache).await);
+                    ready = Some(prepare(&mut client, next, &trace, worker, cache).await);
                 }
                 // The long poll ended without a task: ask again after this result is pushed.
                 Ok(None) => {}
@@ -321,19 +358,20 @@ async fn work_loop(
         if let Some(p) = pushing.take() {
             p.await?;
         }
-        let mut header = pb::ResultHeader {
-            worker_id: worker_id.to_string(),
-            job_id: task
-                .job
-                .as_ref()
-                .map(|j| j.job_id.clone())
-                .unwrap_or_default(),
-            task_id: task.task_id,
+        let mut header = ResultHeader {
+            worker,
+            job: task.job.job_id.clone(),
+            task: task.id,
             step: task.step,
-            samples: task.samples.len() as u32,
+            // At most MAX_TASK_SAMPLES (checked when the task was read).
+            samples: u32::try_from(task.samples.len()).unwrap_or(u32::MAX),
+            loss_sum: 0.0,
+            correct: 0,
+            gradient_len: 0,
             compute_seconds,
             fetch_seconds,
-            ..Default::default()
+            confusion: Vec::new(),
+            failure: None,
         };
         let mut gradient = Vec::new();
         match outcome {
@@ -347,10 +385,7 @@ async fn work_loop(
                     && trained.is_multiple_of(n)
                     && let Some(g) = gradient.first_mut()
                 {
-                    tracing::warn!(
-                        task = task.task_id,
-                        "fault injection: sending a NaN gradient"
-                    );
+                    tracing::warn!(task = %task.id, "fault injection: sending a NaN gradient");
                     *g = f32::NAN;
                 }
             }
@@ -361,13 +396,17 @@ async fn work_loop(
             }
             Err(e @ (WorkerError::Rpc(_) | WorkerError::Transport(_))) => return Err(e),
             Err(e) => {
-                span.in_scope(|| tracing::warn!(task = task.task_id, error = %e, "task failed"));
-                header.error = e.to_string();
+                let kind = e.failure_kind();
+                span.in_scope(|| tracing::warn!(task = %task.id, error = %e, ?kind, "task failed"));
+                header.failure = Some(TaskFailure {
+                    kind,
+                    message: e.to_string(),
+                });
             }
         }
         span.record("loss", header.loss_sum / f64::from(header.samples.max(1)));
         let push_span = trace_span!(parent: &span, "push", bytes = 4 * gradient.len());
-        let result = Box::pin(push(client.clone(), header, gradient).instrument(push_span));
+        let result = Box::pin(push(client.clone(), header.into(), gradient).instrument(push_span));
         if ready.is_some() {
             // The next task is ready: it computes while this result travels.
             pushing = Some(result);
@@ -383,19 +422,18 @@ async fn work_loop(
 
 /// The span of one task in its job's trace: a child of the coordinator's step (or
 /// evaluation) span when the coordinator sent its context, else disabled.
-fn task_span(trace: &TraceCarrier, task: &pb::Task, worker_id: &str) -> Span {
+fn task_span(trace: &TraceCarrier, task: &Task, worker: WorkerId) -> Span {
     if trace.is_empty() {
         return Span::none();
     }
-    let eval = task.kind == pb::TaskKind::Eval as i32;
     let span = trace_span!(
         "micro_batch",
-        job.id = task.job.as_ref().map_or("", |j| j.job_id.as_str()),
-        worker.id = worker_id,
-        task = task.task_id,
-        kind = if eval { "eval" } else { "train" },
+        job.id = task.job.job_id.as_str(),
+        worker.id = %worker,
+        task = task.id.0,
+        kind = task.kind.as_str(),
         epoch = task.epoch,
-        step = task.step,
+        step = task.step.0,
         samples = task.samples.len(),
         loss = Empty,
     );
@@ -407,18 +445,15 @@ fn task_span(trace: &TraceCarrier, task: &pb::Task, worker_id: &str) -> Span {
 /// batch (preprocessed and augmented).
 async fn prepare(
     client: &mut Client,
-    task: pb::Task,
+    task: Task,
     trace: &TraceCarrier,
-    worker_id: &str,
+    worker: WorkerId,
     cache: &mut Cache,
 ) -> Prepared {
-    let span = task_span(trace, &task, worker_id);
+    let span = task_span(trace, &task, worker);
     let started = Instant::now();
     let input = async {
-        let job = task
-            .job
-            .as_ref()
-            .ok_or_else(|| WorkerError::Config("task without a job".into()))?;
+        let job = task.job.as_ref();
         let fetch = trace_span!(parent: &span, "fetch", params_version = task.params_version, shards_read = Empty);
         let (model, params) = async {
             let model = cache.model(job).await?;
@@ -433,10 +468,9 @@ async fn prepare(
         .await?;
         let batch = trace_span!(parent: &span, "preprocess", samples = task.samples.len())
             .in_scope(|| cache.batch(&task, job))?;
-        let work = if task.kind == pb::TaskKind::Eval as i32 {
-            Work::Eval
-        } else {
-            Work::Train
+        let work = match task.kind {
+            TaskKind::Train => Work::Train,
+            TaskKind::Eval => Work::Eval,
         };
         Ok(Input {
             work,

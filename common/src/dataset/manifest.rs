@@ -304,10 +304,10 @@ pub async fn load_manifest(dataset: &StoreUrl) -> Result<Manifest> {
         .get_bounded(MAX_MANIFEST_BYTES, "a dataset manifest")
         .await
         .map_err(|e| match e {
-            Error::NotFound { .. } => Error::dataset(
-                dataset.as_str(),
-                format!("no dataset here: {MANIFEST_FILE} not found"),
-            ),
+            Error::NotFound { .. } => Error::NotFound {
+                what: format!("no dataset here, {MANIFEST_FILE}"),
+                location: dataset.as_str().into(),
+            },
             other => other,
         })?;
     let manifest: Manifest = serde_json::from_slice(&bytes)

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use ctcluster_common::job::JobState;
 
+use crate::ewma::Ewma;
+
 use super::run::Stop;
 use crate::job::JobHandle;
 use crate::state::Coordinator;
@@ -44,25 +46,18 @@ pub(super) async fn wait_for_workers(coord: &Coordinator, job: &JobHandle) -> Re
 /// Images per second over the recent steps, and the ETA it implies.
 #[derive(Default)]
 pub(super) struct RateMeter {
-    step_seconds: f64,
-    images_per_sec: f64,
+    step_seconds: Ewma,
+    images_per_sec: Ewma,
 }
 
 impl RateMeter {
     pub(super) fn record(&mut self, images: u64, seconds: f64) -> f64 {
         let seconds = seconds.max(1e-9);
-        let ips = images as f64 / seconds;
-        if self.step_seconds == 0.0 {
-            self.step_seconds = seconds;
-            self.images_per_sec = ips;
-        } else {
-            self.step_seconds = 0.8 * self.step_seconds + 0.2 * seconds;
-            self.images_per_sec = 0.8 * self.images_per_sec + 0.2 * ips;
-        }
-        self.images_per_sec
+        self.step_seconds.add(seconds);
+        self.images_per_sec.add(images as f64 / seconds)
     }
 
     pub(super) fn eta(&self, steps_left: u64) -> f64 {
-        self.step_seconds * steps_left as f64
+        self.step_seconds.value() * steps_left as f64
     }
 }

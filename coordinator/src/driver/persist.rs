@@ -1,4 +1,4 @@
-//! What a job writes as it goes: checkpoints and the per-step sample audit.
+//! What a job writes as it goes: checkpoints (the sample audit is `common::audit`).
 
 use ctcluster_common::checkpoint::{Checkpoint, apply_retention};
 use ctcluster_common::optim::AdamSnapshot;
@@ -36,28 +36,5 @@ pub(super) async fn checkpoint(
     apply_retention(job_output, job.spec.checkpoint.keep as usize).await?;
     tracing::info!(job = %job.id, checkpoint = %url, "checkpoint written");
     job.update(|r| r.checkpoint = Some(url.to_string()));
-    Ok(())
-}
-
-/// Records which samples an applied step reduced: `<job output>/audit/step-N.json`. A step
-/// computed again after a restart overwrites its file, so the files describe the steps that
-/// make up the final parameters.
-pub(super) async fn write_audit(
-    job_output: &StoreUrl,
-    epoch: u32,
-    step: u64,
-    train_samples: usize,
-    samples: Vec<[u32; 2]>,
-) -> Result<(), Stop> {
-    let record = serde_json::json!({
-        "epoch": epoch,
-        "step": step,
-        "train_samples": train_samples,
-        "samples": samples,
-    });
-    job_output
-        .join(&format!("audit/step-{step:010}.json"))?
-        .put(record.to_string().into_bytes())
-        .await?;
     Ok(())
 }

@@ -1,10 +1,11 @@
 //! Rounds of tasks: handing micro-batches out, collecting results, reducing, evaluating.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use ctcluster_common::task::{Task, TaskJob, TaskKind};
 use ctcluster_common::telemetry::carrier_of;
-use ctcluster_common::{Error, trace_span};
-use ctcluster_proto as pb;
+use ctcluster_common::{Error, TaskId, trace_span};
 use tokio::sync::mpsc;
 use tracing::Span;
 
@@ -20,21 +21,21 @@ use super::start::Progress;
 /// Samples per evaluation task.
 const EVAL_BATCH: usize = 256;
 
-pub(super) fn task_job(job: &JobHandle, model_json: &str, split: &str) -> pb::TaskJob {
-    pb::TaskJob {
-        job_id: job.id.to_string(),
+pub(super) fn task_job(job: &JobHandle, model_json: &str, split: &str) -> Arc<TaskJob> {
+    Arc::new(TaskJob {
+        job_id: job.id.clone(),
         dataset_url: job.spec.dataset.clone(),
         model_json: model_json.to_string(),
         seed: job.spec.seed,
         split: split.to_string(),
-    }
+    })
 }
 
 /// Hands tasks out and waits for every result; returns them in the order given.
 pub(super) async fn run_round(
     coord: &Coordinator,
     job: &JobHandle,
-    tasks: Vec<pb::Task>,
+    tasks: Vec<Task>,
     trace: &RoundTrace,
 ) -> Result<Vec<TaskResult>, Stop> {
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -128,18 +129,19 @@ pub(super) async fn evaluate(
     if val.samples.is_empty() {
         return Ok(None);
     }
+    let task_job = task_job(job, model_json, &val.split);
     let tasks = val
         .samples
         .chunks(EVAL_BATCH)
-        .map(|chunk| pb::Task {
-            kind: pb::TaskKind::Eval as i32,
-            job: Some(task_job(job, model_json, &val.split)),
+        .map(|chunk| Task {
+            id: TaskId(0),
+            kind: TaskKind::Eval,
+            job: task_job.clone(),
             epoch: p.state.epoch,
-            step: p.state.step.0,
+            step: p.state.step,
             params_version: p.state.step.0,
             num_params: p.params.len() as u64,
             samples: chunk.to_vec(),
-            ..Default::default()
         })
         .collect();
     let trace = RoundTrace {

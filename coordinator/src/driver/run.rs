@@ -11,14 +11,15 @@ use futures::FutureExt;
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
+use ctcluster_common::audit::StepAudit;
 use ctcluster_common::checkpoint::{ModelCard, export_model};
 use ctcluster_common::dataset::load_manifest;
 use ctcluster_common::job::{EpochMetrics, JobState};
 use ctcluster_common::model::model_for_job;
 use ctcluster_common::storage::StoreUrl;
+use ctcluster_common::task::{Task, TaskKind};
 use ctcluster_common::telemetry::{carrier_of, child_of_carrier};
-use ctcluster_common::{Error, Step, trace_span};
-use ctcluster_proto as pb;
+use ctcluster_common::{Error, Step, TaskId, trace_span};
 
 use crate::error::CoordError;
 use crate::job::JobHandle;
@@ -27,7 +28,7 @@ use crate::scheduler::RoundTrace;
 use crate::state::Coordinator;
 
 use super::pace::{RateMeter, wait_for_workers};
-use super::persist::{checkpoint, write_audit};
+use super::persist::checkpoint;
 use super::rounds::{evaluate, reduce_and_step, run_round, task_job};
 use super::start::{Progress, plan_for, start_point};
 
@@ -172,18 +173,19 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
                     &step_span
                 }),
             };
-            let tasks: Vec<pb::Task> = plan
+            let task_job = task_job(job, &model_json, &plan.train.split);
+            let tasks: Vec<Task> = plan
                 .micro_batches(&order, p.state.step_in_epoch, spec)
                 .into_iter()
-                .map(|samples| pb::Task {
-                    kind: pb::TaskKind::Train as i32,
-                    job: Some(task_job(job, &model_json, &plan.train.split)),
+                .map(|samples| Task {
+                    id: TaskId(0),
+                    kind: TaskKind::Train,
+                    job: task_job.clone(),
                     epoch,
-                    step,
+                    step: Step(step),
                     params_version: step,
                     num_params: p.params.len() as u64,
                     samples,
-                    ..Default::default()
                 })
                 .collect();
             let audited: Option<Vec<[u32; 2]>> = spec.audit.then(|| {
@@ -221,8 +223,17 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
                 job.update(|r| r.unfinished_starts = 0);
                 records::save(&coord.config.state_url, &job.record()).await?;
             }
+            // Which samples the applied step reduced. A step computed again after a restart
+            // overwrites its record, so the records describe the steps that make up the final
+            // parameters.
             if let Some(samples) = audited {
-                write_audit(&job_output, epoch, step, plan.train.samples.len(), samples).await?;
+                let record = StepAudit {
+                    epoch,
+                    step,
+                    train_samples: plan.train.samples.len(),
+                    samples,
+                };
+                record.write(&job_output).await?;
             }
             let ips = rate.record(samples, started.elapsed().as_secs_f64());
             let workers = coord.workers.count() as u32;

@@ -50,34 +50,28 @@ pub(super) async fn plan_for(
     Ok(DataPlan::by_id(&ids, spec.validation.fraction))
 }
 
+/// A checkpoint resumes only a job that plans the same batches: the same data, batch cut,
+/// seed and validation hold-out. Compared field by field, by value.
 fn compatible(spec: &JobSpec, old: &JobSpec) -> Result<(), Error> {
-    let same = |field: &str, a: String, b: String| {
-        if a == b {
+    fn same<T: PartialEq + std::fmt::Debug>(field: &str, new: &T, old: &T) -> Result<(), Error> {
+        if new == old {
             Ok(())
         } else {
             Err(Error::invalid(
                 "resume_from",
-                format!("the checkpoint was trained with {field} {b}, this job says {a}"),
+                format!("the checkpoint was trained with {field} {old:?}, this job says {new:?}"),
             ))
         }
-    };
-    same("dataset", spec.dataset.clone(), old.dataset.clone())?;
-    same(
-        "batch_size",
-        spec.batch_size.to_string(),
-        old.batch_size.to_string(),
-    )?;
+    }
+    same("dataset", &spec.dataset, &old.dataset)?;
+    same("batch_size", &spec.batch_size, &old.batch_size)?;
     same(
         "micro_batch_size",
-        spec.micro_batch_size.to_string(),
-        old.micro_batch_size.to_string(),
+        &spec.micro_batch_size,
+        &old.micro_batch_size,
     )?;
-    same("seed", spec.seed.to_string(), old.seed.to_string())?;
-    same(
-        "validation",
-        format!("{:?}", spec.validation),
-        format!("{:?}", old.validation),
-    )?;
+    same("seed", &spec.seed, &old.seed)?;
+    same("validation", &spec.validation, &old.validation)?;
     Ok(())
 }
 
@@ -177,6 +171,25 @@ mod tests {
     use ctcluster_common::rng::KeyedRng;
 
     use super::*;
+
+    #[test]
+    fn a_checkpoint_resumes_only_a_job_that_plans_the_same_batches() {
+        let base = "name: t\ndataset: memory://d/x\noutput: memory://d/out\n";
+        let old = JobSpec::from_yaml(base).unwrap();
+        let more_epochs = JobSpec::from_yaml(&format!("{base}epochs: 9\n")).unwrap();
+        compatible(&more_epochs, &old).expect("epochs may change");
+        let held_out =
+            JobSpec::from_yaml(&format!("{base}validation:\n  fraction: 0.2\n")).unwrap();
+        let err = compatible(&held_out, &old).unwrap_err().to_string();
+        assert!(err.contains("validation") && err.contains("0.2"), "{err}");
+        let reseeded = JobSpec::from_yaml(&format!("{base}seed: 8\n")).unwrap();
+        assert!(
+            compatible(&reseeded, &old)
+                .unwrap_err()
+                .to_string()
+                .contains("seed")
+        );
+    }
 
     /// A count as a forger might write it: honest, a little off, or absurd.
     fn forged(rng: &mut KeyedRng, honest: u64) -> u64 {

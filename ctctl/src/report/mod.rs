@@ -109,8 +109,10 @@ fn confusion(r: &pb::JobReport) -> Option<Vec<Vec<u64>>> {
 }
 
 fn png(c: &canvas::Canvas) -> Result<Vec<u8>, CtlError> {
-    c.png()
-        .map_err(|e| CtlError::Usage(format!("encoding a chart: {e}")))
+    c.png().map_err(|e| CtlError::Encode {
+        what: "a chart",
+        reason: e.to_string(),
+    })
 }
 
 /// Draws the charts and the page.
@@ -145,12 +147,11 @@ pub async fn report(coordinator: &Target, job: &str, out: &Path) -> Result<Strin
         .await?
         .into_inner();
     let files = build(&r)?;
-    std::fs::create_dir_all(out).map_err(|e| CtlError::Usage(format!("{}: {e}", out.display())))?;
+    std::fs::create_dir_all(out).map_err(CtlError::write(out))?;
     let mut text = String::new();
     for (name, bytes) in &files {
         let path = out.join(name);
-        std::fs::write(&path, bytes)
-            .map_err(|e| CtlError::Usage(format!("{}: {e}", path.display())))?;
+        std::fs::write(&path, bytes).map_err(CtlError::write(&path))?;
         text.push_str(&format!("wrote {}\n", path.display()));
     }
     if confusion(&r).is_none() {

@@ -34,10 +34,6 @@ async fn bad_specs_and_missing_datasets_are_refused_at_submit() {
             "model.name",
         ),
         ("name: x\ndataset: [unclosed\n".to_string(), "spec"),
-        (
-            spec("x", "memory://bad-spec/no-such-dataset", out, ""),
-            "no-such-dataset",
-        ),
         (spec("x", "ftp://host/data", out, ""), "unknown scheme"),
         (spec("x", "file:///data/../etc/passwd", out, ""), ".."),
         (
@@ -68,10 +64,14 @@ async fn bad_specs_and_missing_datasets_are_refused_at_submit() {
             err.message()
         );
     }
-    // The missing dataset's error says what was not found.
-    let err = cluster.submit(&cases[5].0).await.unwrap_err();
+    // A missing dataset is not found (not bad input), and its error says what and where.
+    let missing = spec("x", "memory://bad-spec/no-such-dataset", out, "");
+    let err = cluster.submit(&missing).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert!(
-        err.message().contains("manifest.json not found"),
+        err.message().contains("manifest.json not found")
+            && err.message().contains("no-such-dataset")
+            && err.message().starts_with("dataset: "),
         "{}",
         err.message()
     );

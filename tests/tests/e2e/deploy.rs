@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
-fn read(rel: &str) -> serde_yaml::Value {
+fn read(rel: &str) -> serde_norway::Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join(rel);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{rel}: {e}"));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
 #[test]

@@ -17,5 +17,6 @@ mod preemption;
 mod processes;
 mod resume;
 mod security;
+mod status_codes;
 mod storage;
 mod tenants;

@@ -300,15 +300,15 @@ async fn users_reach_only_their_own_data_unless_it_is_shared() {
         .unwrap();
 
     // Per-user prefixes from the users file, taken without a restart.
-    let mut users: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&users_file).unwrap()).unwrap();
+    let mut users: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(&users_file).unwrap()).unwrap();
     for u in users["users"].as_sequence_mut().unwrap() {
         if u["name"] == "bob" {
-            u["read"] = serde_yaml::to_value(["memory://tenants/data"]).unwrap();
-            u["write"] = serde_yaml::to_value(["memory://tenants/bob"]).unwrap();
+            u["read"] = serde_norway::to_value(["memory://tenants/data"]).unwrap();
+            u["write"] = serde_norway::to_value(["memory://tenants/bob"]).unwrap();
         }
     }
-    std::fs::write(&users_file, serde_yaml::to_string(&users).unwrap()).unwrap();
+    std::fs::write(&users_file, serde_norway::to_string(&users).unwrap()).unwrap();
     eventually("bob's prefixes apply", async || {
         match submit_as(&bob, spec("p", ds.as_str(), out, small)).await {
             Err(e) => {
@@ -356,7 +356,7 @@ async fn users_reach_only_their_own_data_unless_it_is_shared() {
         .as_sequence_mut()
         .unwrap()
         .retain(|u| u["name"] != "bob");
-    std::fs::write(&users_file, serde_yaml::to_string(&users).unwrap()).unwrap();
+    std::fs::write(&users_file, serde_norway::to_string(&users).unwrap()).unwrap();
     eventually("bob's token is revoked", async || {
         matches!(
             client_for(&bob).await.list_jobs(pb::ListJobsRequest {}).await,

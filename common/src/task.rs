@@ -1,0 +1,161 @@
+//! A unit of work as the coordinator plans it and a worker computes it: one micro-batch of one
+//! step (training) or one batch of a validation pass (evaluation), and what a worker reports
+//! back. The wire forms are converted at the gRPC edge (`crate::wire`); nothing past the edge
+//! sees them.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::{JobId, Step, TaskId, WorkerId};
+
+/// What a task computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TaskKind {
+    /// Forward and backward: the gradient of the summed loss.
+    Train,
+    /// Forward only: loss, accuracy and confusion counts.
+    Eval,
+}
+
+impl TaskKind {
+    /// Lowercase name, for logs and traces.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Train => "train",
+            TaskKind::Eval => "eval",
+        }
+    }
+}
+
+/// One sample: a row of a shard of a split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SampleRef {
+    /// Shard index within the split.
+    pub shard: u32,
+    /// Row within the shard.
+    pub row: u32,
+}
+
+/// The parts of a job a worker needs to compute its tasks; shared by every task of a round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskJob {
+    /// The job.
+    pub job_id: JobId,
+    /// Where its dataset is (a storage URL).
+    pub dataset_url: String,
+    /// The model configuration as JSON (a [`crate::model::ModelConfig`]).
+    pub model_json: String,
+    /// The job's seed (augmentation and dropout draws derive from it).
+    pub seed: u64,
+    /// The split the samples refer to.
+    pub split: String,
+}
+
+/// A task of a job, as queued by the coordinator and handed to a worker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Task {
+    /// Assigned when the task is queued (0 before).
+    pub id: TaskId,
+    /// Training or evaluation.
+    pub kind: TaskKind,
+    /// The job it belongs to.
+    pub job: Arc<TaskJob>,
+    /// 0-based epoch.
+    pub epoch: u32,
+    /// The step the task belongs to.
+    pub step: Step,
+    /// Version (step) of the parameters to compute with.
+    pub params_version: u64,
+    /// Length of the parameter vector.
+    pub num_params: u64,
+    /// The samples, in batch order.
+    pub samples: Vec<SampleRef>,
+}
+
+impl Task {
+    /// Gradient values a result of this task must carry: the parameter count for training, none
+    /// for evaluation.
+    pub fn gradient_len(&self) -> u64 {
+        match self.kind {
+            TaskKind::Train => self.num_params,
+            TaskKind::Eval => 0,
+        }
+    }
+}
+
+/// Why a task could not be computed, as far as retrying it goes. Decided by the worker from its
+/// error's type, acted on by the coordinator's scheduler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The input itself is bad (a corrupt or missing shard, an invalid model): every worker
+    /// would fail the same way, so the task is not tried again and its job fails at once.
+    BadInput,
+    /// Something of the worker's or of the moment (storage unreachable, a key this worker
+    /// lacks, a backend fault): the task is tried again, on other workers where there are any.
+    Retryable,
+}
+
+/// A task's failure as a worker reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskFailure {
+    /// Whether trying again may help.
+    pub kind: FailureKind,
+    /// What failed and where.
+    pub message: String,
+}
+
+impl TaskFailure {
+    /// Longest message kept from a worker.
+    pub const MAX_MESSAGE_CHARS: usize = 4096;
+
+    /// A retryable failure.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        TaskFailure {
+            kind: FailureKind::Retryable,
+            message: message.into(),
+        }
+    }
+
+    /// A failure caused by bad input.
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        TaskFailure {
+            kind: FailureKind::BadInput,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for TaskFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// What a worker reports about one task, ahead of the gradient itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResultHeader {
+    /// The reporting worker.
+    pub worker: WorkerId,
+    /// The task's job, as the worker understood it.
+    pub job: JobId,
+    /// The task.
+    pub task: TaskId,
+    /// The task's step, as the worker understood it.
+    pub step: Step,
+    /// Samples computed.
+    pub samples: u32,
+    /// Summed (not mean) loss over them.
+    pub loss_sum: f64,
+    /// Correct predictions among them.
+    pub correct: u32,
+    /// Gradient values that follow (0 for evaluation).
+    pub gradient_len: u64,
+    /// Seconds spent in forward/backward.
+    pub compute_seconds: f64,
+    /// Seconds spent getting parameters and data and building the batch.
+    pub fetch_seconds: f64,
+    /// Evaluation: counts of (true, predicted) class, row-major.
+    pub confusion: Vec<u32>,
+    /// Set when the task could not be computed.
+    pub failure: Option<TaskFailure>,
+}

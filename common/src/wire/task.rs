@@ -1,0 +1,195 @@
+//! Tasks on the wire.
+
+use std::sync::Arc;
+
+use ctcluster_proto as pb;
+
+use crate::task::{SampleRef, Task, TaskJob, TaskKind};
+use crate::{Error, JobId, Step, TaskId};
+
+/// Most samples one task may name (a micro-batch or an evaluation batch is far smaller).
+pub const MAX_TASK_SAMPLES: usize = 1 << 16;
+
+impl From<TaskKind> for pb::TaskKind {
+    fn from(k: TaskKind) -> Self {
+        match k {
+            TaskKind::Train => pb::TaskKind::Train,
+            TaskKind::Eval => pb::TaskKind::Eval,
+        }
+    }
+}
+
+impl TryFrom<i32> for TaskKind {
+    type Error = Error;
+
+    fn try_from(raw: i32) -> Result<Self, Error> {
+        match pb::TaskKind::try_from(raw) {
+            Ok(pb::TaskKind::Train) => Ok(TaskKind::Train),
+            Ok(pb::TaskKind::Eval) => Ok(TaskKind::Eval),
+            Ok(pb::TaskKind::Unspecified) | Err(_) => Err(Error::invalid(
+                "task.kind",
+                format!("{raw} is not a task kind this worker knows (train, eval)"),
+            )),
+        }
+    }
+}
+
+impl From<SampleRef> for pb::SampleRef {
+    fn from(s: SampleRef) -> Self {
+        pb::SampleRef {
+            shard: s.shard,
+            row: s.row,
+        }
+    }
+}
+
+impl From<pb::SampleRef> for SampleRef {
+    fn from(s: pb::SampleRef) -> Self {
+        SampleRef {
+            shard: s.shard,
+            row: s.row,
+        }
+    }
+}
+
+impl From<&TaskJob> for pb::TaskJob {
+    fn from(j: &TaskJob) -> Self {
+        pb::TaskJob {
+            job_id: j.job_id.to_string(),
+            dataset_url: j.dataset_url.clone(),
+            model_json: j.model_json.clone(),
+            seed: j.seed,
+            split: j.split.clone(),
+        }
+    }
+}
+
+impl TryFrom<pb::TaskJob> for TaskJob {
+    type Error = Error;
+
+    fn try_from(j: pb::TaskJob) -> Result<Self, Error> {
+        let non_empty = |field: &str, v: String| {
+            if v.is_empty() {
+                Err(Error::invalid(field, "missing"))
+            } else {
+                Ok(v)
+            }
+        };
+        Ok(TaskJob {
+            job_id: JobId::try_from(j.job_id)?,
+            dataset_url: non_empty("task.job.dataset_url", j.dataset_url)?,
+            model_json: non_empty("task.job.model_json", j.model_json)?,
+            seed: j.seed,
+            split: non_empty("task.job.split", j.split)?,
+        })
+    }
+}
+
+impl From<&Task> for pb::Task {
+    fn from(t: &Task) -> Self {
+        pb::Task {
+            task_id: t.id.0,
+            kind: pb::TaskKind::from(t.kind) as i32,
+            job: Some(pb::TaskJob::from(t.job.as_ref())),
+            epoch: t.epoch,
+            step: t.step.0,
+            params_version: t.params_version,
+            num_params: t.num_params,
+            samples: t.samples.iter().map(|&s| s.into()).collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::Task> for Task {
+    type Error = Error;
+
+    fn try_from(t: pb::Task) -> Result<Self, Error> {
+        let kind = TaskKind::try_from(t.kind)?;
+        let job = t
+            .job
+            .ok_or_else(|| Error::invalid("task.job", "missing"))?
+            .try_into()?;
+        if t.samples.is_empty() || t.samples.len() > MAX_TASK_SAMPLES {
+            return Err(Error::invalid(
+                "task.samples",
+                format!(
+                    "{} samples; a task has 1 to {MAX_TASK_SAMPLES}",
+                    t.samples.len()
+                ),
+            ));
+        }
+        if kind == TaskKind::Train && t.num_params == 0 {
+            return Err(Error::invalid(
+                "task.num_params",
+                "a training task needs the parameter count",
+            ));
+        }
+        Ok(Task {
+            id: TaskId(t.task_id),
+            kind,
+            job: Arc::new(job),
+            epoch: t.epoch,
+            step: Step(t.step),
+            params_version: t.params_version,
+            num_params: t.num_params,
+            samples: t.samples.into_iter().map(SampleRef::from).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> Task {
+        Task {
+            id: TaskId(7),
+            kind: TaskKind::Eval,
+            job: Arc::new(TaskJob {
+                job_id: JobId::generate(),
+                dataset_url: "memory://d".into(),
+                model_json: "{}".into(),
+                seed: 3,
+                split: "val".into(),
+            }),
+            epoch: 1,
+            step: Step(9),
+            params_version: 9,
+            num_params: 100,
+            samples: vec![SampleRef { shard: 2, row: 5 }],
+        }
+    }
+
+    #[test]
+    fn tasks_round_trip() {
+        let t = task();
+        assert_eq!(Task::try_from(pb::Task::from(&t)).unwrap(), t);
+    }
+
+    #[test]
+    fn unknown_kinds_missing_jobs_and_empty_tasks_are_refused() {
+        let field = |p: pb::Task| match Task::try_from(p) {
+            Err(Error::Invalid { field, .. }) => field,
+            other => panic!("accepted or wrong error: {other:?}"),
+        };
+        let mut p = pb::Task::from(&task());
+        p.kind = 7;
+        assert_eq!(field(p), "task.kind");
+        let mut p = pb::Task::from(&task());
+        p.kind = pb::TaskKind::Unspecified as i32;
+        assert_eq!(field(p), "task.kind");
+        let mut p = pb::Task::from(&task());
+        p.job = None;
+        assert_eq!(field(p), "task.job");
+        let mut p = pb::Task::from(&task());
+        p.samples.clear();
+        assert_eq!(field(p), "task.samples");
+        let mut p = pb::Task::from(&task());
+        p.job.as_mut().unwrap().job_id = "../x".into();
+        assert_eq!(field(p), "job_id");
+        let mut p = pb::Task::from(&task());
+        p.kind = pb::TaskKind::Train as i32;
+        p.num_params = 0;
+        assert_eq!(field(p), "task.num_params");
+    }
+}
