@@ -1,6 +1,9 @@
 //! ctcluster's coordinator: job lifecycle, data plan, task scheduling, gradient all-reduce,
 //! Adam and checkpoints, served over gRPC.
 
+// Every public item says what it is for (denied in CI, like every warning).
+#![warn(missing_docs)]
+
 pub mod access;
 pub mod admission;
 pub mod auth;

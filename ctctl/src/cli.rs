@@ -174,8 +174,8 @@ pub enum DatasetCommand {
         /// Rows per shard.
         #[arg(long, default_value_t = 2048)]
         shard_rows: usize,
-        /// Seal the shards with this key (AES-256-GCM), found by id in CT_KEY_<ID> or
-        /// $CT_KEYRING/<id>.key (`ctctl keys new` makes one).
+        /// Seal the shards with this key (AES-256-GCM), found by id in `CT_KEY_<ID>` or
+        /// `$CT_KEYRING/<id>.key` (`ctctl keys new` makes one).
         #[arg(long)]
         encrypt_key: Option<String>,
     },

@@ -1,6 +1,9 @@
 //! `ctctl`, ctcluster's command line, as a library: each command returns what it prints, so
 //! tests can call the same code the binary runs.
 
+// Every public item says what it is for (denied in CI, like every warning).
+#![warn(missing_docs)]
+
 pub mod certs;
 pub mod cli;
 pub mod connect;

@@ -230,7 +230,6 @@ pub async fn audit(job_output: &StoreUrl) -> Vec<EpochAudit> {
         .collect()
 }
 
-/// Runs the chaos scenario; panics if the cluster cannot be started at all.
 /// Waits (bounded) for the watcher to exit; true if it exited 0 having printed the final
 /// state.
 async fn watched_to_the_end(mut watcher: Proc, state: &str) -> bool {
@@ -252,6 +251,7 @@ async fn watched_to_the_end(mut watcher: Proc, state: &str) -> bool {
     status.success() && out.contains(&format!("state      {state}"))
 }
 
+/// Runs the chaos scenario; panics if the cluster cannot be started at all.
 pub async fn run(opts: &ChaosOptions) -> ChaosReport {
     let root = opts.dir.display().to_string();
     let dataset = StoreUrl::parse(&format!("{root}/ds")).unwrap();

@@ -2,6 +2,9 @@
 //! real workers talking gRPC over loopback) that tests can grow, shrink and query, plus helpers
 //! to find the shared real data and the built binaries.
 
+// Every public item says what it is for (denied in CI, like every warning).
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod chaos;
 pub mod fixtures;

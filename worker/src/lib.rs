@@ -1,6 +1,9 @@
 //! ctcluster's worker: registers with the coordinator, streams its micro-batches' shards from
 //! object storage, preprocesses them and computes CNN gradients on a dedicated thread.
 
+// Every public item says what it is for (denied in CI, like every warning).
+#![warn(missing_docs)]
+
 pub mod backend_check;
 mod cache;
 pub mod compute;

@@ -148,6 +148,7 @@ pub enum IngestSource {
         images: PathBuf,
         /// The labels array.
         labels: PathBuf,
+        /// Options every source shares.
         #[command(flatten)]
         args: IngestArgs,
     },
@@ -155,6 +156,7 @@ pub enum IngestSource {
     Npz {
         /// The archive.
         file: PathBuf,
+        /// Options every source shares.
         #[command(flatten)]
         args: IngestArgs,
     },
@@ -163,6 +165,7 @@ pub enum IngestSource {
     Folder {
         /// The folder.
         dir: PathBuf,
+        /// Options every source shares.
         #[command(flatten)]
         args: IngestArgs,
     },
@@ -190,6 +193,7 @@ pub enum IngestSource {
         /// left out by default).
         #[arg(long)]
         allow_secondary_capture: bool,
+        /// Options every source shares.
         #[command(flatten)]
         args: IngestArgs,
     },
