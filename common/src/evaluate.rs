@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::load_model;
 use crate::dataset::{load_manifest, load_shard};
-use crate::model::{BatchInput, argmax, eval_batch};
+use crate::model::{BatchBuilder, argmax, eval_batch};
 use crate::storage::StoreUrl;
 use crate::{Error, Result};
 
@@ -121,27 +121,15 @@ pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result
         let src = manifest.image;
         // Batches of EVAL_BATCH images bound the memory a large shard of large images needs.
         let outputs = tokio::task::spawn_blocking(move || {
-            let per = data.pixels_per_image;
             (0..data.labels.len())
                 .step_by(EVAL_BATCH)
                 .map(|start| {
                     let end = (start + EVAL_BATCH).min(data.labels.len());
-                    let mut pixels = Vec::with_capacity((end - start) * per);
+                    let mut batch = BatchBuilder::new(&model, &src, end - start);
                     for row in start..end {
-                        model.input.apply(
-                            data.image(row),
-                            &src,
-                            model.height,
-                            model.width,
-                            None,
-                            &mut pixels,
-                        );
+                        batch.push(&data, row, None)?;
                     }
-                    let batch = BatchInput {
-                        pixels,
-                        labels: data.labels[start..end].to_vec(),
-                        keep_mask: None,
-                    };
+                    let batch = batch.finish();
                     eval_batch(&model, &p, &batch, &burn::tensor::Device::flex())
                         .map(|o| (o, batch.labels))
                 })

@@ -14,7 +14,7 @@ use ctcluster_common::dataset::{
     DecodedShard, HeadCtOptions, Manifest, SynthOptions, convert_npz, load_manifest, load_shard,
     write_head_ct, write_synthetic,
 };
-use ctcluster_common::model::{BatchInput, ModelConfig, model_for_job, train_batch};
+use ctcluster_common::model::{BatchBuilder, ModelConfig, model_for_job, train_batch};
 use ctcluster_common::spec::JobSpec;
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_tests::shared_data;
@@ -61,22 +61,16 @@ async fn loader(
     )
 }
 
-/// Builds the model input of every row of a shard, as a worker's batch step does.
+/// Builds the model input of every row of a shard, in micro-batches, as a worker's batch step
+/// does (the same builder, augmentation drawn per sample).
 fn assemble(s: &DecodedShard, model: &ModelConfig, manifest: &Manifest, epoch: u32) -> usize {
-    let mut out = Vec::with_capacity(MICRO * model.height * model.width);
+    let mut batch = BatchBuilder::new(model, &manifest.image, MICRO);
     for (row, id) in s.ids.iter().enumerate() {
         let draw = model.input.augment.draw(7, epoch, id);
-        model.input.apply(
-            s.image(row),
-            &manifest.image,
-            model.height,
-            model.width,
-            Some(&draw),
-            &mut out,
-        );
-        if out.len() >= MICRO * model.height * model.width {
-            std::hint::black_box(&out);
-            out.clear();
+        batch.push(s, row, Some(&draw)).unwrap();
+        if batch.len() >= MICRO {
+            std::hint::black_box(batch.finish());
+            batch = BatchBuilder::new(model, &manifest.image, MICRO);
         }
     }
     s.ids.len()
@@ -86,22 +80,11 @@ fn assemble(s: &DecodedShard, model: &ModelConfig, manifest: &Manifest, epoch: u
 fn trainer(model: &ModelConfig, manifest: &Manifest, shard: &DecodedShard, passes: usize) -> f64 {
     let device = Device::flex();
     let params = model.init_params(1);
-    let mut pixels = Vec::new();
+    let mut batch = BatchBuilder::new(model, &manifest.image, MICRO);
     for row in 0..MICRO {
-        model.input.apply(
-            shard.image(row),
-            &manifest.image,
-            model.height,
-            model.width,
-            None,
-            &mut pixels,
-        );
+        batch.push(shard, row, None).unwrap();
     }
-    let batch = BatchInput {
-        pixels,
-        labels: shard.labels[..MICRO].to_vec(),
-        keep_mask: None,
-    };
+    let batch = batch.finish();
     let mut start = Instant::now();
     for i in 0..passes + 3 {
         if i == 3 {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ctcluster_common::dataset::{DecodedShard, Manifest, load_manifest, load_shard};
-use ctcluster_common::model::{BatchInput, ModelConfig, dropout_keep_mask};
+use ctcluster_common::model::{BatchBuilder, BatchInput, ModelConfig, dropout_keep_mask};
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_common::task::{Task, TaskJob, TaskKind};
 use ctcluster_common::tensor_bytes::extend_f32_from_le_bytes;
@@ -157,13 +157,9 @@ impl Cache {
             .jobs
             .get(&job.job_id)
             .ok_or_else(|| WorkerError::Config(format!("job {} is not loaded", job.job_id)))?;
-        let mut batch = BatchInput::default();
-        let dropout = if train && entry.model.dropout > 0.0 {
-            Some(entry.model.dropout)
-        } else {
-            None
-        };
-        let mut masks = Vec::new();
+        let model = &entry.model;
+        let mut batch = BatchBuilder::new(model, &entry.manifest.image, task.samples.len());
+        let dropout = (train && model.dropout > 0.0).then_some(model.dropout);
         for sample in &task.samples {
             let shard = entry
                 .shards
@@ -182,43 +178,14 @@ impl Cache {
                 )
                 .into());
             }
-            let model = &entry.model;
-            let src = &entry.manifest.image;
-            let draw = (train && !model.input.augment.is_off()).then(|| {
-                model
-                    .input
-                    .augment
-                    .draw(job.seed, task.epoch, &shard.ids[row])
-            });
-            if model.input.is_identity()
-                && (src.height as usize, src.width as usize) == (model.height, model.width)
-                && src.channels == 1
-            {
-                batch.pixels.extend_from_slice(shard.image(row));
-            } else {
-                model.input.apply(
-                    shard.image(row),
-                    src,
-                    model.height,
-                    model.width,
-                    draw.as_ref(),
-                    &mut batch.pixels,
-                );
-            }
-            batch.labels.push(shard.labels[row]);
+            let id = &shard.ids[row];
+            let draw = (train && !model.input.augment.is_off())
+                .then(|| model.input.augment.draw(job.seed, task.epoch, id));
+            batch.push(shard, row, draw.as_ref())?;
             if let Some(p) = dropout {
-                masks.extend(dropout_keep_mask(
-                    p,
-                    job.seed,
-                    task.epoch,
-                    task.step.0,
-                    &shard.ids[row],
-                ));
+                batch.push_keep_mask(&dropout_keep_mask(p, job.seed, task.epoch, task.step.0, id));
             }
         }
-        if dropout.is_some() {
-            batch.keep_mask = Some(masks);
-        }
-        Ok(batch)
+        Ok(batch.finish())
     }
 }

@@ -9,8 +9,8 @@ mod writer;
 
 pub use head_ct::{HEAD_CT_CLASSES, HeadCtOptions, render_head_ct, write_head_ct};
 pub use manifest::{
-    FORMAT, ImageInfo, MANIFEST_FILE, MAX_ID_BYTES, MAX_SIDE, Manifest, PixelStats, PixelType, ShardInfo,
-    SplitInfo, load_manifest, shard_columns, verify_shard_sizes,
+    FORMAT, ImageInfo, MANIFEST_FILE, MAX_ID_BYTES, MAX_SIDE, Manifest, PixelStats, PixelType,
+    ShardInfo, SplitInfo, load_manifest, shard_columns, verify_shard_sizes,
 };
 pub use npz::{NpyArray, read_npz, read_npz_bytes};
 pub use shard::{DecodedShard, decode_shard, encode_shard, load_shard};
