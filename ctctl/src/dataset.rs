@@ -3,8 +3,7 @@
 use std::path::Path;
 
 use ctcluster_common::dataset::{
-    HeadCtOptions, Manifest, SynthOptions, convert_npz_sealed, load_manifest, write_head_ct,
-    write_synthetic_sealed,
+    HeadCtOptions, Manifest, SynthOptions, load_manifest, write_head_ct, write_synthetic_sealed,
 };
 use ctcluster_common::evaluate::EvalReport;
 use ctcluster_common::seal::DataKey;
@@ -12,6 +11,7 @@ use ctcluster_common::storage::StoreUrl;
 
 use crate::CtlError;
 use crate::cli::{Format, SynthKind};
+use crate::ingest::{IngestArgs, IngestSource};
 
 /// A dataset summary: shape, classes, rows per split and class.
 pub fn describe(url: &str, m: &Manifest) -> String {
@@ -63,7 +63,8 @@ pub fn describe(url: &str, m: &Manifest) -> String {
     out
 }
 
-/// `ctctl dataset from-npz`.
+/// `ctctl dataset from-npz`: `ctctl ingest npz` (the one npz path, with its cleaning and
+/// report) with the ingest defaults and these options.
 pub async fn from_npz(
     file: &Path,
     out: &str,
@@ -71,10 +72,17 @@ pub async fn from_npz(
     shard_rows: usize,
     encrypt_key: Option<&str>,
 ) -> Result<String, CtlError> {
-    let url = StoreUrl::parse(out)?;
-    let key = sealing_key(encrypt_key, &url)?;
-    let m = convert_npz_sealed(file, &url, classes, shard_rows, key).await?;
-    Ok(describe(url.as_str(), &m))
+    let args = IngestArgs {
+        shard_rows,
+        classes,
+        encrypt_key: encrypt_key.map(String::from),
+        ..IngestArgs::to(out)
+    };
+    crate::ingest::ingest(IngestSource::Npz {
+        file: file.to_path_buf(),
+        args,
+    })
+    .await
 }
 
 /// `ctctl dataset synth`.

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use ctcluster_common::dataset::{SynthOptions, convert_npz, write_synthetic};
+use ctcluster_common::dataset::{SynthOptions, write_synthetic};
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_proto as pb;
 
@@ -20,15 +20,11 @@ pub const WARMUP: u64 = 5;
 pub async fn dataset() -> (StoreUrl, String) {
     let ds = StoreUrl::parse("memory://bench/ds").unwrap();
     if let Some(data) = shared_data() {
-        convert_npz(
-            &data.join("pneumoniamnist/pneumoniamnist.npz"),
-            &ds,
-            None,
-            2048,
+        crate::ingest_npz(&data.join("pneumoniamnist/pneumoniamnist.npz"), &ds).await;
+        (
+            ds,
+            "PneumoniaMNIST train split, ingested (4682 x 28x28 u8)".into(),
         )
-        .await
-        .unwrap();
-        (ds, "PneumoniaMNIST train split (4708 x 28x28 u8)".into())
     } else {
         write_synthetic(
             &ds,

@@ -367,6 +367,17 @@ pub fn shared_data() -> Option<PathBuf> {
     dir.is_dir().then(|| dir.canonicalize().unwrap_or(dir))
 }
 
+/// Ingests a MedMNIST-style `.npz` at `url` as `ctctl ingest npz` does by default (the one npz
+/// path: cleaning, the archive's splits kept).
+pub async fn ingest_npz(npz: &std::path::Path, url: &StoreUrl) {
+    ctctl::ingest::ingest(ctctl::ingest::IngestSource::Npz {
+        file: npz.to_path_buf(),
+        args: ctctl::ingest::IngestArgs::to(url.as_str()),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("ingesting {}: {e}", npz.display()));
+}
+
 /// Writes the generated 28x28 lesion dataset at `url` (`train` and `test` images from `seed`).
 pub async fn synthetic(url: &str, train: usize, test: usize, seed: u64) -> StoreUrl {
     let ds = StoreUrl::parse(url).expect("dataset url");

@@ -15,4 +15,4 @@ pub use manifest::{
 pub use npz::{NpyArray, read_npz, read_npz_bytes};
 pub use shard::{DecodedShard, decode_shard, encode_shard, load_shard};
 pub use synth::{SynthOptions, write_synthetic, write_synthetic_sealed};
-pub use writer::{DatasetWriter, convert_npz, convert_npz_sealed};
+pub use writer::DatasetWriter;

@@ -1,14 +1,12 @@
 //! Writing a dataset: shards as rows arrive, the manifest last.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 use super::manifest::{
-    FORMAT, ImageInfo, MANIFEST_FILE, Manifest, PixelStats, PixelType, ShardInfo, SplitInfo,
+    FORMAT, ImageInfo, MANIFEST_FILE, Manifest, PixelStats, ShardInfo, SplitInfo,
 };
-use super::npz::read_npz;
 use super::shard::encode_shard;
 use crate::seal::{DataKey, Encryption, aad};
 use crate::storage::StoreUrl;
@@ -218,130 +216,4 @@ impl DatasetWriter {
         self.out.join(MANIFEST_FILE)?.put(json).await?;
         Ok(manifest)
     }
-}
-
-/// Converts a MedMNIST-style `.npz` (`train_images`, `train_labels`, `val_*`, `test_*`) into a
-/// dataset; each split present is kept as the dataset's split of the same name.
-pub async fn convert_npz(
-    npz: &Path,
-    out: &StoreUrl,
-    class_names: Option<Vec<String>>,
-    shard_rows: usize,
-) -> Result<Manifest> {
-    convert_npz_sealed(npz, out, class_names, shard_rows, None).await
-}
-
-/// [`convert_npz`], sealing the shards with `key` when given.
-pub async fn convert_npz_sealed(
-    npz: &Path,
-    out: &StoreUrl,
-    class_names: Option<Vec<String>>,
-    shard_rows: usize,
-    key: Option<DataKey>,
-) -> Result<Manifest> {
-    let what = npz.display().to_string();
-    let arrays = read_npz(npz)?;
-    let train = arrays
-        .get("train_images")
-        .ok_or_else(|| Error::invalid(&what, "no train_images array"))?;
-    let (height, width, channels) = match train.shape.as_slice() {
-        [_, h, w] => (*h, *w, 1),
-        [_, h, w, c] => (*h, *w, *c),
-        other => {
-            return Err(Error::invalid(
-                &what,
-                format!("train_images has shape {other:?}; expected (N, H, W) or (N, H, W, C)"),
-            ));
-        }
-    };
-    let pixel_type = match train.descr.as_str() {
-        "|u1" | "u1" => PixelType::U8,
-        "<u2" => PixelType::U16,
-        "<i2" => PixelType::I16,
-        "<f4" => PixelType::F32,
-        other => {
-            return Err(Error::invalid(
-                &what,
-                format!("pixel dtype {other} not supported"),
-            ));
-        }
-    };
-    let dim = |v: usize| u32::try_from(v).map_err(|_| Error::invalid(&what, "image too large"));
-    let image = ImageInfo {
-        height: dim(height)?,
-        width: dim(width)?,
-        channels: dim(channels)?,
-        pixel_type,
-    };
-    let mut splits = Vec::new();
-    let mut max_label = 0i64;
-    for split in ["train", "val", "test"] {
-        let (Some(images), Some(labels)) = (
-            arrays.get(&format!("{split}_images")),
-            arrays.get(&format!("{split}_labels")),
-        ) else {
-            continue;
-        };
-        if images.descr != train.descr || images.shape.get(1..) != train.shape.get(1..) {
-            return Err(Error::invalid(
-                &what,
-                format!("{split}_images differs from train_images in dtype or shape"),
-            ));
-        }
-        let labels = labels.to_i64(&format!("{what}:{split}_labels"))?;
-        if labels.len() != images.shape[0] {
-            return Err(Error::invalid(
-                &what,
-                format!(
-                    "{split}: {} labels for {} images (multi-label arrays are not supported)",
-                    labels.len(),
-                    images.shape[0]
-                ),
-            ));
-        }
-        if let Some(bad) = labels.iter().find(|&&l| l < 0) {
-            return Err(Error::invalid(
-                &what,
-                format!("{split}: negative label {bad}"),
-            ));
-        }
-        max_label = max_label.max(labels.iter().copied().max().unwrap_or(0));
-        splits.push((split, images, labels));
-    }
-    let classes = match class_names {
-        Some(names) => {
-            if (max_label as usize) >= names.len() {
-                return Err(Error::invalid(
-                    "classes",
-                    format!(
-                        "{} names given but labels go up to {max_label}",
-                        names.len()
-                    ),
-                ));
-            }
-            names
-        }
-        None => (0..=max_label.max(1)).map(|i| i.to_string()).collect(),
-    };
-    let mut writer = DatasetWriter::new(
-        out.clone(),
-        image,
-        classes,
-        shard_rows,
-        format!("npz:{what}"),
-    )?;
-    if let Some(k) = key {
-        writer = writer.encrypt_with(k);
-    }
-    let per_image = image.bytes();
-    for (split, images, labels) in splits {
-        for (i, label) in labels.iter().enumerate() {
-            let pixels = images.data[i * per_image..(i + 1) * per_image].to_vec();
-            let label = u32::try_from(*label).map_err(|_| Error::invalid("label", "too large"))?;
-            writer
-                .add(split, format!("{split}-{i:06}"), label, pixels)
-                .await?;
-        }
-    }
-    writer.finish().await
 }

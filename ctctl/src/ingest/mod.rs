@@ -94,7 +94,7 @@ pub struct Plan {
 }
 
 /// Options every source shares.
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug, PartialEq, clap::Args)]
 pub struct IngestArgs {
     /// Where to write the dataset (URL or local folder).
     #[arg(long)]
@@ -123,6 +123,24 @@ pub struct IngestArgs {
     /// Seal the shards with this key (AES-256-GCM; see `ctctl keys new`).
     #[arg(long)]
     pub encrypt_key: Option<String>,
+}
+
+impl IngestArgs {
+    /// The options `ctctl ingest` has by default, writing to `out`: for callers that are not
+    /// the command line (`ctctl dataset from-npz`, the benchmarks).
+    pub fn to(out: impl Into<String>) -> Self {
+        IngestArgs {
+            out: out.into(),
+            shard_rows: 2048,
+            size: None,
+            on_shape: OnShape::Resize,
+            classes: None,
+            val_fraction: 0.1,
+            test_fraction: 0.2,
+            split_seed: 0,
+            encrypt_key: None,
+        }
+    }
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
@@ -608,4 +626,23 @@ pub fn summary(r: &IngestReport) -> String {
         r.out.trim_end_matches('/')
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: IngestArgs,
+    }
+
+    #[test]
+    fn the_defaults_for_other_callers_are_the_command_line_s() {
+        let parsed = Cli::parse_from(["ingest", "--out", "memory://d"]).args;
+        assert_eq!(IngestArgs::to("memory://d"), parsed);
+    }
 }
