@@ -56,7 +56,7 @@ impl Cluster {
     pub async fn start_secure(state: &str, workers: usize) -> (Cluster, ctctl::certs::Bundle) {
         let bundle = ctctl::certs::generate(&[], workers.max(1), &["alice".into(), "bob".into()])
             .expect("certificates");
-        let tls = bundle.local().expect("bundle");
+        let tls = ctctl::demo::local_tls(&bundle).expect("bundle");
         let mut config = CoordinatorConfig::local(StoreUrl::parse(state).expect("state url"));
         config.security = ctcluster_coordinator::auth::Security::tls(&tls.users).expect("users");
         config.tls = Some(tls.coordinator.clone());
@@ -73,7 +73,7 @@ impl Cluster {
     ) -> (Cluster, ctctl::certs::Bundle) {
         let bundle = ctctl::certs::generate(&[], workers.max(1), &["alice".into(), "bob".into()])
             .expect("certificates");
-        let tls = bundle.local().expect("bundle");
+        let tls = ctctl::demo::local_tls(&bundle).expect("bundle");
         std::fs::write(users_file, bundle.get("users.yaml").expect("users.yaml"))
             .expect("write the users file");
         let mut config = CoordinatorConfig::local(StoreUrl::parse(state).expect("state url"));
@@ -96,7 +96,7 @@ impl Cluster {
     async fn launch(
         config: CoordinatorConfig,
         workers: usize,
-        tls: Option<ctctl::certs::LocalTls>,
+        tls: Option<ctctl::demo::LocalTls>,
     ) -> Cluster {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
