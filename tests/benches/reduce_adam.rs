@@ -13,10 +13,11 @@ use std::time::Instant;
 
 use ctcluster_common::dataset::{ImageInfo, PixelType};
 use ctcluster_common::model::ModelConfig;
-use ctcluster_common::optim::{BurnAdam, FlatAdam, reduce_mean_in};
+use ctcluster_common::optim::{FlatAdam, reduce_mean_in};
 use ctcluster_common::spec::AdamSpec;
 use ctcluster_common::tensor_bytes::{extend_f32_from_le_bytes, f32_to_le_bytes};
 use ctcluster_proto as pb;
+use ctcluster_testkit::reference_adam::BurnAdam;
 use prost::Message;
 
 const RESNET18: usize = 11_689_512;

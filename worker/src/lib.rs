@@ -4,7 +4,6 @@
 // Every public item says what it is for (denied in CI, like every warning).
 #![warn(missing_docs)]
 
-pub mod backend_check;
 mod cache;
 pub mod compute;
 pub mod config;

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use ctcluster_common::model::Precision;
-use ctcluster_worker::backend_check::{
+use ctcluster_testkit::backend_check::{
     BATCH, MICRO, Update, agreement, seed_cnn_28, step_batches, throughput, train, train_with,
 };
 use ctcluster_worker::device::parse_device;
