@@ -47,22 +47,19 @@ async fn each_error_class_reaches_the_client_as_its_code() {
     // No workers: the first job stays unfinished, holding the one job a user may have.
     let cluster = Cluster::start_with(config, 0).await;
     let out = "memory://codes/out";
-    let code = |r: Result<String, tonic::Status>| r.expect_err("refused").code();
+    // A refused submit of a job reading `dataset`: the status a client sees.
+    let refused = async |dataset: &str| {
+        cluster
+            .submit(&spec("x", dataset, out, ""))
+            .await
+            .expect_err("refused")
+    };
 
     // InvalidArgument: a malformed spec.
-    assert_eq!(
-        code(cluster.submit("name: x\ndataset: [unclosed\n").await),
-        Code::InvalidArgument
-    );
+    let malformed = cluster.submit("name: x\ndataset: [unclosed\n").await;
+    assert_eq!(malformed.unwrap_err().code(), Code::InvalidArgument);
     // NotFound: a dataset that is not there, and a job that does not exist.
-    assert_eq!(
-        code(
-            cluster
-                .submit(&spec("x", "memory://codes/none", out, ""))
-                .await
-        ),
-        Code::NotFound
-    );
+    assert_eq!(refused("memory://codes/none").await.code(), Code::NotFound);
     let mut client = cluster.client().await;
     let missing = client
         .get_job(pb::GetJobRequest {
@@ -73,18 +70,11 @@ async fn each_error_class_reaches_the_client_as_its_code() {
     assert_eq!(missing.code(), Code::NotFound);
     // PermissionDenied: a dataset outside the storage scope.
     assert_eq!(
-        code(
-            cluster
-                .submit(&spec("x", "memory://elsewhere/ds", out, ""))
-                .await
-        ),
+        refused("memory://elsewhere/ds").await.code(),
         Code::PermissionDenied
     );
     // Unavailable: the dataset's store does not answer.
-    let err = cluster
-        .submit(&spec("x", "s3://codes-unreachable/ds", out, ""))
-        .await
-        .unwrap_err();
+    let err = refused("s3://codes-unreachable/ds").await;
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("codes-unreachable"), "{err:?}");
     // FailedPrecondition: a worker of another protocol version.
@@ -105,13 +95,9 @@ async fn each_error_class_reaches_the_client_as_its_code() {
         .submit(&spec("first", ds.as_str(), out, "epochs: 1\n"))
         .await
         .expect("the first job is accepted");
-    assert_eq!(
-        code(
-            cluster
-                .submit(&spec("second", ds.as_str(), out, "epochs: 1\n"))
-                .await
-        ),
-        Code::ResourceExhausted
-    );
+    let second = cluster
+        .submit(&spec("second", ds.as_str(), out, "epochs: 1\n"))
+        .await;
+    assert_eq!(second.unwrap_err().code(), Code::ResourceExhausted);
     cluster.stop().await;
 }
