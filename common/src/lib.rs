@@ -4,6 +4,7 @@
 // Every public item says what it is for (denied in CI, like every warning).
 #![warn(missing_docs)]
 
+pub mod addr_file;
 pub mod alloc;
 pub mod audit;
 pub mod auth;

@@ -135,6 +135,11 @@ pub struct Args {
     /// for probes that speak no TLS (Kubernetes' gRPC probes). The main port serves it too.
     #[arg(long, env = "CT_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
+    /// Once listening, write the addresses to this file (`grpc ADDR`, and `health ADDR` with
+    /// --health-listen), written whole or not at all: for supervisors and tests that let the
+    /// coordinator pick free ports (`--listen 127.0.0.1:0`).
+    #[arg(long, env = "CT_ADDR_FILE")]
+    pub addr_file: Option<std::path::PathBuf>,
 }
 
 /// Validated coordinator settings.
@@ -164,6 +169,8 @@ pub struct CoordinatorConfig {
     pub shutdown_grace: Duration,
     /// Where the plain-text health listener binds (`None`: the main port only).
     pub health_listen: Option<SocketAddr>,
+    /// Where to write the bound addresses once listening (`None`: nowhere).
+    pub addr_file: Option<std::path::PathBuf>,
 }
 
 impl CoordinatorConfig {
@@ -182,6 +189,7 @@ impl CoordinatorConfig {
             connections: ConnectionLimits::default(),
             shutdown_grace: Duration::from_secs(15),
             health_listen: None,
+            addr_file: None,
         }
     }
 }
@@ -238,6 +246,7 @@ impl TryFrom<&Args> for CoordinatorConfig {
             connections,
             shutdown_grace: Duration::from_secs(positive("shutdown-grace-s", a.shutdown_grace_s)?),
             health_listen: a.health_listen,
+            addr_file: a.addr_file.clone(),
             scope,
             state_url: StoreUrl::parse(&a.state_url)?,
             heartbeat: Duration::from_millis(a.heartbeat_ms),

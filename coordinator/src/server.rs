@@ -22,6 +22,7 @@ use crate::error::CoordError;
 use crate::state::Coordinator;
 use crate::tls::TlsAcceptor;
 use crate::worker_api::WorkerApi;
+use ctcluster_common::addr_file::write_addr_file;
 use ctcluster_common::health::{Health, serve_plain};
 
 /// Largest message accepted (gradient chunks are 1 MiB; specs are small).
@@ -60,6 +61,17 @@ pub async fn serve(
         ),
         None => None,
     };
+    if let Some(path) = &config.addr_file {
+        let local = |l: &TcpListener| {
+            l.local_addr()
+                .map_err(|e| CoordError::bad("listen", e.to_string()))
+        };
+        let mut addrs = vec![("grpc", local(&listener)?)];
+        if let Some(h) = &health_listener {
+            addrs.push(("health", local(h)?));
+        }
+        write_addr_file(path, &addrs)?;
+    }
     let coord = Coordinator::new(config);
     if let Some(listener) = health_listener {
         let (health, stop) = (health.clone(), coord.shutdown.clone());

@@ -6,7 +6,7 @@
 //! As a command: `cargo run --release -p ctcluster-tests --bin ctcluster-chaos -- --help`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ctcluster_common::audit::StepAudit;
@@ -19,7 +19,7 @@ use pb::client_service_client::ClientServiceClient;
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use crate::procs::{Proc, free_port, wait_for_port};
+use crate::procs::{Proc, restart_coordinator, start_coordinator};
 use ctctl::render::is_terminal;
 
 /// What to run and what to break.
@@ -101,21 +101,18 @@ impl Cluster {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Starts the coordinator: on a port it picks the first time (port 0), on the same port
+    /// after, where the workers already point.
     fn start_coordinator(&mut self) {
-        let listen = format!("127.0.0.1:{}", self.port);
-        let args = [
-            "--listen",
-            &listen,
-            "--state-url",
-            &self.state,
-            "--heartbeat-ms",
-            "200",
-            "--worker-lease-ms",
-            "1000",
-            "--insecure",
-        ];
-        self.coordinator = Some(Proc::start("ctcluster-coordinator", &args, &[]));
-        wait_for_port(self.port, "coordinator");
+        let extra = ["--heartbeat-ms", "200", "--worker-lease-ms", "1000"];
+        let state = Path::new(&self.state);
+        self.coordinator = Some(if self.port == 0 {
+            let (p, listening) = start_coordinator(state, &extra);
+            self.port = listening.port;
+            p
+        } else {
+            restart_coordinator(self.port, state, &extra)
+        });
     }
 
     fn start_worker(&mut self) -> Proc {
@@ -263,7 +260,7 @@ pub async fn run(opts: &ChaosOptions) -> ChaosReport {
     };
     write_synthetic(&dataset, synth).await.unwrap();
     let mut cluster = Cluster {
-        port: free_port(),
+        port: 0,
         state: format!("{root}/state"),
         coordinator: None,
         workers: Vec::new(),

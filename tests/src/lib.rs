@@ -16,8 +16,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use procs::{
-    Proc, bin_dir, binary, free_port, python, python_script, start_coordinator, start_s3,
-    wait_for_port,
+    Listening, Proc, addr_file_path, bin_dir, binary, python, python_script, reported_port,
+    restart_coordinator, start_coordinator, start_coordinator_env, start_s3,
+    start_worker_with_health, wait_for_addr_file,
 };
 
 use ctcluster_common::storage::StoreUrl;
@@ -153,6 +154,7 @@ impl Cluster {
                 .then(|| self.worker_tls[self.workers.len() % self.worker_tls.len()].clone()),
             prefetch: self.prefetch,
             health_listen: None,
+            addr_file: None,
         };
         let stop = token.clone();
         self.tasks.spawn(async move {

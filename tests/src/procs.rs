@@ -1,9 +1,12 @@
 //! Real processes for tests: the workspace's binaries started as children, killed on drop.
 
-use std::net::TcpListener;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use ctcluster_common::addr_file::parse_addr_file;
 
 /// A child process, killed when dropped so a failing test leaves nothing running.
 pub struct Proc(pub Child);
@@ -60,59 +63,140 @@ impl Proc {
     }
 }
 
-/// Starts a plain-text `ctcluster-coordinator` on loopback `port` with its state in `state`
-/// and the extra flags, and waits until it listens. Killed when dropped.
-pub fn start_coordinator(port: u16, state: &Path, extra: &[&str]) -> Proc {
-    let listen = format!("127.0.0.1:{port}");
+/// Where a started server listens, as it wrote to its `--addr-file`.
+#[derive(Clone, Copy, Debug)]
+pub struct Listening {
+    /// The main port (gRPC for the coordinator, HTTP for the S3 server).
+    pub port: u16,
+    /// The plain-text health listener's port, when one was asked for.
+    pub health: Option<u16>,
+}
+
+/// A fresh path for a child's `--addr-file` (the child writes it; nothing is created here).
+pub fn addr_file_path(what: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    std::env::temp_dir().join(format!(
+        "ctcluster-{what}-{}-{}.addr",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Waits (bounded) for the address file a child writes once it listens, and reads it; fails at
+/// once if the child exits first. The child chose its ports itself (port 0): no port is picked
+/// here and hoped free.
+pub fn wait_for_addr_file(child: &mut Proc, path: &Path, what: &str) -> Vec<(String, SocketAddr)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let _ = std::fs::remove_file(path);
+            return parse_addr_file(&text).unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("{what} exited ({status}) before it listened");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The main port a child reported in its address file (its first entry): for children started
+/// with `--listen 127.0.0.1:0 --addr-file PATH` by a test's own spawner.
+pub fn reported_port(child: &mut Proc, path: &Path, what: &str) -> u16 {
+    let addrs = wait_for_addr_file(child, path, what);
+    addrs
+        .first()
+        .map(|(_, a)| a.port())
+        .unwrap_or_else(|| panic!("{what} wrote an empty address file"))
+}
+
+/// The port of listener `name` in an address file's entries.
+fn port_of(addrs: &[(String, SocketAddr)], name: &str) -> Option<u16> {
+    addrs.iter().find(|(n, _)| n == name).map(|(_, a)| a.port())
+}
+
+/// Starts a `ctcluster-worker` with `args`, its health listener on a port it picks, and waits
+/// until that listens; returns the worker and the health port. Killed when dropped.
+pub fn start_worker_with_health(args: &[&str]) -> (Proc, u16) {
+    let file = addr_file_path("worker");
+    let file_arg = file.display().to_string();
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--health-listen", "127.0.0.1:0", "--addr-file", &file_arg]);
+    let mut p = Proc::start("ctcluster-worker", &all, &[]);
+    let addrs = wait_for_addr_file(&mut p, &file, "worker");
+    let health = port_of(&addrs, "health").expect("the worker's health address");
+    (p, health)
+}
+
+/// Starts a plain-text `ctcluster-coordinator` on a loopback port it picks, with its state in
+/// `state` and the extra flags (`--health-listen 127.0.0.1:0` gets a port of its own too), and
+/// waits until it listens. Killed when dropped.
+pub fn start_coordinator(state: &Path, extra: &[&str]) -> (Proc, Listening) {
+    coordinator_on("127.0.0.1:0", state, extra, &[])
+}
+
+/// [`start_coordinator`] with environment variables (a keyring, an OTLP endpoint).
+pub fn start_coordinator_env(
+    state: &Path,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> (Proc, Listening) {
+    coordinator_on("127.0.0.1:0", state, extra, env)
+}
+
+/// [`start_coordinator`] on a given port: a coordinator restarted where its workers and
+/// clients already point.
+pub fn restart_coordinator(port: u16, state: &Path, extra: &[&str]) -> Proc {
+    coordinator_on(&format!("127.0.0.1:{port}"), state, extra, &[]).0
+}
+
+fn coordinator_on(
+    listen: &str,
+    state: &Path,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> (Proc, Listening) {
+    let file = addr_file_path("coordinator");
+    let file_arg = file.display().to_string();
     let mut args = vec![
         "--listen",
-        &listen,
+        listen,
         "--state-url",
         state.to_str().expect("utf-8 state path"),
         "--insecure",
+        "--addr-file",
+        &file_arg,
     ];
     args.extend_from_slice(extra);
-    let p = Proc::start("ctcluster-coordinator", &args, &[]);
-    wait_for_port(port, "coordinator");
-    p
+    let mut p = Proc::start("ctcluster-coordinator", &args, env);
+    let addrs = wait_for_addr_file(&mut p, &file, "coordinator");
+    let listening = Listening {
+        port: port_of(&addrs, "grpc").expect("the coordinator's gRPC address"),
+        health: port_of(&addrs, "health"),
+    };
+    (p, listening)
 }
 
 /// Starts `ctcluster-s3`, the S3-compatible test server, over the folder `root` (a sub-folder
-/// per bucket) on a free loopback port, and waits until it listens. Killed when dropped.
+/// per bucket) on a loopback port it picks, and waits until it listens. Killed when dropped.
 pub fn start_s3(root: &Path, access_key: &str, secret_key: &str) -> (Proc, u16) {
-    let port = free_port();
+    let file = addr_file_path("s3");
     let child = Command::new(binary("ctcluster-s3"))
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--host", "127.0.0.1", "--port", "0", "--addr-file"])
+        .arg(&file)
         .args(["--access-key", access_key, "--secret-key", secret_key])
         .arg(root)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("start ctcluster-s3: {e}"));
-    let server = Proc(child);
-    wait_for_port(port, "ctcluster-s3");
+    let mut server = Proc(child);
+    let addrs = wait_for_addr_file(&mut server, &file, "ctcluster-s3");
+    let port = port_of(&addrs, "s3").expect("the S3 server's address");
     (server, port)
-}
-
-/// A port free right now on loopback.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Polls (bounded) until something listens on the port.
-pub fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not listen on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The folder holding the workspace's built binaries (`ctctl`, `ctcluster-coordinator`, ...).

@@ -46,6 +46,10 @@ pub struct Args {
     /// registered with a coordinator that answers its heartbeats.
     #[arg(long, env = "CT_HEALTH_LISTEN")]
     pub health_listen: Option<std::net::SocketAddr>,
+    /// Once the health listener is bound, write its address to this file (`health ADDR`),
+    /// written whole or not at all: for tests and supervisors that let it pick a free port.
+    #[arg(long, env = "CT_ADDR_FILE")]
+    pub addr_file: Option<std::path::PathBuf>,
     /// Fault injection for tests (off by default): replace every Nth training gradient with NaN.
     #[arg(long, env = "CT_FAULT_NAN_EVERY", hide = true)]
     pub fault_nan_every: Option<u64>,
@@ -106,6 +110,8 @@ pub struct WorkerConfig {
     pub prefetch: bool,
     /// Where the health listener binds (`None`: no health listener).
     pub health_listen: Option<std::net::SocketAddr>,
+    /// Where to write the health listener's address once bound (`None`: nowhere).
+    pub addr_file: Option<std::path::PathBuf>,
 }
 
 impl TryFrom<&Args> for WorkerConfig {
@@ -169,6 +175,7 @@ impl TryFrom<&Args> for WorkerConfig {
             tls,
             prefetch: !a.no_prefetch,
             health_listen: a.health_listen,
+            addr_file: a.addr_file.clone(),
         })
     }
 }

@@ -14,6 +14,7 @@ use crate::WorkerError;
 pub struct HealthListener {
     stop: CancellationToken,
     task: JoinHandle<()>,
+    local: SocketAddr,
 }
 
 impl HealthListener {
@@ -22,6 +23,9 @@ impl HealthListener {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| WorkerError::Config(format!("--health-listen {addr}: {e}")))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| WorkerError::Config(format!("--health-listen {addr}: {e}")))?;
         let stop = CancellationToken::new();
         let serving = stop.clone();
         let task = tokio::spawn(async move {
@@ -29,7 +33,14 @@ impl HealthListener {
                 tracing::error!(error = %e, "health listener stopped");
             }
         });
-        Ok(HealthListener { stop, task })
+        Ok(HealthListener { stop, task, local })
+    }
+}
+
+impl HealthListener {
+    /// The address it listens on (the port chosen when `--health-listen` asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
     }
 }
 

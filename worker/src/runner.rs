@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ctcluster_common::WorkerId;
+use ctcluster_common::addr_file::write_addr_file;
 use ctcluster_common::model::{BatchInput, ModelConfig};
 use ctcluster_common::task::{FailureKind, ResultHeader, Task, TaskFailure, TaskKind};
 use ctcluster_common::telemetry::{TraceCarrier, carrier_from_metadata, child_of_carrier};
@@ -40,7 +41,13 @@ pub async fn run_worker(
     let device = parse_device(&config.device)?;
     let health = Health::new().await;
     let _health_listener = match config.health_listen {
-        Some(addr) => Some(HealthListener::start(addr, health.clone()).await?),
+        Some(addr) => {
+            let listener = HealthListener::start(addr, health.clone()).await?;
+            if let Some(path) = &config.addr_file {
+                write_addr_file(path, &[("health", listener.local_addr())])?;
+            }
+            Some(listener)
+        }
         None => None,
     };
     let compute = ComputeThread::start(device);

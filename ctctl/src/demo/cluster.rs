@@ -98,6 +98,7 @@ pub async fn run(args: &DemoArgs) -> Result<String, CtlError> {
             tls: Some(identity.clone()),
             prefetch: true,
             health_listen: None,
+            addr_file: None,
         };
         let stop = stop_workers.clone();
         tasks.spawn(async move {

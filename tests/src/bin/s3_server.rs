@@ -29,6 +29,9 @@ struct Args {
     /// Secret key clients sign with.
     #[arg(long)]
     secret_key: String,
+    /// Once listening, write the address to this file (`s3 ADDR`), whole or not at all.
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
     /// Folder holding the buckets (one sub-folder each).
     root: PathBuf,
 }
@@ -42,7 +45,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     builder.set_auth(SimpleAuth::from_single(args.access_key, args.secret_key));
     let service = builder.build();
     let listener = TcpListener::bind((args.host.as_str(), args.port)).await?;
-    println!("listening on http://{}", listener.local_addr()?);
+    let local = listener.local_addr()?;
+    println!("listening on http://{local}");
+    if let Some(path) = &args.addr_file {
+        ctcluster_common::addr_file::write_addr_file(path, &[("s3", local)])?;
+    }
     let http = Builder::new(TokioExecutor::new());
     // Every connection is a task of this set: they end with the server.
     let mut connections = JoinSet::new();

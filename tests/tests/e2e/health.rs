@@ -5,7 +5,9 @@
 
 use std::process::Command;
 
-use ctcluster_tests::{Proc, free_port, python, python_script, start_coordinator, wait_for_port};
+use ctcluster_tests::{
+    python, python_script, restart_coordinator, start_coordinator, start_worker_with_health,
+};
 
 /// Asks `address` for `service`'s health until it is `expected` (or `wait_s` pass).
 fn expect(address: &str, service: &str, expected: &str, wait_s: u32) {
@@ -27,11 +29,10 @@ fn expect(address: &str, service: &str, expected: &str, wait_s: u32) {
 fn grpc_health_clients_see_the_coordinator_and_registered_workers_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    let (port, coord_health, worker_health) = (free_port(), free_port(), free_port());
-    let coord_health_addr = format!("127.0.0.1:{coord_health}");
-    let extra = ["--health-listen", &coord_health_addr];
-    let mut coord = start_coordinator(port, &state, &extra);
-    wait_for_port(coord_health, "coordinator health listener");
+    let extra = ["--health-listen", "127.0.0.1:0"];
+    let (mut coord, listening) = start_coordinator(&state, &extra);
+    let port = listening.port;
+    let coord_health_addr = format!("127.0.0.1:{}", listening.health.expect("a health port"));
     let main = format!("127.0.0.1:{port}");
     for service in ["", "readiness", "liveness"] {
         expect(&coord_health_addr, service, "SERVING", 10);
@@ -39,19 +40,9 @@ fn grpc_health_clients_see_the_coordinator_and_registered_workers_serving() {
     expect(&main, "", "SERVING", 10);
     expect(&coord_health_addr, "no.such.Service", "SERVICE_UNKNOWN", 10);
 
+    let (_worker, worker_health) =
+        start_worker_with_health(&["--coordinator", &format!("http://{main}"), "--insecure"]);
     let worker_health_addr = format!("127.0.0.1:{worker_health}");
-    let _worker = Proc::start(
-        "ctcluster-worker",
-        &[
-            "--coordinator",
-            &format!("http://{main}"),
-            "--insecure",
-            "--health-listen",
-            &worker_health_addr,
-        ],
-        &[],
-    );
-    wait_for_port(worker_health, "worker health listener");
     expect(&worker_health_addr, "", "SERVING", 20);
     expect(&worker_health_addr, "readiness", "SERVING", 1);
 
@@ -62,6 +53,6 @@ fn grpc_health_clients_see_the_coordinator_and_registered_workers_serving() {
     expect(&worker_health_addr, "liveness", "SERVING", 1);
 
     // Back: the worker registers again and is ready.
-    let _coord = start_coordinator(port, &state, &extra);
+    let _coord = restart_coordinator(port, &state, &extra);
     expect(&worker_health_addr, "readiness", "SERVING", 30);
 }

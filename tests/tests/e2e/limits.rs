@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use ctcluster_proto as pb;
 use ctcluster_tests::{
-    Proc, client_for, final_checkpoint, free_port, has_ended, job_status, job_until, spec,
-    start_coordinator, submit_as, synthetic,
+    Proc, client_for, final_checkpoint, has_ended, job_status, job_until, restart_coordinator,
+    spec, start_coordinator, submit_as, synthetic,
 };
 use ctctl::Target;
 use tonic::Code;
@@ -22,24 +22,27 @@ const BUDGET_MB: u64 = 256;
 /// Its connection limit.
 const MAX_CONNECTIONS: usize = 16;
 
-fn coordinator(port: u16, state: &Path) -> Proc {
+/// Starts the coordinator of this test on `port` (0: one it picks); returns it and its port.
+fn coordinator(port: u16, state: &Path) -> (Proc, u16) {
     let (budget, connections) = (BUDGET_MB.to_string(), MAX_CONNECTIONS.to_string());
-    start_coordinator(
-        port,
-        state,
-        &[
-            "--max-job-memory-mb",
-            "64",
-            "--memory-budget-mb",
-            &budget,
-            "--max-jobs-per-user",
-            "3",
-            "--max-connections",
-            &connections,
-            "--idle-timeout-s",
-            "2",
-        ],
-    )
+    let extra = [
+        "--max-job-memory-mb",
+        "64",
+        "--memory-budget-mb",
+        &budget,
+        "--max-jobs-per-user",
+        "3",
+        "--max-connections",
+        &connections,
+        "--idle-timeout-s",
+        "2",
+    ];
+    if port == 0 {
+        let (p, listening) = start_coordinator(state, &extra);
+        (p, listening.port)
+    } else {
+        (restart_coordinator(port, state, &extra), port)
+    }
 }
 
 /// Waits (bounded) until the job's record in storage, what a restarted coordinator reads,
@@ -87,7 +90,7 @@ fn proc_kb(pid: u32, field: &str) -> u64 {
 async fn restart(coord: &mut Proc, port: u16, state: &Path, target: &Target) -> u64 {
     let peak = proc_kb(coord.0.id(), "VmHWM:");
     coord.kill();
-    *coord = coordinator(port, state);
+    *coord = coordinator(port, state).0;
     client_for(target)
         .await
         .list_jobs(pb::ListJobsRequest {})
@@ -118,10 +121,9 @@ async fn every_limit_holds_and_a_healthy_job_beside_them_is_unharmed() {
     synthetic(data.to_str().unwrap(), 400, 16, 4).await;
     let state = root.join("state");
     let out = root.join("out").display().to_string();
-    let port = free_port();
+    let (mut coord, port) = coordinator(0, &state);
     let url = format!("http://127.0.0.1:{port}");
     let target = Target::insecure(&url);
-    let mut coord = coordinator(port, &state);
     let _worker = Proc::start(
         "ctcluster-worker",
         &["--coordinator", &url, "--insecure"],

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ctcluster_proto as pb;
 use ctcluster_tests::otlp::{OtlpReceiver, ReceivedSpan};
-use ctcluster_tests::{Cluster, Proc, binary, free_port, spec, synthetic, wait_for_port};
+use ctcluster_tests::{Cluster, Proc, binary, spec, start_coordinator_env, synthetic};
 
 /// Steps after the first epoch that the coordinator traces (every Nth).
 const EVERY: u64 = 4;
@@ -47,22 +47,12 @@ fn one_trace_spans_ctctl_the_coordinator_and_every_worker() {
         .unwrap();
     assert!(status.status.success(), "{status:?}");
 
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut coordinator = Proc::start(
-        "ctcluster-coordinator",
-        &[
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--state-url",
-            &format!("{root}/state"),
-            "--trace-every-steps",
-            &EVERY.to_string(),
-            "--insecure",
-        ],
+    let (mut coordinator, listening) = start_coordinator_env(
+        &tmp.path().join("state"),
+        &["--trace-every-steps", &EVERY.to_string()],
         &otel,
     );
-    wait_for_port(port, "coordinator");
+    let url = format!("http://127.0.0.1:{}", listening.port);
     let mut workers: Vec<Proc> = (0..2)
         .map(|i| {
             Proc::start(

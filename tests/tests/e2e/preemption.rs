@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 
 use ctcluster_proto as pb;
 use ctcluster_tests::{
-    Proc, final_checkpoint, free_port, job_until, spec, start_coordinator, submit_as, synthetic,
+    Proc, final_checkpoint, job_until, restart_coordinator, spec, start_coordinator, submit_as,
+    synthetic,
 };
 use ctctl::Target;
 
-fn coordinator(port: u16, state: &Path) -> Proc {
-    start_coordinator(port, state, &["--shutdown-grace-s", "15"])
-}
+const GRACE: [&str; 2] = ["--shutdown-grace-s", "15"];
 
 fn succeeded_or_failed(s: &pb::JobStatus) -> bool {
     s.state == pb::JobState::Succeeded as i32 || s.state == pb::JobState::Failed as i32
@@ -29,10 +28,10 @@ async fn sigterm_checkpoints_every_job_at_its_step_and_the_resumed_job_is_exact(
     synthetic(data.to_str().unwrap(), 600, 16, 6).await;
     let state = root.join("state");
     let out = root.join("out").display().to_string();
-    let port = free_port();
+    let (mut coord, listening) = start_coordinator(&state, &GRACE);
+    let port = listening.port;
     let url = format!("http://127.0.0.1:{port}");
     let target = Target::insecure(&url);
-    let mut coord = coordinator(port, &state);
     let _worker = Proc::start(
         "ctcluster-worker",
         &["--coordinator", &url, "--insecure"],
@@ -80,7 +79,7 @@ async fn sigterm_checkpoints_every_job_at_its_step_and_the_resumed_job_is_exact(
     println!("SIGTERM at step {step}: checkpointed and exited 0 in {took:?}");
 
     // The restarted coordinator resumes from that step; the job ends as an undisturbed run.
-    let _coord = coordinator(port, &state);
+    let _coord = restart_coordinator(port, &state, &GRACE);
     let resumed = job_until(&target, &job, succeeded_or_failed).await;
     assert_eq!(
         resumed.state,
@@ -122,11 +121,10 @@ async fn a_worker_told_to_stop_finishes_its_task_says_goodbye_and_exits_0() {
     synthetic(data.to_str().unwrap(), 480, 16, 8).await;
     let state = root.join("state");
     let out = root.join("out").display().to_string();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let target = Target::insecure(&url);
     // A long lease: a worker that left without a word would stay listed for a minute.
-    let _coord = start_coordinator(port, &state, &["--worker-lease-ms", "60000"]);
+    let (_coord, listening) = start_coordinator(&state, &["--worker-lease-ms", "60000"]);
+    let url = format!("http://127.0.0.1:{}", listening.port);
+    let target = Target::insecure(&url);
     // Slow tasks (200 ms), so that the signal finds a task in flight.
     let worker = |name: &str| {
         Proc::start(

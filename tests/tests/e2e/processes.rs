@@ -6,7 +6,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ctcluster_proto as pb;
-use ctcluster_tests::{Proc, binary, final_checkpoint, free_port, wait_for_port};
+use ctcluster_tests::{
+    Proc, addr_file_path, binary, final_checkpoint, reported_port, start_coordinator,
+};
 use pb::client_service_client::ClientServiceClient;
 use tonic::transport::Channel;
 
@@ -71,9 +73,6 @@ fn start_s3(root: &Path) -> (Proc, u16) {
 fn binaries_train_from_s3_and_ctctl_reports_json() {
     let tmp = tempfile::tempdir().unwrap();
     let (_s3, s3_port) = start_s3(&tmp.path().join("s3"));
-    let port = free_port();
-    let coordinator = format!("https://127.0.0.1:{port}");
-    let listen = format!("127.0.0.1:{port}");
     let none = "https://127.0.0.1:1";
     // A secure cluster, as a new user makes one: `ctctl certs init`.
     let certs = tmp.path().join("certs");
@@ -111,28 +110,43 @@ fn binaries_train_from_s3_and_ctctl_reports_json() {
         "the dataset is in the S3 server's folder"
     );
 
-    let state_args = [
-        "--listen",
-        &listen,
-        "--state-url",
-        "s3://bucket/state",
-        "--worker-lease-ms",
-        "3000",
-        "--tls-cert",
-        &c("coordinator.pem"),
-        "--tls-key",
-        &c("coordinator-key.pem"),
-        "--client-ca",
-        &c("ca.pem"),
-        "--users",
-        &c("users.yaml"),
-        "--allow-read",
-        "s3://bucket/ds",
-        "--allow-write",
-        "s3://bucket/out",
-    ];
-    let mut coord = spawn(s3_port, "ctcluster-coordinator", &state_args);
-    wait_for_port(port, "coordinator");
+    // The coordinator picks its port and reports it; its restart takes the same one.
+    let addr_file = addr_file_path("coordinator");
+    let addr_file = addr_file.to_str().unwrap();
+    let listen = |port: u16| format!("127.0.0.1:{port}");
+    let state_args = |listen: &str| {
+        [
+            "--listen",
+            listen,
+            "--addr-file",
+            addr_file,
+            "--state-url",
+            "s3://bucket/state",
+            "--worker-lease-ms",
+            "3000",
+            "--tls-cert",
+            &c("coordinator.pem"),
+            "--tls-key",
+            &c("coordinator-key.pem"),
+            "--client-ca",
+            &c("ca.pem"),
+            "--users",
+            &c("users.yaml"),
+            "--allow-read",
+            "s3://bucket/ds",
+            "--allow-write",
+            "s3://bucket/out",
+        ]
+        .map(String::from)
+    };
+    let first = state_args(&listen(0));
+    let mut coord = spawn(
+        s3_port,
+        "ctcluster-coordinator",
+        &first.each_ref().map(String::as_str),
+    );
+    let port = reported_port(&mut coord, Path::new(addr_file), "coordinator");
+    let coordinator = format!("https://127.0.0.1:{port}");
     let mut workers: Vec<Proc> = (0..2)
         .map(|i| {
             spawn(
@@ -227,8 +241,17 @@ fn binaries_train_from_s3_and_ctctl_reports_json() {
     coord.terminate("coordinator");
 
     // A restarted coordinator still knows the job: its record lives in the object store.
-    let _coord = spawn(s3_port, "ctcluster-coordinator", &state_args);
-    wait_for_port(port, "restarted coordinator");
+    let again = state_args(&listen(port));
+    let mut restarted = spawn(
+        s3_port,
+        "ctcluster-coordinator",
+        &again.each_ref().map(String::as_str),
+    );
+    reported_port(
+        &mut restarted,
+        Path::new(addr_file),
+        "restarted coordinator",
+    );
     let json: serde_json::Value = serde_json::from_str(&ctctl_as(
         s3_port,
         &coordinator,
@@ -293,23 +316,11 @@ async fn sigkilled_workers_lose_nothing_and_change_nothing() {
         ],
     );
     assert!(out.contains("640 rows"), "{out}");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let _coord = local(
-        "ctcluster-coordinator",
-        &[
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--state-url",
-            &format!("{root}/state"),
-            "--heartbeat-ms",
-            "200",
-            "--worker-lease-ms",
-            "1000",
-            "--insecure",
-        ],
+    let (_coord, listening) = start_coordinator(
+        &tmp.path().join("state"),
+        &["--heartbeat-ms", "200", "--worker-lease-ms", "1000"],
     );
-    wait_for_port(port, "coordinator");
+    let url = format!("http://127.0.0.1:{}", listening.port);
     let worker = |name: &str| {
         local(
             "ctcluster-worker",

@@ -7,7 +7,7 @@ use ctcluster_common::storage::StoreUrl;
 use ctcluster_coordinator::CoordinatorConfig;
 use ctcluster_coordinator::scope::StorageScope;
 use ctcluster_proto as pb;
-use ctcluster_tests::{Cluster, Proc, binary, free_port, spec, synthetic, wait_for_port};
+use ctcluster_tests::{Cluster, Proc, binary, spec, start_coordinator_env, synthetic};
 use ctctl::certs::Bundle;
 use pb::client_service_client::ClientServiceClient;
 use pb::worker_service_client::WorkerServiceClient;
@@ -288,24 +288,12 @@ fn ok(out: std::process::Output) -> String {
 /// A coordinator and one worker (plain text; this test is about data at rest) with the given
 /// keyring.
 fn cluster_procs(root: &Path, keyring: Option<&Path>) -> (Vec<Proc>, String) {
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
     let env: Vec<(&str, String)> = keyring
         .map(|k| vec![("CT_KEYRING", k.display().to_string())])
         .unwrap_or_default();
-    let state = root.join(format!("state-{port}")).display().to_string();
-    let coordinator = Proc::start(
-        "ctcluster-coordinator",
-        &[
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--state-url",
-            &state,
-            "--insecure",
-        ],
-        &env,
-    );
-    wait_for_port(port, "coordinator");
+    let state = tempfile::tempdir_in(root).unwrap().keep();
+    let (coordinator, listening) = start_coordinator_env(&state, &[], &env);
+    let url = format!("http://127.0.0.1:{}", listening.port);
     let worker = Proc::start(
         "ctcluster-worker",
         &["--coordinator", &url, "--insecure"],
