@@ -25,9 +25,6 @@ use crate::worker_api::WorkerApi;
 use ctcluster_common::addr_file::write_addr_file;
 use ctcluster_common::health::{Health, serve_plain};
 
-/// Largest message accepted (gradient chunks are 1 MiB; specs are small).
-pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
-
 /// How long open connections may take to close once the coordinator stops (at most the
 /// shutdown grace).
 const CONNECTION_DRAIN: Duration = Duration::from_secs(2);
@@ -94,12 +91,12 @@ pub async fn serve(
     }
     let client = InterceptedService::new(
         pb::client_service_server::ClientServiceServer::new(ClientApi::new(coord.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            .max_decoding_message_size(pb::MAX_MESSAGE_BYTES),
         client_gate(security.clone()),
     );
     let worker = InterceptedService::new(
         pb::worker_service_server::WorkerServiceServer::new(WorkerApi::new(coord.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            .max_decoding_message_size(pb::MAX_MESSAGE_BYTES),
         worker_gate(security),
     );
     let stop = coord.shutdown.clone();

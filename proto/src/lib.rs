@@ -13,3 +13,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Largest chunk of tensor bytes in one message (1 MiB), well under gRPC's 4 MiB default.
 pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// Largest message either side accepts or sends (8 MiB): a tensor chunk with room to spare;
+/// specs and headers are far smaller.
+pub const MAX_MESSAGE_BYTES: usize = 8 << 20;

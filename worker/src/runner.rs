@@ -28,9 +28,6 @@ use crate::device::parse_device;
 use crate::health::HealthListener;
 use ctcluster_common::health::Health;
 
-/// Largest message the worker accepts.
-const MAX_MESSAGE_BYTES: usize = 8 << 20;
-
 type Client = WorkerServiceClient<Channel>;
 
 /// Runs a worker until `shutdown` is cancelled; in-flight work is finished and pushed first.
@@ -78,8 +75,8 @@ pub async fn run_worker(
         let session = async {
             let channel = endpoint.connect().await?;
             let mut client = WorkerServiceClient::new(channel)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+                .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(pb::MAX_MESSAGE_BYTES);
             let reg = client
                 .register(pb::RegisterRequest {
                     protocol_version: pb::PROTOCOL_VERSION,
