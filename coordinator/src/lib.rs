@@ -16,6 +16,7 @@ pub mod ewma;
 pub mod job;
 pub mod plan;
 pub mod records;
+pub mod retry;
 pub mod scheduler;
 pub mod scope;
 pub mod server;

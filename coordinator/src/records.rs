@@ -5,6 +5,8 @@ use ctcluster_common::job::JobRecord;
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_common::{Error, Result};
 
+use crate::retry::with_retries;
+
 /// Largest job record read back (a spec of 64 KiB, the thinned loss curve and one line of
 /// metrics per epoch fit many times over).
 pub const MAX_RECORD_BYTES: u64 = 64 << 20;
@@ -13,10 +15,13 @@ fn record_url(state: &StoreUrl, record: &JobRecord) -> Result<StoreUrl> {
     state.join(&format!("jobs/{}.json", record.id))
 }
 
-/// Writes a job's record.
+/// Writes a job's record; a store that is briefly unreachable is tried again
+/// ([`crate::retry`]).
 pub async fn save(state: &StoreUrl, record: &JobRecord) -> Result<()> {
     let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Compute(e.to_string()))?;
-    record_url(state, record)?.put(json).await
+    let json = bytes::Bytes::from(json);
+    let url = record_url(state, record)?;
+    with_retries("a job record", || url.put(json.clone())).await
 }
 
 /// Every record under the state URL; unreadable ones are logged and skipped.

@@ -6,6 +6,7 @@ use ctcluster_common::seal::DataKey;
 use ctcluster_common::storage::StoreUrl;
 
 use crate::job::JobHandle;
+use crate::retry::with_retries;
 
 use super::run::Stop;
 use super::start::Progress;
@@ -32,8 +33,13 @@ pub(super) async fn checkpoint(
         )?),
         None => None,
     };
-    let url = ck.write(job_output, key.as_ref()).await?;
-    apply_retention(job_output, job.spec.checkpoint.keep as usize).await?;
+    // Files first, manifest last: a write tried again after a transient failure rewrites the
+    // same bytes, and a checkpoint without its manifest is never read.
+    let url = with_retries("a checkpoint", || ck.write(job_output, key.as_ref())).await?;
+    with_retries("checkpoint retention", || {
+        apply_retention(job_output, job.spec.checkpoint.keep as usize)
+    })
+    .await?;
     tracing::info!(job = %job.id, checkpoint = %url, "checkpoint written");
     job.update(|r| r.checkpoint = Some(url.to_string()));
     Ok(())
