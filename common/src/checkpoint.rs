@@ -367,7 +367,7 @@ pub async fn export_model(
             .map(|p| {
                 let slice = &params[offset..offset + p.len()];
                 offset += p.len();
-                (p.name.to_string(), f32_to_le_bytes(slice), p.shape.clone())
+                (p.name.clone(), f32_to_le_bytes(slice), p.shape.clone())
             })
             .collect()
     };
@@ -391,8 +391,25 @@ pub async fn export_model(
     Ok(url)
 }
 
+/// A model read by [`load_model_file`].
+#[derive(Clone, Debug)]
+pub struct LoadedModel {
+    /// Its card.
+    pub card: ModelCard,
+    /// The weights, in the flat layout.
+    pub params: Vec<f32>,
+    /// sha256 of `model.safetensors`, lowercase hex.
+    pub sha256: String,
+}
+
 /// Reads a model exported by [`export_model`] from its folder (or the `.safetensors` URL).
 pub async fn load_model(url: &str) -> Result<(ModelCard, Vec<f32>)> {
+    let m = load_model_file(url).await?;
+    Ok((m.card, m.params))
+}
+
+/// [`load_model`], with the sha256 of the weights file.
+pub async fn load_model_file(url: &str) -> Result<LoadedModel> {
     let base = url
         .trim_end_matches('/')
         .trim_end_matches("model.safetensors");
@@ -422,7 +439,7 @@ pub async fn load_model(url: &str) -> Result<(ModelCard, Vec<f32>)> {
     let mut params = Vec::with_capacity(card.model.num_params());
     for p in card.model.layout() {
         let t = st
-            .tensor(p.name)
+            .tensor(&p.name)
             .map_err(|e| Error::invalid("model.safetensors", format!("{}: {e}", p.name)))?;
         if t.shape() != p.shape.as_slice() || t.dtype() != safetensors::Dtype::F32 {
             return Err(Error::invalid(
@@ -435,9 +452,14 @@ pub async fn load_model(url: &str) -> Result<(ModelCard, Vec<f32>)> {
                 ),
             ));
         }
-        crate::tensor_bytes::extend_f32_from_le_bytes(&mut params, t.data(), p.name)?;
+        crate::tensor_bytes::extend_f32_from_le_bytes(&mut params, t.data(), &p.name)?;
     }
-    Ok((card, params))
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    Ok(LoadedModel {
+        card,
+        params,
+        sha256,
+    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::{Norm, ResNetShape};
 use crate::preprocess::{Augment, Window};
 use crate::storage::StoreUrl;
 use crate::{Error, Result};
@@ -179,9 +180,18 @@ pub struct SpecEncryption {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
-    /// Architecture name; `seed-cnn` is the one built in.
+    /// Architecture name: `seed-cnn` (the default), `resnet18` or `resnet`.
     #[serde(default = "defaults::model_name")]
     pub name: String,
+    /// `resnet` only: basic blocks per stage, 1 to 4 stages (default [1, 1, 1, 1]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<Vec<usize>>,
+    /// `resnet` only: channels of the first stage, doubled by each later one (default 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<usize>,
+    /// `resnet18` and `resnet`: `group` (GroupNorm, the default) or `none` (README, Model zoo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm: Option<Norm>,
     /// Dropout probability before the last layer (0 turns it off).
     #[serde(default = "defaults::dropout")]
     pub dropout: f64,
@@ -282,7 +292,59 @@ impl Default for ModelSpec {
     fn default() -> Self {
         ModelSpec {
             name: defaults::model_name(),
+            blocks: None,
+            width: None,
+            norm: None,
             dropout: defaults::dropout(),
+        }
+    }
+}
+
+impl ModelSpec {
+    /// The ResNet structure the spec asks for: `resnet18`'s fixed one, `resnet`'s `blocks` and
+    /// `width` (each defaulted), none for the seed CNN. Structure fields on an architecture
+    /// that has a fixed structure, and unknown names, are errors naming the field.
+    pub fn resnet_shape(&self) -> Result<Option<ResNetShape>> {
+        use crate::model::{ARCHITECTURES, RESNET, RESNET18, SEED_CNN};
+        let custom = self.blocks.is_some() || self.width.is_some();
+        match self.name.as_str() {
+            RESNET => {
+                let default = ResNetShape::small();
+                let shape = ResNetShape {
+                    blocks: self.blocks.clone().unwrap_or(default.blocks),
+                    width: self.width.unwrap_or(default.width),
+                    norm: self.norm.unwrap_or_default(),
+                };
+                shape.validate()?;
+                Ok(Some(shape))
+            }
+            SEED_CNN | RESNET18 if custom => Err(Error::invalid(
+                if self.blocks.is_some() {
+                    "model.blocks"
+                } else {
+                    "model.width"
+                },
+                format!(
+                    "{} has a fixed structure; use `name: {RESNET}` to choose blocks and width",
+                    self.name
+                ),
+            )),
+            RESNET18 => Ok(Some(ResNetShape {
+                norm: self.norm.unwrap_or_default(),
+                ..ResNetShape::resnet18()
+            })),
+            SEED_CNN if self.norm.is_some() => Err(Error::invalid(
+                "model.norm",
+                format!("{SEED_CNN} has no normalisation layers"),
+            )),
+            SEED_CNN => Ok(None),
+            other => Err(Error::invalid(
+                "model.name",
+                format!(
+                    "unknown model {other:?}; available: {}",
+                    ARCHITECTURES.join(", ")
+                ),
+            )),
         }
     }
 }
@@ -375,15 +437,7 @@ impl JobSpec {
         if let Some(r) = &self.resume_from {
             check_url("resume_from", r)?;
         }
-        check(
-            self.model.name == crate::model::SEED_CNN,
-            "model.name",
-            format!(
-                "unknown model {:?}; available: {}",
-                self.model.name,
-                crate::model::SEED_CNN
-            ),
-        )?;
+        self.model.resnet_shape()?;
         check(
             (0.0..1.0).contains(&self.model.dropout),
             "model.dropout",
@@ -509,7 +563,16 @@ mod tests {
         assert_eq!(s.optimizer.lr, 1e-3);
         assert_eq!(s.optimizer.eps, 1e-8);
         assert_eq!(s.model.name, "seed-cnn");
+        assert_eq!(s.model.resnet_shape().unwrap(), None);
         assert_eq!(s.validation.fraction, 0.1);
+        let r = JobSpec::from_yaml(&format!(
+            "{MINIMAL}model:\n  name: resnet\n  blocks: [2, 2]\n  width: 32\n  norm: none\n"
+        ))
+        .unwrap();
+        let shape = r.model.resnet_shape().unwrap().unwrap();
+        assert_eq!((shape.blocks, shape.width), (vec![2, 2], 32));
+        assert_eq!(shape.norm, Norm::None);
+        assert_eq!(JobSpec::from_yaml(&r.to_yaml()).unwrap(), r);
         assert_eq!(JobSpec::from_yaml(&s.to_yaml()).unwrap(), s);
     }
 
@@ -540,6 +603,24 @@ mod tests {
     }
 
     #[test]
+    fn the_example_specs_are_valid_and_cover_every_architecture() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let spec =
+                    JobSpec::from_yaml(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                names.push(spec.model.name);
+            }
+        }
+        for arch in crate::model::ARCHITECTURES {
+            assert!(names.iter().any(|n| n == arch), "no example for {arch}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             (format!("{MINIMAL}learning_rate: 0.1\n"), "learning_rate"),
@@ -557,6 +638,27 @@ mod tests {
             (
                 format!("{MINIMAL}model:\n  dropout: 1.5\n"),
                 "model.dropout",
+            ),
+            (
+                format!("{MINIMAL}model:\n  name: resnet18\n  width: 32\n"),
+                "model.width",
+            ),
+            (
+                format!("{MINIMAL}model:\n  blocks: [1, 1]\n"),
+                "model.blocks",
+            ),
+            (
+                format!("{MINIMAL}model:\n  name: resnet\n  blocks: [1, 1, 1, 1, 1]\n"),
+                "model.blocks",
+            ),
+            (
+                format!("{MINIMAL}model:\n  name: resnet\n  width: 7\n"),
+                "model.width",
+            ),
+            (format!("{MINIMAL}model:\n  norm: none\n"), "model.norm"),
+            (
+                format!("{MINIMAL}model:\n  name: resnet\n  norm: batch\n"),
+                "norm",
             ),
             (
                 format!("{MINIMAL}micro_batch_size: 500\n"),

@@ -48,7 +48,7 @@ pub fn batch(step: u64, start: usize, n: usize) -> BatchInput {
             }
         }
         labels.push(label);
-        masks.extend(dropout_keep_mask(0.5, 1, 0, step, &format!("s{i}")));
+        masks.extend(dropout_keep_mask(0.5, 64, 1, 0, step, &format!("s{i}")));
     }
     BatchInput {
         pixels,

@@ -160,6 +160,7 @@ impl Cache {
         let model = &entry.model;
         let mut batch = BatchBuilder::new(model, &entry.manifest.image, task.samples.len());
         let dropout = (train && model.dropout > 0.0).then_some(model.dropout);
+        let features = model.dropout_features();
         for sample in &task.samples {
             let shard = entry
                 .shards
@@ -183,7 +184,14 @@ impl Cache {
                 .then(|| model.input.augment.draw(job.seed, task.epoch, id));
             batch.push(shard, row, draw.as_ref())?;
             if let Some(p) = dropout {
-                batch.push_keep_mask(&dropout_keep_mask(p, job.seed, task.epoch, task.step.0, id));
+                batch.push_keep_mask(&dropout_keep_mask(
+                    p,
+                    features,
+                    job.seed,
+                    task.epoch,
+                    task.step.0,
+                    id,
+                ));
             }
         }
         Ok(batch.finish())

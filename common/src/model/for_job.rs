@@ -16,7 +16,9 @@ pub fn model_for_job(spec: &JobSpec, manifest: &Manifest) -> Result<ModelConfig>
     }
     let stats = manifest.pixel_stats;
     let (mean, std) = spec.preprocess.normalization(stats.mean, stats.std)?;
-    let mut model = ModelConfig::seed_cnn(
+    let mut model = ModelConfig::new(
+        &spec.model.name,
+        spec.model.resnet_shape()?,
         &image,
         manifest.classes.len(),
         spec.model.dropout,

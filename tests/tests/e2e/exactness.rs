@@ -54,6 +54,39 @@ async fn one_two_and_three_workers_give_identical_parameters() {
     }
 }
 
+/// Three steps of ResNet-18 (GroupNorm, dropout) on images resized to 12x12, with `workers`
+/// workers.
+async fn resnet18_params(ds: &str, workers: usize) -> Vec<f32> {
+    let cluster = Cluster::start(&format!("memory://exact-r18-{workers}/s"), workers).await;
+    let status = cluster
+        .run(&spec(
+            "exact-resnet18",
+            ds,
+            &format!("memory://exact-r18-{workers}/o"),
+            "batch_size: 24\nmicro_batch_size: 4\nmax_steps: 3\nseed: 5\nmodel:\n  name: resnet18\n  dropout: 0.3\npreprocess:\n  resize: [12, 12]\n",
+        ))
+        .await;
+    cluster.stop().await;
+    assert_eq!(status.step, 3, "{}", status.message);
+    final_checkpoint(&status).await.params
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resnet18_gives_identical_parameters_on_one_two_and_three_workers() {
+    let ds = synthetic("memory://exact-r18/ds", 96, 8, 3).await;
+    let one = resnet18_params(ds.as_str(), 1).await;
+    // ResNet-18 on one channel (3x3 stem) and two classes.
+    assert_eq!(one.len(), 11_168_706);
+    for workers in [2, 3] {
+        let many = resnet18_params(ds.as_str(), workers).await;
+        assert!(
+            many == one,
+            "{workers} workers are not bit-identical to 1: relative L2 {:e}",
+            rel_l2(&many, &one)
+        );
+    }
+}
+
 /// Twenty steps with one faulty and one healthy worker, and the same twenty steps on one clean
 /// worker: (faulty run's parameters, its status, the clean parameters).
 async fn faulty_vs_clean(tag: &str, faults: Faults) -> (Vec<f32>, pb::JobStatus, Vec<f32>) {
