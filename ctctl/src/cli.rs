@@ -114,6 +114,50 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// Class probabilities from an exported model for datasets, image files (PNG, JPEG, .npy)
+    /// and DICOM files or folders, locally on the CPU; one row per image.
+    Predict {
+        /// The model: a job's output folder or its `model.safetensors` URL.
+        #[arg(long)]
+        model: String,
+        /// Datasets (URL, or a folder with manifest.json), image files or folders of them.
+        #[arg(required = true)]
+        inputs: Vec<String>,
+        /// The split of dataset inputs.
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "csv")]
+        output: crate::predict::Output,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Where the model looked: a heat map per image (PNG over the image, raw .npy) and
+    /// explanations.json, locally on the CPU.
+    Explain {
+        /// The model: a job's output folder or its `model.safetensors` URL.
+        #[arg(long)]
+        model: String,
+        /// Datasets (URL, or a folder with manifest.json), image files or folders of them.
+        #[arg(required = true)]
+        inputs: Vec<String>,
+        /// The output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// gradcam (the last convolutional stage), gradcam++, saliency, smoothgrad or occlusion.
+        #[arg(long, default_value = "gradcam")]
+        method: String,
+        /// The class to explain, by name (default: the predicted class).
+        #[arg(long)]
+        class: Option<String>,
+        /// The split of dataset inputs.
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Most images explained.
+        #[arg(long, default_value_t = crate::explain::DEFAULT_LIMIT)]
+        limit: usize,
+    },
     /// Run the whole thing locally: generated data, a coordinator, two workers, a training job.
     Demo(DemoArgs),
     /// Turn numpy arrays, image folders or DICOM studies into a clean, sharded dataset, with a
@@ -194,7 +238,7 @@ pub enum DatasetCommand {
         /// Test images.
         #[arg(long, default_value_t = 256)]
         test: usize,
-        /// Image side in pixels (default: 48 for head-ct, 28 for lesion).
+        /// Image side in pixels (default: 48 for head-ct, 28 for lesion and patch).
         #[arg(long)]
         size: Option<u32>,
         /// Generator seed.
@@ -238,6 +282,9 @@ pub enum SynthKind {
     HeadCt,
     /// 8-bit images of an organ with or without a bright lesion (two classes).
     Lesion,
+    /// 8-bit texture with one bright or dark square patch at a random place (classes dark and
+    /// bright): the evidence is known, for checking explanations.
+    Patch,
 }
 
 /// `ctctl demo` options.

@@ -117,6 +117,15 @@ pub async fn synth(
             };
             write_synthetic_sealed(&url, opts, key).await?
         }
+        SynthKind::Patch => {
+            let opts = SynthOptions {
+                train,
+                test,
+                size: size.unwrap_or(SynthOptions::default().size),
+                seed,
+            };
+            ctcluster_common::dataset::write_patches(&url, opts, key).await?
+        }
     };
     Ok(describe(url.as_str(), &m))
 }

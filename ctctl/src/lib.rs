@@ -10,8 +10,10 @@ pub mod connect;
 pub mod dataset;
 pub mod demo;
 mod error;
+pub mod explain;
 pub mod ingest;
 pub mod jobs;
+pub mod predict;
 pub mod preview;
 pub mod render;
 pub mod report;
@@ -144,6 +146,71 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
                 Format::Json => serde_json::to_string_pretty(&r).unwrap_or_default(),
                 Format::Table => dataset::report_text(&r),
             })
+        }
+        Command::Predict {
+            model,
+            inputs,
+            split,
+            output,
+            out,
+        } => {
+            let p = predict::predict(&model, &inputs, &split).await?;
+            let text = predict::render(&p, output);
+            let failed = p.predictions.iter().filter(|r| r.error.is_some()).count();
+            if failed > 0 {
+                eprintln!(
+                    "{failed} of {} inputs have no prediction (see their error)",
+                    p.predictions.len()
+                );
+            }
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text).map_err(CtlError::write(&path))?;
+                    Ok(format!(
+                        "{} predictions written to {}",
+                        p.predictions.len(),
+                        path.display()
+                    ))
+                }
+                None => Ok(text.trim_end().to_string()),
+            }
+        }
+        Command::Explain {
+            model,
+            inputs,
+            out,
+            method,
+            class,
+            split,
+            limit,
+        } => {
+            let method: ctcluster_common::model::Method = method.parse()?;
+            let args = explain::ExplainArgs {
+                model,
+                inputs,
+                out: out.clone(),
+                method,
+                class,
+                split,
+                limit,
+            };
+            let doc = explain::run(&args).await?;
+            let failed = doc.images.iter().filter(|e| e.error.is_some()).count();
+            let mut text = format!(
+                "{} images explained by {} (layer {}) in {}",
+                doc.images.len() - failed,
+                doc.method,
+                doc.layer,
+                out.display()
+            );
+            for e in doc.images.iter().filter(|e| e.error.is_some()) {
+                text.push_str(&format!(
+                    "\n{}: {}",
+                    e.input,
+                    e.error.as_deref().unwrap_or("")
+                ));
+            }
+            Ok(text)
         }
         Command::Demo(args) => demo::run(&args).await,
         Command::Ingest(source) => ingest::ingest(source).await,

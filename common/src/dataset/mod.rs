@@ -3,6 +3,7 @@
 mod head_ct;
 mod manifest;
 mod npz;
+mod patch;
 mod shard;
 mod synth;
 mod writer;
@@ -13,6 +14,7 @@ pub use manifest::{
     ShardInfo, SplitInfo, load_manifest, shard_columns, verify_shard_sizes,
 };
 pub use npz::{NpyArray, read_npz, read_npz_bytes};
+pub use patch::{PATCH_CLASSES, PatchSample, patch_sample, patch_side, write_patches};
 pub use shard::{DecodedShard, decode_shard, encode_shard, load_shard};
 pub use synth::{SynthOptions, write_synthetic, write_synthetic_sealed};
 pub use writer::DatasetWriter;

@@ -31,6 +31,38 @@ impl NpyArray {
         }
     }
 
+    /// A float32 array of `shape` holding `values` (C order).
+    pub fn f32(shape: &[usize], values: &[f32]) -> Self {
+        NpyArray {
+            shape: shape.to_vec(),
+            descr: "<f4".into(),
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    /// The `.npy` file (format 1.0) holding this array, which `numpy.load` reads as it is.
+    pub fn to_npy(&self) -> Vec<u8> {
+        let dims: Vec<String> = self.shape.iter().map(|d| d.to_string()).collect();
+        let shape = match dims.len() {
+            1 => format!("({},)", dims[0]),
+            _ => format!("({})", dims.join(", ")),
+        };
+        let mut header = format!(
+            "{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}",
+            self.descr
+        );
+        // The header ends with a newline and pads the data's start to a multiple of 64.
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(&self.data);
+        out
+    }
+
     /// The elements as i64 (for label arrays); fails for float descriptors.
     pub fn to_i64(&self, what: &str) -> Result<Vec<i64>> {
         let d = &self.data;
@@ -191,17 +223,26 @@ mod tests {
     use super::*;
 
     fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-        let mut header =
-            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(' ');
+        let shape = shape
+            .trim_matches(['(', ')'])
+            .split(',')
+            .filter(|d| !d.trim().is_empty())
+            .map(|d| d.trim().parse().unwrap())
+            .collect();
+        NpyArray {
+            shape,
+            descr: descr.into(),
+            data: data.to_vec(),
         }
-        header.push('\n');
-        let mut out = b"\x93NUMPY\x01\x00".to_vec();
-        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(data);
-        out
+        .to_npy()
+    }
+
+    #[test]
+    fn written_arrays_read_back() {
+        let a = NpyArray::f32(&[2, 3], &[1.0, -2.5, 3.0, 0.0, 1e-3, 7.0]);
+        let back = NpyArray::parse(&a.to_npy(), "a").unwrap();
+        assert_eq!(back, a);
+        assert_eq!(a.to_npy().len() % 64, 24);
     }
 
     #[test]
