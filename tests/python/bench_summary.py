@@ -78,6 +78,14 @@ def main():
         row("PyTorch one process, no DDP", ddp["single_process_images_per_sec"])
         row(f"PyTorch DDP, {ddp['ddp_processes']} gloo processes", ddp["ddp_images_per_sec"])
         row("DDP / one process (PyTorch)", ddp["scaling_efficiency"], "ratio")
+    zoo, tzoo = load(d, "zoo_throughput.json"), load(d, "torch_zoo.json")
+    if zoo:
+        torch_by = {r["architecture"]: r["images_per_sec"] for r in (tzoo or {}).get("rows", [])}
+        for r in zoo["rows"]:
+            row(f"{r['architecture']} step, 28x28, burn-flex", r["images_per_sec"])
+            if r["architecture"] in torch_by:
+                row(f"{r['architecture']} step, 28x28, PyTorch eager", torch_by[r["architecture"]])
+                row(f"{r['architecture']}: burn-flex / PyTorch eager", r["images_per_sec"] / torch_by[r["architecture"]], "ratio")
     red = load(d, "reduce_adam.json")
     if red:
         worst = max(r["fused_seconds"] / r["bound_seconds"] for r in red["rows"])

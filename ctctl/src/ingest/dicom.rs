@@ -107,6 +107,10 @@ pub struct Allow {
 /// SOP classes of secondary capture (single-frame and the multi-frame ones): PS3.4 B.5.
 const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
 
+fn number_f64(header: &dicom_object::InMemDicomObject, tag: dicom_core::Tag) -> Option<f64> {
+    text(header, tag).parse().ok()
+}
+
 fn text(header: &dicom_object::InMemDicomObject, tag: dicom_core::Tag) -> String {
     header
         .get(tag)
@@ -304,11 +308,37 @@ fn load_pixels(path: &Path) -> Result<Decoded, (Reason, String)> {
 
 /// Decodes one DICOM file's pixels (with or without the 128-byte preamble): HU for CT.
 pub fn decode_dicom(bytes: &[u8]) -> Result<Decoded, (Reason, String)> {
-    let unreadable = |e: String| (Reason::Unreadable, e);
-    let obj = OpenFileOptions::new()
+    pixels_of(&open_bytes(bytes)?)
+}
+
+/// [`decode_dicom`] for images whose pixels may be shown (`ctctl predict` and `explain`): images
+/// flagged with burned-in annotation and secondary captures are refused, as `ctctl ingest`
+/// leaves them out by default.
+pub fn decode_dicom_shown(bytes: &[u8]) -> Result<Decoded, (Reason, String)> {
+    let obj = open_bytes(bytes)?;
+    if let Some(refused) = risky_pixels(&obj, Allow::default()) {
+        return Err(refused);
+    }
+    pixels_of(&obj)
+}
+
+fn open_bytes(bytes: &[u8]) -> Result<dicom_object::DefaultDicomObject, (Reason, String)> {
+    OpenFileOptions::new()
         .read_preamble(ReadPreamble::Auto)
         .from_reader(std::io::Cursor::new(bytes))
-        .map_err(|e| unreadable(format!("not a readable DICOM file: {e}")))?;
+        .map_err(|e| {
+            (
+                Reason::Unreadable,
+                format!("not a readable DICOM file: {e}"),
+            )
+        })
+}
+
+/// The pixels of an opened object: the modality LUT applied (Hounsfield units for CT), and
+/// MONOCHROME1 images (where the lowest value is white, as many X-ray systems store them)
+/// inverted within their value range, so that bright means dense in every image.
+fn pixels_of(obj: &dicom_object::DefaultDicomObject) -> Result<Decoded, (Reason, String)> {
+    let unreadable = |e: String| (Reason::Unreadable, e);
     if obj.get(tags::PIXEL_DATA).is_none() {
         let class = obj
             .get(tags::SOP_CLASS_UID)
@@ -365,6 +395,29 @@ pub fn decode_dicom(bytes: &[u8]) -> Result<Decoded, (Reason, String)> {
     } else {
         PixelType::U16
     };
+    let values = if pixels.photometric_interpretation()
+        == &dicom_pixeldata::PhotometricInterpretation::Monochrome1
+    {
+        // The stored range after the modality LUT: its ends swap.
+        let bits = u32::from(pixels.bits_stored()).clamp(1, 32);
+        let (lo, hi) = if signed {
+            (
+                -(2f64.powi(bits as i32 - 1)),
+                2f64.powi(bits as i32 - 1) - 1.0,
+            )
+        } else {
+            (0.0, 2f64.powi(bits as i32) - 1.0)
+        };
+        let slope = number_f64(obj, tags::RESCALE_SLOPE).unwrap_or(1.0);
+        let intercept = number_f64(obj, tags::RESCALE_INTERCEPT).unwrap_or(0.0);
+        let ends = (lo * slope + intercept) + (hi * slope + intercept);
+        values
+            .into_iter()
+            .map(|v| (ends - f64::from(v)) as f32)
+            .collect()
+    } else {
+        values
+    };
     let values = if pixel_type == PixelType::I16 {
         values
             .into_iter()
@@ -380,4 +433,44 @@ pub fn decode_dicom(bytes: &[u8]) -> Result<Decoded, (Reason, String)> {
         pixel_type,
         values,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A synthetic X-ray as archives export them: JPEG 2000 lossless, MONOCHROME1, 12 of 16
+    /// bits (tests/fixtures/make_j2k_monochrome1.py made it: a gradient 100 + 40x + 10y with a
+    /// disc of 3000 at (40, 20)).
+    const J2K_MONOCHROME1: &[u8] = include_bytes!("../../../tests/fixtures/j2k-monochrome1.dcm");
+
+    #[test]
+    fn jpeg_2000_is_decoded_and_monochrome1_inverted() {
+        let img = decode_dicom(J2K_MONOCHROME1).unwrap();
+        assert_eq!((img.height, img.width, img.channels), (48, 64, 1));
+        assert_eq!(img.pixel_type, PixelType::U16);
+        let at = |x: usize, y: usize| img.values[y * 64 + x];
+        // Stored 100 at the origin, 3000 in the disc; inverted within 12 bits (0..=4095).
+        assert_eq!(at(0, 0), 4095.0 - 100.0);
+        assert_eq!(at(63, 47), 4095.0 - (100.0 + 40.0 * 63.0 + 10.0 * 47.0));
+        assert_eq!(at(40, 20), 4095.0 - 3000.0);
+        // Bright means dense: the disc is darker than its surroundings once inverted.
+        assert!(at(40, 20) < at(30, 20));
+    }
+
+    #[test]
+    fn images_that_may_show_identifying_text_are_refused_for_display() {
+        let mut obj = open_bytes(J2K_MONOCHROME1).unwrap();
+        obj.put(dicom_core::DataElement::new(
+            tags::BURNED_IN_ANNOTATION,
+            dicom_core::VR::CS,
+            dicom_core::PrimitiveValue::from("YES"),
+        ));
+        let mut bytes = Vec::new();
+        obj.write_all(&mut bytes).unwrap();
+        let (reason, _) = decode_dicom_shown(&bytes).unwrap_err();
+        assert_eq!(reason, Reason::BurnedInAnnotation);
+        assert!(decode_dicom(&bytes).is_ok());
+        assert!(decode_dicom_shown(J2K_MONOCHROME1).is_ok());
+    }
 }

@@ -36,6 +36,16 @@ pub fn decode_file(kind: &str, bytes: &[u8]) -> Result<Decoded, String> {
     }
 }
 
+/// [`decode_file`] for images whose pixels will be shown or acted on outside a dataset
+/// (`ctctl predict`, `ctctl explain`): DICOM images flagged with burned-in annotation and
+/// secondary captures are refused, as ingest leaves them out by default.
+pub fn decode_shown(kind: &str, bytes: &[u8]) -> Result<Decoded, String> {
+    match kind {
+        "dicom" => dicom::decode_dicom_shown(bytes).map_err(|(_, e)| e),
+        other => decode_file(other, bytes),
+    }
+}
+
 use crate::CtlError;
 use crate::render::safe;
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use ctcluster_common::local_file::{MAX_IMAGE_FILE_BYTES, read_limited};
 use ctcluster_common::storage::StoreUrl;
 
-use crate::ingest::{Decoded, decode_file};
+use crate::ingest::{Decoded, decode_shown};
 
 /// Most files one folder INPUT may hold.
 pub const MAX_FOLDER_FILES: usize = 1_000_000;
@@ -103,13 +103,13 @@ fn is_dicomdir(path: &Path) -> bool {
 }
 
 /// Reads and decodes one image file, or says why it cannot: the same decoders (and limits)
-/// as `ctctl ingest`.
+/// as `ctctl ingest`, and the same refusal of DICOM images that may show identifying text.
 pub fn read_image(path: &Path) -> Result<Decoded, String> {
     let kind = kind_of(path)
         .ok_or_else(|| "unsupported file type (PNG, JPEG, .npy or DICOM are read)".to_string())?;
     let bytes =
         read_limited(path, MAX_IMAGE_FILE_BYTES, "an image file").map_err(|e| e.to_string())?;
-    let img = decode_file(kind, &bytes)?;
+    let img = decode_shown(kind, &bytes)?;
     if img.non_finite() > 0 {
         return Err(format!("{} NaN or infinite values", img.non_finite()));
     }
