@@ -15,6 +15,8 @@ import time
 import torch
 from torch import nn
 
+from torch_seed_cnn import SeedCnn
+
 BATCH, MICRO = 64, 32
 
 
@@ -75,18 +77,11 @@ class ResNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-class SeedCnn(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3)
-        self.conv2 = nn.Conv2d(32, 64, 3)
-        self.fc1 = nn.Linear(64 * 5 * 5, 64)
-        self.fc2 = nn.Linear(64, 2)
-
-    def forward(self, x):
-        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
-        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+def seed_cnn_without_dropout():
+    """The seed CNN of the GPU check's reference, dropout off (as the Rust benchmark runs it)."""
+    model = SeedCnn()
+    model.drop = nn.Identity()
+    return model
 
 
 def images_per_sec(model, steps):
@@ -117,7 +112,7 @@ def main():
     json_out = args[args.index("--json") + 1] if "--json" in args else None
     torch.manual_seed(1)
     zoo = [
-        ("seed-cnn", SeedCnn(), 20),
+        ("seed-cnn", seed_cnn_without_dropout(), 20),
         ("resnet [1,1,1,1] width 16", ResNet([1, 1, 1, 1], 16, "group"), 20),
         ("resnet [1,1,1,1] width 16, norm none", ResNet([1, 1, 1, 1], 16, "none"), 20),
         ("resnet18", ResNet([2, 2, 2, 2], 64, "group"), 3),

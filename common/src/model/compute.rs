@@ -266,19 +266,11 @@ pub fn eval_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::{ImageInfo, PixelType};
     use crate::model::arch::seed_cnn::conv3x3_as_matmul;
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
 
-    fn image(side: u32) -> ImageInfo {
-        ImageInfo {
-            height: side,
-            width: side,
-            channels: 1,
-            pixel_type: PixelType::U8,
-        }
-    }
+    use crate::model::test_image as image;
 
     fn cfg() -> ModelConfig {
         ModelConfig::seed_cnn(&image(12), 3, 0.0, 100.0, 50.0).unwrap()

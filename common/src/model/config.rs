@@ -206,16 +206,8 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::PixelType;
 
-    fn image(side: u32) -> ImageInfo {
-        ImageInfo {
-            height: side,
-            width: side,
-            channels: 1,
-            pixel_type: PixelType::U8,
-        }
-    }
+    use crate::model::test_image as image;
 
     #[test]
     fn layout_matches_the_pytorch_model_on_28x28() {

@@ -19,3 +19,14 @@ pub use compute::{
 pub use config::{ARCHITECTURES, ModelConfig, RESNET, RESNET18, SEED_CNN};
 pub use explain::{Explanation, Method, SMOOTHGRAD_NOISE, SMOOTHGRAD_SAMPLES, explain};
 pub use for_job::model_for_job;
+
+/// A square single-channel 8-bit image description, for tests.
+#[cfg(test)]
+pub(crate) fn test_image(side: u32) -> crate::dataset::ImageInfo {
+    crate::dataset::ImageInfo {
+        height: side,
+        width: side,
+        channels: 1,
+        pixel_type: crate::dataset::PixelType::U8,
+    }
+}
