@@ -275,15 +275,33 @@ pub async fn gather(
                 }
             }
             Input::Files(files) => {
-                for (i, f) in files.iter().enumerate() {
-                    if items.len() >= limit {
-                        break;
-                    }
-                    let img = read_image(f);
-                    items.push(Item {
-                        id: img.as_ref().map(image_id).unwrap_or_default(),
-                        input: display_name(given, f, i, files.len()),
-                        pixels: img.map(|img| prepare(model, &img)),
+                let take = files.len().min(limit - items.len());
+                let names: Vec<String> = files[..take]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| display_name(given, f, i, files.len()))
+                    .collect();
+                let (m, list) = (model.clone(), files[..take].to_vec());
+                // Reading, decoding and resampling are blocking work.
+                let read = tokio::task::spawn_blocking(move || {
+                    list.iter()
+                        .map(|f| read_image(f).map(|img| (image_id(&img), prepare(&m, &img))))
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .map_err(|e| CtlError::Common(ctcluster_common::Error::Compute(e.to_string())))?;
+                for (r, input) in read.into_iter().zip(names) {
+                    items.push(match r {
+                        Ok((id, pixels)) => Item {
+                            id,
+                            input,
+                            pixels: Ok(pixels),
+                        },
+                        Err(reason) => Item {
+                            id: String::new(),
+                            input,
+                            pixels: Err(reason),
+                        },
                     });
                 }
             }
