@@ -177,13 +177,43 @@ pub fn report_text(r: &EvalReport) -> String {
         "split     {}\nsamples   {}\naccuracy  {:.4}\nloss      {:.4}\n",
         r.split, r.samples, r.accuracy, r.loss
     );
-    if let Some(auc) = r.roc_auc {
-        out.push_str(&format!("roc_auc   {auc:.4}\n"));
+    let opt = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.4}"));
+    match (r.roc_auc, r.roc_auc_ci95) {
+        (Some(auc), Some([lo, hi])) => {
+            out.push_str(&format!("roc_auc   {auc:.4} (95% CI {lo:.4} to {hi:.4})\n"))
+        }
+        (Some(auc), None) => out.push_str(&format!("roc_auc   {auc:.4}\n")),
+        (None, _) => out.push_str("roc_auc   n/a\n"),
+    }
+    out.push_str(&format!("balanced  {}\n", opt(r.balanced_accuracy)));
+    if r.classes.len() == 2 {
+        out.push_str(&format!(
+            "sensitivity {} (recall of {})\nspecificity {} (recall of {})\n",
+            opt(r.sensitivity),
+            r.classes[1],
+            opt(r.specificity),
+            r.classes[0]
+        ));
+    }
+    out.push_str(&format!("ece       {} (15 bins)\n", opt(r.ece)));
+    out.push_str("class          support  precision  recall     f1\n");
+    for c in &r.per_class {
+        out.push_str(&format!(
+            "  {:<12}{:>7}  {:>9}  {:>6}  {:>6}\n",
+            c.class,
+            c.support,
+            opt(c.precision),
+            opt(c.recall),
+            opt(c.f1)
+        ));
     }
     out.push_str("confusion (rows: true class, columns: predicted)\n");
     for (name, row) in r.classes.iter().zip(&r.confusion) {
         let cells: Vec<String> = row.iter().map(|n| format!("{n:>6}")).collect();
         out.push_str(&format!("  {name:<12}{}\n", cells.join("")));
+    }
+    for note in &r.notes {
+        out.push_str(&format!("note: {note}\n"));
     }
     out
 }

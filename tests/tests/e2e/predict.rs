@@ -49,6 +49,33 @@ async fn predict_gives_evaluate_s_probabilities_on_raw_files_and_reports_bad_one
             .all(|r| r.error.is_none() && r.label.is_some())
     );
 
+    // `evaluate` on the same split: the clinical metrics agree with the confusion matrix, and
+    // nothing is NaN.
+    let report = ctcluster_common::evaluate::evaluate(&model, ds.as_str(), "test")
+        .await
+        .unwrap();
+    assert_eq!(report.samples, 12);
+    assert_eq!(report.per_class.len(), 2);
+    assert_eq!(report.sensitivity, report.per_class[1].recall);
+    let c = &report.confusion;
+    let (tp, fn_) = (c[1][1] as f64, c[1][0] as f64);
+    assert_eq!(report.sensitivity, Some(tp / (tp + fn_)));
+    if let (Some(auc), Some([lo, hi])) = (report.roc_auc, report.roc_auc_ci95) {
+        assert!(lo <= auc && auc <= hi, "{lo} {auc} {hi}");
+    }
+    assert!((0.0..=1.0).contains(&report.ece.unwrap()));
+    let figures = [report.balanced_accuracy, report.specificity, report.ece]
+        .into_iter()
+        .chain(
+            report
+                .per_class
+                .iter()
+                .flat_map(|c| [c.precision, c.recall, c.f1]),
+        );
+    for v in figures.flatten() {
+        assert!(v.is_finite() && (0.0..=1.0).contains(&v), "{v}");
+    }
+
     // The same images as PNG files, plus a corrupt one in the middle.
     let manifest = load_manifest(&ds).await.unwrap();
     let shard = load_shard(&ds, &manifest, "test", 0).await.unwrap();

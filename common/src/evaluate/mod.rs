@@ -1,5 +1,8 @@
 //! Evaluating an exported model on a dataset split, locally: accuracy, loss, ROC-AUC (of class
-//! 1 for two classes, the one-vs-rest macro average for more) and the confusion matrix.
+//! 1 for two classes, the one-vs-rest macro average for more) with a bootstrap interval, the
+//! confusion matrix, and the clinical metrics of [`metrics`].
+
+pub mod metrics;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +30,33 @@ pub struct EvalReport {
     pub confusion: Vec<Vec<u64>>,
     /// Class names.
     pub classes: Vec<String>,
+    /// Mean recall over the classes present.
+    #[serde(default)]
+    pub balanced_accuracy: Option<f64>,
+    /// Precision, recall and F1 of each class.
+    #[serde(default)]
+    pub per_class: Vec<metrics::ClassMetrics>,
+    /// Two-class models: the recall of class 1 (the positive class).
+    #[serde(default)]
+    pub sensitivity: Option<f64>,
+    /// Two-class models: the recall of class 0.
+    #[serde(default)]
+    pub specificity: Option<f64>,
+    /// 95% bootstrap interval of `roc_auc`.
+    #[serde(default)]
+    pub roc_auc_ci95: Option<[f64; 2]>,
+    /// Expected calibration error of the top probability (15 bins).
+    #[serde(default)]
+    pub ece: Option<f64>,
+    /// Reliability diagram: per confidence bin, (mean confidence, accuracy, images).
+    #[serde(default)]
+    pub reliability: Vec<(f64, f64, usize)>,
+    /// Two-class models: the ROC curve of class 1, (false-positive rate, true-positive rate).
+    #[serde(default)]
+    pub roc_curve: Option<Vec<(f64, f64)>>,
+    /// Why a metric is missing (a class absent from the split, or never predicted).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// ROC-AUC from scores of the positive class (ties count half).
@@ -157,12 +187,30 @@ pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result
         ));
     }
     let correct: u64 = (0..classes).map(|c| confusion[c][c]).sum();
+    let mut notes = Vec::new();
+    let per_class = metrics::per_class(&confusion, &card.classes, &mut notes);
+    let roc_auc = auc_of(&scores, &all_labels, classes);
+    if roc_auc.is_none() {
+        notes.push(format!(
+            "split {split} holds images of one class only: ROC-AUC and its interval are undefined"
+        ));
+    }
+    let binary = classes == 2;
     Ok(EvalReport {
         split: split.to_string(),
         samples: n,
         accuracy: correct as f64 / n as f64,
         loss: loss / n as f64,
-        roc_auc: auc_of(&scores, &all_labels, classes),
+        roc_auc,
+        balanced_accuracy: metrics::balanced_accuracy(&per_class),
+        sensitivity: if binary { per_class[1].recall } else { None },
+        specificity: if binary { per_class[0].recall } else { None },
+        roc_auc_ci95: metrics::auc_interval(&scores, &all_labels, classes),
+        ece: metrics::expected_calibration_error(&scores, &all_labels, classes),
+        reliability: metrics::reliability(&scores, &all_labels, classes),
+        roc_curve: metrics::roc_curve(&scores, &all_labels, classes),
+        per_class,
+        notes,
         confusion,
         classes: card.classes,
     })
