@@ -113,6 +113,9 @@ pub enum Command {
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
+        /// Also write reliability.png and roc.png (two classes) into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Class probabilities from an exported model for datasets, image files (PNG, JPEG, .npy)
     /// and DICOM files or folders, locally on the CPU; one row per image.

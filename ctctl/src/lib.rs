@@ -140,12 +140,24 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
             dataset: ds,
             split,
             output,
+            out,
         } => {
             let r = ctcluster_common::evaluate::evaluate(&model, &ds, &split).await?;
-            Ok(match output {
+            let mut text = match output {
                 Format::Json => serde_json::to_string_pretty(&r).unwrap_or_default(),
                 Format::Table => dataset::report_text(&r),
-            })
+            };
+            if let Some(dir) = out {
+                std::fs::create_dir_all(&dir).map_err(CtlError::write(&dir))?;
+                for (name, bytes) in report::evaluation_charts(&r)? {
+                    let path = dir.join(name);
+                    std::fs::write(&path, bytes).map_err(CtlError::write(&path))?;
+                    if output == Format::Table {
+                        text.push_str(&format!("\nwrote {}", path.display()));
+                    }
+                }
+            }
+            Ok(text)
         }
         Command::Predict {
             model,

@@ -3,7 +3,10 @@
 
 pub(crate) mod canvas;
 mod chart;
+mod evaluation;
 mod html;
+
+pub use evaluation::evaluation_charts;
 
 use std::path::Path;
 
