@@ -2,8 +2,8 @@
 //! checkpoint without a manifest, or whose files do not match it, is never loaded.
 //!
 //! Layout under a job's output: `checkpoints/step-NNNNNNNNNN/{params.bin, adam_m1.bin,
-//! adam_m2.bin, state.json, manifest.json}`; the final model is `model.safetensors` beside
-//! `model.json`.
+//! adam_m2.bin, state.json, manifest.json}`. The exported model and its card are
+//! [`crate::card`]'s.
 
 use std::collections::BTreeMap;
 
@@ -48,6 +48,9 @@ pub struct TrainingState {
     pub model: ModelConfig,
     /// Adam's step counter.
     pub adam_time: u64,
+    /// With `selection` in the spec: the best epoch so far by its metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<crate::selection::Best>,
 }
 
 /// A checkpoint in memory.
@@ -338,130 +341,6 @@ pub async fn apply_retention(job_output: &StoreUrl, keep: usize) -> Result<()> {
     Ok(())
 }
 
-/// What `model.json` holds beside the exported weights.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelCard {
-    /// Architecture and input configuration.
-    pub model: ModelConfig,
-    /// Class names, indexed like the model's outputs.
-    pub classes: Vec<String>,
-    /// The job that trained it.
-    pub job_id: String,
-    /// Steps it was trained for.
-    pub step: Step,
-}
-
-/// Writes the final model as safetensors (PyTorch names and layouts) plus `model.json`;
-/// returns the safetensors URL.
-pub async fn export_model(
-    job_output: &StoreUrl,
-    card: &ModelCard,
-    params: &[f32],
-) -> Result<StoreUrl> {
-    let layout = card.model.layout();
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = {
-        let mut offset = 0;
-        layout
-            .iter()
-            .map(|p| {
-                let slice = &params[offset..offset + p.len()];
-                offset += p.len();
-                (p.name.clone(), f32_to_le_bytes(slice), p.shape.clone())
-            })
-            .collect()
-    };
-    let views = bytes
-        .iter()
-        .map(|(name, data, shape)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                .map(|v| (name.clone(), v))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Compute(format!("safetensors: {e}")))?;
-    let mut meta = std::collections::HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    meta.insert("ctcluster.job".to_string(), card.job_id.clone());
-    let out = safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::Compute(format!("safetensors: {e}")))?;
-    let url = job_output.join("model.safetensors")?;
-    url.put(out).await?;
-    let json = serde_json::to_vec_pretty(card).map_err(|e| Error::Compute(e.to_string()))?;
-    job_output.join("model.json")?.put(json).await?;
-    Ok(url)
-}
-
-/// A model read by [`load_model_file`].
-#[derive(Clone, Debug)]
-pub struct LoadedModel {
-    /// Its card.
-    pub card: ModelCard,
-    /// The weights, in the flat layout.
-    pub params: Vec<f32>,
-    /// sha256 of `model.safetensors`, lowercase hex.
-    pub sha256: String,
-}
-
-/// Reads a model exported by [`export_model`] from its folder (or the `.safetensors` URL).
-pub async fn load_model(url: &str) -> Result<(ModelCard, Vec<f32>)> {
-    let m = load_model_file(url).await?;
-    Ok((m.card, m.params))
-}
-
-/// [`load_model`], with the sha256 of the weights file.
-pub async fn load_model_file(url: &str) -> Result<LoadedModel> {
-    let base = url
-        .trim_end_matches('/')
-        .trim_end_matches("model.safetensors");
-    let dir = StoreUrl::parse(base)?;
-    let card_bytes = dir
-        .join("model.json")?
-        .get_bounded(MAX_CHECKPOINT_META_BYTES, "a model card")
-        .await?;
-    let card: ModelCard = serde_json::from_slice(&card_bytes)
-        .map_err(|e| Error::invalid("model.json", e.to_string()))?;
-    card.model.validate()?;
-    let n = card.model.num_params();
-    if n > MAX_CHECKPOINT_PARAMS {
-        return Err(Error::invalid(
-            "model.json",
-            format!("{n} parameters, more than the {MAX_CHECKPOINT_PARAMS} allowed"),
-        ));
-    }
-    // The weights plus safetensors' JSON header (names, shapes, offsets, metadata).
-    let limit = 4 * n as u64 + (1 << 20);
-    let bytes = dir
-        .join("model.safetensors")?
-        .get_bounded(limit, "the weights of this model card's model")
-        .await?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::invalid("model.safetensors", e.to_string()))?;
-    let mut params = Vec::with_capacity(card.model.num_params());
-    for p in card.model.layout() {
-        let t = st
-            .tensor(&p.name)
-            .map_err(|e| Error::invalid("model.safetensors", format!("{}: {e}", p.name)))?;
-        if t.shape() != p.shape.as_slice() || t.dtype() != safetensors::Dtype::F32 {
-            return Err(Error::invalid(
-                "model.safetensors",
-                format!(
-                    "{} has shape {:?}, expected {:?} f32",
-                    p.name,
-                    t.shape(),
-                    p.shape
-                ),
-            ));
-        }
-        crate::tensor_bytes::extend_f32_from_le_bytes(&mut params, t.data(), &p.name)?;
-    }
-    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-    Ok(LoadedModel {
-        card,
-        params,
-        sha256,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,6 +367,7 @@ mod tests {
                 spec_yaml: "name: t\ndataset: memory://a/b\noutput: memory://a/c\n".into(),
                 model,
                 adam_time: 7,
+                best: None,
             },
             params,
             adam: AdamSnapshot {
@@ -606,39 +486,5 @@ mod tests {
             )
             .is_err()
         );
-    }
-
-    #[tokio::test]
-    async fn exported_model_reads_back_with_pytorch_names() {
-        let out = StoreUrl::parse("memory://ckpt-test/export").unwrap();
-        let ck = sample();
-        let card = ModelCard {
-            model: ck.state.model.clone(),
-            classes: vec!["a".into(), "b".into()],
-            job_id: "job-1".into(),
-            step: Step(7),
-        };
-        let url = export_model(&out, &card, &ck.params).await.unwrap();
-        let bytes = url.get().await.unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let mut names = st.names();
-        names.sort();
-        assert_eq!(
-            names,
-            [
-                "conv1.bias",
-                "conv1.weight",
-                "conv2.bias",
-                "conv2.weight",
-                "fc1.bias",
-                "fc1.weight",
-                "fc2.bias",
-                "fc2.weight"
-            ]
-        );
-        assert_eq!(st.tensor("fc1.weight").unwrap().shape(), [64, 64]);
-        let (card2, params) = load_model(url.as_str()).await.unwrap();
-        assert_eq!(card2, card);
-        assert_eq!(params, ck.params);
     }
 }

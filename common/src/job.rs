@@ -58,6 +58,9 @@ pub struct Metrics {
     pub val_loss: Option<f64>,
     /// Accuracy on the validation split at the last epoch end.
     pub val_accuracy: Option<f64>,
+    /// ROC-AUC on the validation split at the last epoch end.
+    #[serde(default)]
+    pub val_auc: Option<f64>,
 }
 
 /// Metrics at one epoch end.
@@ -100,6 +103,9 @@ pub struct JobRecord {
     pub checkpoint: Option<String>,
     /// URL of the exported model.
     pub model: Option<String>,
+    /// A job that evaluates a model: URL of its report (`evaluation.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<String>,
     /// Recent training throughput.
     pub images_per_sec: f64,
     /// Estimated seconds to the end.
@@ -166,6 +172,7 @@ impl JobRecord {
             history: Vec::new(),
             checkpoint: None,
             model: None,
+            evaluation: None,
             images_per_sec: 0.0,
             eta_seconds: 0.0,
             workers: 0,

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Norm, ResNetShape};
 use crate::preprocess::{Augment, Window};
+use crate::selection::SelectionSpec;
 use crate::storage::StoreUrl;
 use crate::{Error, Result};
 
@@ -58,6 +59,10 @@ pub struct JobSpec {
     /// When to checkpoint and how many to keep.
     #[serde(default)]
     pub checkpoint: CheckpointSpec,
+    /// Export the epoch that is best by a validation metric (not the last one), and optionally
+    /// stop early when it stops improving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<SelectionSpec>,
     /// URL under which the job writes `<job id>/checkpoints/...` and `<job id>/model.safetensors`.
     pub output: String,
     /// URL of a checkpoint (`.../checkpoints/step-NNNNNNNN`) to continue from.
@@ -77,6 +82,21 @@ pub struct JobSpec {
     /// Random augmentation of training samples, drawn from (seed, epoch, sample id).
     #[serde(default, skip_serializing_if = "Augment::is_off")]
     pub augment: Augment,
+    /// Evaluate an exported model on a split with the cluster's workers instead of training
+    /// (what `ctctl evaluate` submits); the report is `<output>/<job id>/evaluation.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluate: Option<EvaluateSpec>,
+}
+
+/// `evaluate:` in a job spec.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateSpec {
+    /// The model: a job's output folder, or its `model.safetensors` URL.
+    pub model: String,
+    /// The split of the dataset to evaluate.
+    #[serde(default = "defaults::test_split")]
+    pub split: String,
 }
 
 /// Windowing, resizing and normalisation of the model's input.
@@ -285,6 +305,9 @@ mod defaults {
     }
     pub fn ckpt_keep() -> u32 {
         3
+    }
+    pub fn test_split() -> String {
+        "test".into()
     }
 }
 
@@ -498,6 +521,28 @@ impl JobSpec {
             "validation.fraction",
             format!("{} is not in [0, 1)", self.validation.fraction),
         )?;
+        if let Some(ev) = &self.evaluate {
+            check_url("evaluate.model", &ev.model)?;
+            check(!ev.split.is_empty(), "evaluate.split", "must name a split")?;
+            for (field, set) in [
+                ("resume_from", self.resume_from.is_some()),
+                ("selection", self.selection.is_some()),
+            ] {
+                check(
+                    !set,
+                    field,
+                    "a job that evaluates a model trains nothing: leave it out",
+                )?;
+            }
+        }
+        if let Some(selection) = &self.selection {
+            selection.validate()?;
+            check(
+                self.validation.split.is_some() || self.validation.fraction > 0.0,
+                "selection",
+                "needs a validation split (validation.split, or validation.fraction > 0)",
+            )?;
+        }
         if let Some(split) = &self.validation.split {
             check(
                 split != "train" && !split.is_empty(),
@@ -574,6 +619,43 @@ mod tests {
         assert_eq!(shape.norm, Norm::None);
         assert_eq!(JobSpec::from_yaml(&r.to_yaml()).unwrap(), r);
         assert_eq!(JobSpec::from_yaml(&s.to_yaml()).unwrap(), s);
+    }
+
+    #[test]
+    fn selection_and_evaluation_sections_parse_and_refuse_what_cannot_apply() {
+        let s = JobSpec::from_yaml(&format!(
+            "{MINIMAL}selection:\n  metric: val_auc\n  patience: 3\n"
+        ))
+        .unwrap();
+        let sel = s.selection.as_ref().unwrap();
+        assert_eq!(sel.metric, crate::selection::SelectionMetric::ValAuc);
+        assert_eq!((sel.patience, sel.min_delta), (Some(3), 0.0));
+        assert_eq!(JobSpec::from_yaml(&s.to_yaml()).unwrap(), s);
+        let field = |yaml: String| match JobSpec::from_yaml(&yaml) {
+            Err(Error::Invalid { field, .. }) => field,
+            other => panic!("accepted or wrong error: {other:?}"),
+        };
+        // No validation samples to select by.
+        assert_eq!(
+            field(format!(
+                "{MINIMAL}validation:\n  fraction: 0.0\nselection:\n  metric: val_loss\n"
+            )),
+            "selection"
+        );
+        let e = JobSpec::from_yaml(&format!("{MINIMAL}evaluate:\n  model: memory://d/out/j\n"))
+            .unwrap();
+        assert_eq!(e.evaluate.as_ref().unwrap().split, "test");
+        assert_eq!(JobSpec::from_yaml(&e.to_yaml()).unwrap(), e);
+        assert_eq!(
+            field(format!("{MINIMAL}evaluate:\n  model: ftp://host/m\n")),
+            "evaluate.model"
+        );
+        assert_eq!(
+            field(format!(
+                "{MINIMAL}evaluate:\n  model: memory://d/m\nresume_from: memory://d/c\n"
+            )),
+            "resume_from"
+        );
     }
 
     #[test]

@@ -51,6 +51,20 @@ pub struct TaskJob {
     pub split: String,
 }
 
+impl TaskJob {
+    /// The model's class count, from its configuration (an evaluation result has that many
+    /// probabilities per sample).
+    pub fn classes(&self) -> crate::Result<usize> {
+        #[derive(serde::Deserialize)]
+        struct Outputs {
+            classes: usize,
+        }
+        serde_json::from_str::<Outputs>(&self.model_json)
+            .map(|o| o.classes)
+            .map_err(|e| crate::Error::invalid("model_json", e.to_string()))
+    }
+}
+
 /// A task of a job, as queued by the coordinator and handed to a worker.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Task {
@@ -156,6 +170,100 @@ pub struct ResultHeader {
     pub fetch_seconds: f64,
     /// Evaluation: counts of (true, predicted) class, row-major.
     pub confusion: Vec<u32>,
+    /// Evaluation: each sample's class probabilities, row-major, in the task's sample order.
+    pub probs: Vec<f32>,
+    /// Evaluation: each sample's label, in the task's sample order.
+    pub labels: Vec<u32>,
     /// Set when the task could not be computed.
     pub failure: Option<TaskFailure>,
+}
+
+impl ResultHeader {
+    /// Checks an evaluation result's per-sample outputs against the task and against its own
+    /// counts: one label below `classes` and `classes` probabilities (finite, in [0, 1]) per
+    /// sample, and confusion and correct counts that are exactly what those give. A result
+    /// that fails is not believed; the error says what is wrong.
+    pub fn check_eval_outputs(&self, classes: usize) -> Result<(), String> {
+        let n = self.samples as usize;
+        if self.labels.len() != n || self.probs.len() != n.saturating_mul(classes) {
+            return Err(format!(
+                "{} labels and {} probabilities for {n} samples of {classes} classes",
+                self.labels.len(),
+                self.probs.len()
+            ));
+        }
+        if let Some(l) = self.labels.iter().find(|&&l| l as usize >= classes) {
+            return Err(format!("label {l} for a model of {classes} classes"));
+        }
+        if let Some(p) = self.probs.iter().find(|p| !(0.0..=1.0).contains(*p)) {
+            return Err(format!("probability {p} is not in [0, 1]"));
+        }
+        let mut confusion = vec![0u32; classes * classes];
+        for (row, &label) in self.probs.chunks_exact(classes.max(1)).zip(&self.labels) {
+            confusion[label as usize * classes + crate::model::argmax(row)] += 1;
+        }
+        let correct: u32 = (0..classes).map(|c| confusion[c * classes + c]).sum();
+        if confusion != self.confusion || correct != self.correct {
+            return Err(format!(
+                "its confusion counts and {} correct are not what its probabilities and labels \
+                 give ({correct} correct)",
+                self.correct
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval_result() -> ResultHeader {
+        ResultHeader {
+            worker: WorkerId(1),
+            job: JobId::generate(),
+            task: TaskId(3),
+            step: Step(2),
+            samples: 3,
+            loss_sum: 1.5,
+            correct: 2,
+            gradient_len: 0,
+            compute_seconds: 0.1,
+            fetch_seconds: 0.1,
+            confusion: vec![1, 1, 0, 1],
+            probs: vec![0.9, 0.1, 0.3, 0.7, 0.2, 0.8],
+            labels: vec![0, 0, 1],
+            failure: None,
+        }
+    }
+
+    #[test]
+    fn evaluation_outputs_must_agree_with_their_counts() {
+        assert_eq!(eval_result().check_eval_outputs(2), Ok(()));
+        let fails = |f: &dyn Fn(&mut ResultHeader), classes: usize, words: &str| {
+            let mut r = eval_result();
+            f(&mut r);
+            let e = r.check_eval_outputs(classes).unwrap_err();
+            assert!(e.contains(words), "{e}");
+        };
+        // The model has three classes, the result two columns.
+        fails(&|_| {}, 3, "6 probabilities for 3 samples of 3 classes");
+        fails(
+            &|r| {
+                r.labels.pop();
+            },
+            2,
+            "2 labels",
+        );
+        fails(&|r| r.labels[2] = 2, 2, "label 2");
+        fails(&|r| r.probs[1] = f32::NAN, 2, "NaN");
+        fails(&|r| r.probs[1] = 1.5, 2, "1.5");
+        // Forged counts: a better confusion matrix than the probabilities give.
+        fails(
+            &|r| r.confusion = vec![2, 0, 0, 1],
+            2,
+            "not what its probabilities",
+        );
+        fails(&|r| r.correct = 3, 2, "3 correct");
+    }
 }

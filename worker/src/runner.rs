@@ -375,6 +375,8 @@ async fn work_loop(
             compute_seconds,
             fetch_seconds,
             confusion: Vec::new(),
+            probs: Vec::new(),
+            labels: Vec::new(),
             failure: None,
         };
         let mut gradient = Vec::new();
@@ -397,6 +399,8 @@ async fn work_loop(
                 header.loss_sum = e.loss_sum;
                 header.correct = e.correct;
                 header.confusion = e.confusion;
+                header.probs = e.probs;
+                header.labels = e.labels;
             }
             Err(e @ (WorkerError::Rpc(_) | WorkerError::Transport(_))) => return Err(e),
             Err(e) => {

@@ -182,6 +182,20 @@ pub struct Manifest {
     /// Set when the shards are sealed (AES-256-GCM): which key opens them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
+    /// Set when the images were de-identified on ingest (DICOM): the profile and which
+    /// pseudonym key was used, by fingerprint (never the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deidentification: Option<Deidentification>,
+}
+
+/// How a dataset's images were de-identified.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deidentification {
+    /// The confidentiality profile applied.
+    pub profile: String,
+    /// The first 8 bytes of the pseudonym key's sha256, in hex.
+    pub key_fingerprint: String,
 }
 
 /// The columns every shard has: `id` utf8, `label` int32, `image` binary (raw little-endian
@@ -299,6 +313,12 @@ impl Manifest {
 
 /// Reads and validates `manifest.json` under a dataset URL.
 pub async fn load_manifest(dataset: &StoreUrl) -> Result<Manifest> {
+    Ok(load_manifest_with_sha(dataset).await?.0)
+}
+
+/// [`load_manifest`], with the sha256 of the manifest's bytes (which name every shard by its
+/// own sha256, so it identifies the whole dataset).
+pub async fn load_manifest_with_sha(dataset: &StoreUrl) -> Result<(Manifest, String)> {
     let url = dataset.join(MANIFEST_FILE)?;
     let bytes = url
         .get_bounded(MAX_MANIFEST_BYTES, "a dataset manifest")
@@ -313,7 +333,7 @@ pub async fn load_manifest(dataset: &StoreUrl) -> Result<Manifest> {
     let manifest: Manifest = serde_json::from_slice(&bytes)
         .map_err(|e| Error::dataset(url.as_str(), format!("not a valid manifest: {e}")))?;
     manifest.validate(url.as_str())?;
-    Ok(manifest)
+    Ok((manifest, crate::checkpoint::sha(&bytes)))
 }
 
 /// Checks the row counts the manifest declares for a split against the shard files really

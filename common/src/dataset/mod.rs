@@ -10,8 +10,9 @@ mod writer;
 
 pub use head_ct::{HEAD_CT_CLASSES, HeadCtOptions, render_head_ct, write_head_ct};
 pub use manifest::{
-    FORMAT, ImageInfo, MANIFEST_FILE, MAX_ID_BYTES, MAX_SIDE, Manifest, PixelStats, PixelType,
-    ShardInfo, SplitInfo, load_manifest, shard_columns, verify_shard_sizes,
+    Deidentification, FORMAT, ImageInfo, MANIFEST_FILE, MAX_ID_BYTES, MAX_SIDE, Manifest,
+    PixelStats, PixelType, ShardInfo, SplitInfo, load_manifest, load_manifest_with_sha,
+    shard_columns, verify_shard_sizes,
 };
 pub use npz::{NpyArray, read_npz, read_npz_bytes};
 pub use patch::{PATCH_CLASSES, PatchSample, patch_sample, patch_side, write_patches};

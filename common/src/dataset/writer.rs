@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 
 use super::manifest::{
-    FORMAT, ImageInfo, MANIFEST_FILE, Manifest, PixelStats, ShardInfo, SplitInfo,
+    Deidentification, FORMAT, ImageInfo, MANIFEST_FILE, Manifest, PixelStats, ShardInfo, SplitInfo,
 };
 use super::shard::encode_shard;
 use crate::seal::{DataKey, Encryption, aad};
@@ -41,6 +41,7 @@ pub struct DatasetWriter {
     scratch: Vec<f32>,
     /// The sealing key and the dataset's binding (a random id, recorded in the manifest).
     key: Option<(DataKey, String)>,
+    deidentification: Option<Deidentification>,
 }
 
 impl DatasetWriter {
@@ -69,6 +70,7 @@ impl DatasetWriter {
             source: source.into(),
             scratch: Vec::new(),
             key: None,
+            deidentification: None,
         })
     }
 
@@ -76,6 +78,12 @@ impl DatasetWriter {
     pub fn encrypt_with(mut self, key: DataKey) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         self.key = Some((key, format!("dataset-{id}")));
+        self
+    }
+
+    /// Records in the manifest how the images were de-identified.
+    pub fn deidentified(mut self, how: Deidentification) -> Self {
+        self.deidentification = Some(how);
         self
     }
 
@@ -209,6 +217,7 @@ impl DatasetWriter {
                 .key
                 .as_ref()
                 .map(|(k, binding)| Encryption::bound(k, binding)),
+            deidentification: self.deidentification,
         };
         manifest.validate(self.out.as_str())?;
         let json = serde_json::to_vec_pretty(&manifest)

@@ -6,8 +6,8 @@ pub mod metrics;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::load_model;
-use crate::dataset::{load_manifest, load_shard};
+use crate::card::{ModelCard, load_model};
+use crate::dataset::{Manifest, load_manifest, load_shard};
 use crate::model::{BatchBuilder, argmax, eval_batch};
 use crate::storage::StoreUrl;
 use crate::{Error, Result};
@@ -90,21 +90,6 @@ pub fn roc_auc(scores: &[f32], positive: &[bool]) -> Option<f64> {
 /// Images per forward pass.
 const EVAL_BATCH: usize = 256;
 
-fn tally(
-    probs: &[f32],
-    labels: &[u32],
-    classes: usize,
-    confusion: &mut [Vec<u64>],
-    scores: &mut Vec<f32>,
-    all_labels: &mut Vec<u32>,
-) {
-    for (row, &label) in probs.chunks_exact(classes).zip(labels) {
-        confusion[label as usize][argmax(row)] += 1;
-    }
-    scores.extend_from_slice(probs);
-    all_labels.extend_from_slice(labels);
-}
-
 /// ROC-AUC of class 1 for two classes, else the mean one-vs-rest AUC over the classes present
 /// (`probs` row-major, one row per label).
 pub fn auc_of(probs: &[f32], labels: &[u32], classes: usize) -> Option<f64> {
@@ -120,12 +105,9 @@ pub fn auc_of(probs: &[f32], labels: &[u32], classes: usize) -> Option<f64> {
     (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64)
 }
 
-/// Evaluates the model at `model_url` on `split` of the dataset at `dataset_url`.
-pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result<EvalReport> {
-    let (card, params) = load_model(model_url).await?;
-    let dataset = StoreUrl::parse(dataset_url)?;
-    let manifest = load_manifest(&dataset).await?;
-    let info = manifest.split(split, dataset.as_str())?;
+/// Checks that a dataset's images and classes are the model's: the channels it takes and as
+/// many classes as it has outputs.
+pub fn check_fits(manifest: &Manifest, card: &ModelCard, dataset_url: &str) -> Result<()> {
     let m = &card.model;
     if manifest.image.channels as usize != m.channels || manifest.classes.len() != m.classes {
         return Err(Error::invalid(
@@ -139,13 +121,24 @@ pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result
             ),
         ));
     }
+    Ok(())
+}
+
+/// Evaluates the model at `model_url` on `split` of the dataset at `dataset_url`.
+pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result<EvalReport> {
+    let split = split.to_string();
+    let (card, params) = load_model(model_url).await?;
+    let dataset = StoreUrl::parse(dataset_url)?;
+    let manifest = load_manifest(&dataset).await?;
+    let info = manifest.split(&split, dataset.as_str())?;
+    check_fits(&manifest, &card, dataset_url)?;
+    let m = &card.model;
     let classes = m.classes;
-    let mut confusion = vec![vec![0u64; classes]; classes];
-    let (mut loss, mut n) = (0.0, 0u64);
+    let mut loss = 0.0;
     let mut scores = Vec::new();
     let mut all_labels = Vec::new();
     for shard in 0..info.shards.len() {
-        let data = load_shard(&dataset, &manifest, split, shard).await?;
+        let data = load_shard(&dataset, &manifest, &split, shard).await?;
         let model = card.model.clone();
         let p = params.clone();
         let src = manifest.image;
@@ -169,51 +162,68 @@ pub async fn evaluate(model_url: &str, dataset_url: &str, split: &str) -> Result
         .map_err(|e| Error::Compute(format!("evaluation panicked: {e}")))??;
         for (out, labels) in outputs {
             loss += out.loss_sum;
-            n += labels.len() as u64;
-            tally(
-                &out.probs,
-                &labels,
-                classes,
-                &mut confusion,
-                &mut scores,
-                &mut all_labels,
-            );
+            scores.extend_from_slice(&out.probs);
+            all_labels.extend_from_slice(&labels);
         }
     }
-    if n == 0 {
+    if all_labels.is_empty() {
         return Err(Error::dataset(
             dataset.as_str(),
             format!("split {split} is empty"),
         ));
     }
-    let correct: u64 = (0..classes).map(|c| confusion[c][c]).sum();
+    debug_assert_eq!(scores.len(), all_labels.len() * classes);
+    let classes = card.classes;
+    tokio::task::spawn_blocking(move || Ok(report(split, classes, loss, &scores, &all_labels)))
+        .await
+        .map_err(|e| Error::Compute(format!("evaluation panicked: {e}")))?
+}
+
+/// The report of a split from the model's outputs on it: `loss_sum` summed over the images,
+/// `probs` row-major (one row of `classes.len()` probabilities per label). Wherever the outputs
+/// were computed (here, or by the cluster's workers), the metrics are the same function of
+/// them. `labels` must not be empty and every label must index `classes`.
+pub fn report(
+    split: String,
+    classes: Vec<String>,
+    loss_sum: f64,
+    probs: &[f32],
+    labels: &[u32],
+) -> EvalReport {
+    let k = classes.len();
+    let n = labels.len();
+    let mut confusion = vec![vec![0u64; k]; k];
+    for (row, &label) in probs.chunks_exact(k).zip(labels) {
+        confusion[label as usize][argmax(row)] += 1;
+    }
+    let correct: u64 = (0..k).map(|c| confusion[c][c]).sum();
     let mut notes = Vec::new();
-    let per_class = metrics::per_class(&confusion, &card.classes, &mut notes);
-    let roc_auc = auc_of(&scores, &all_labels, classes);
+    let per_class = metrics::per_class(&confusion, &classes, &mut notes);
+    let roc_auc = auc_of(probs, labels, k);
     if roc_auc.is_none() {
         notes.push(format!(
             "split {split} holds images of one class only: ROC-AUC and its interval are undefined"
         ));
     }
-    let binary = classes == 2;
-    Ok(EvalReport {
-        split: split.to_string(),
-        samples: n,
-        accuracy: correct as f64 / n as f64,
-        loss: loss / n as f64,
+    let binary = k == 2;
+    EvalReport {
+        samples: n as u64,
+        accuracy: correct as f64 / n.max(1) as f64,
+        loss: loss_sum / n.max(1) as f64,
         roc_auc,
         balanced_accuracy: metrics::balanced_accuracy(&per_class),
         sensitivity: if binary { per_class[1].recall } else { None },
         specificity: if binary { per_class[0].recall } else { None },
-        roc_auc_ci95: metrics::auc_interval(&scores, &all_labels, classes),
-        ece: metrics::expected_calibration_error(&scores, &all_labels, classes),
-        reliability: metrics::reliability(&scores, &all_labels, classes),
-        roc_curve: metrics::roc_curve(&scores, &all_labels, classes),
+        roc_auc_ci95: metrics::auc_interval(probs, labels, k),
+        ece: metrics::expected_calibration_error(probs, labels, k),
+        reliability: metrics::reliability(probs, labels, k),
+        roc_curve: metrics::roc_curve(probs, labels, k),
         per_class,
         notes,
         confusion,
-        classes: card.classes,
-    })
+        classes,
+        split,
+    }
 }
 
 #[cfg(test)]

@@ -44,6 +44,8 @@ pub struct EvalOutput {
     pub probs: Vec<f32>,
     /// Counts of (true class, predicted class), row-major, `classes` x `classes`.
     pub confusion: Vec<u32>,
+    /// The labels, one per image.
+    pub labels: Vec<u32>,
 }
 
 /// The dropout keep-mask of one sample over `features` features, derived from (seed, epoch,
@@ -259,6 +261,7 @@ pub fn eval_batch(
             correct: count_correct(&probs, &batch.labels, cfg.classes),
             confusion: confusion_counts(&probs, &batch.labels, cfg.classes),
             probs,
+            labels: batch.labels.clone(),
         })
     })
 }

@@ -45,6 +45,8 @@ impl From<ResultHeader> for pb::ResultHeader {
             fetch_seconds: h.fetch_seconds,
             confusion: h.confusion,
             error_kind,
+            probabilities: h.probs,
+            labels: h.labels,
         }
     }
 }
@@ -73,6 +75,8 @@ impl TryFrom<pb::ResultHeader> for ResultHeader {
             compute_seconds: h.compute_seconds,
             fetch_seconds: h.fetch_seconds,
             confusion: h.confusion,
+            probs: h.probabilities,
+            labels: h.labels,
             failure,
         })
     }
@@ -95,6 +99,8 @@ mod tests {
             compute_seconds: 0.25,
             fetch_seconds: 0.5,
             confusion: vec![3, 1, 1, 3],
+            probs: vec![0.75, 0.25],
+            labels: vec![0],
             failure: None,
         }
     }
