@@ -30,6 +30,9 @@ fn urls(spec: &JobSpec) -> Vec<(&'static str, &str, Use)> {
     if let Some(r) = &spec.resume_from {
         v.push(("resume_from", r.as_str(), Use::Read));
     }
+    if let Some(e) = &spec.evaluate {
+        v.push(("evaluate.model", e.model.as_str(), Use::Read));
+    }
     v
 }
 
@@ -141,6 +144,7 @@ mod tests {
                 spec_yaml: String::new(),
                 model,
                 adam_time: 1,
+                best: None,
             },
             params: Vec::new(),
             adam: AdamSnapshot {
@@ -175,6 +179,7 @@ mod tests {
             schema: Default::default(),
             source: String::new(),
             encryption: None,
+            deidentification: None,
         };
         let model: ModelConfig = ctcluster_common::model::model_for_job(&spec, &manifest).unwrap();
         assert!(check_sealing(&spec, &checkpoint(None, model.clone())).is_ok());

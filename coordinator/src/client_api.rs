@@ -30,6 +30,7 @@ pub fn record_to_proto(r: &JobRecord) -> pb::JobStatus {
         metrics: Some(metrics_to_proto(&r.metrics)),
         checkpoint: r.checkpoint.clone().unwrap_or_default(),
         model: r.model.clone().unwrap_or_default(),
+        evaluation: r.evaluation.clone().unwrap_or_default(),
         images_per_sec: r.images_per_sec,
         eta_seconds: r.eta_seconds,
         workers: r.workers,
@@ -49,6 +50,7 @@ fn metrics_to_proto(m: &Metrics) -> pb::JobMetrics {
         val_loss: m.val_loss,
         val_accuracy: m.val_accuracy,
         train_accuracy: m.train_accuracy,
+        val_auc: m.val_auc,
     }
 }
 

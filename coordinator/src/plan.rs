@@ -15,6 +15,16 @@ pub struct SplitRefs {
     pub samples: Vec<SampleRef>,
 }
 
+impl SplitRefs {
+    /// Every row of a split, in dataset order (none when the dataset lacks it).
+    pub fn whole(manifest: &Manifest, split: &str) -> SplitRefs {
+        SplitRefs {
+            split: split.to_string(),
+            samples: all_refs(manifest, split),
+        }
+    }
+}
+
 /// A job's data plan.
 #[derive(Clone, Debug)]
 pub struct DataPlan {
@@ -22,7 +32,13 @@ pub struct DataPlan {
     pub train: SplitRefs,
     /// Validation samples, in dataset order.
     pub val: SplitRefs,
+    /// The dataset's `test` split, where it has one (and validation is another split): the
+    /// exported model is evaluated on it for its card.
+    pub test: Option<SplitRefs>,
 }
+
+/// The split of the dataset the exported model is tested on, when present.
+pub const TEST_SPLIT: &str = "test";
 
 /// Whether a sample id falls in the held-out fraction: a function of the id alone.
 pub fn is_validation(id: &str, fraction: f64) -> bool {
@@ -56,7 +72,16 @@ impl DataPlan {
                 split: val_split.into(),
                 samples: all_refs(manifest, val_split),
             },
+            test: None,
         }
+    }
+
+    /// The plan with the dataset's `test` split (unless validation uses it).
+    pub fn with_test(mut self, manifest: &Manifest) -> DataPlan {
+        if self.val.split != TEST_SPLIT && manifest.splits.contains_key(TEST_SPLIT) {
+            self.test = Some(SplitRefs::whole(manifest, TEST_SPLIT));
+        }
+        self
     }
 
     /// A plan holding out `fraction` of the train split by sample id; `ids[shard][row]`.
@@ -85,6 +110,7 @@ impl DataPlan {
                 split: "train".into(),
                 samples: val,
             },
+            test: None,
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::ewma::Ewma;
-use ctcluster_common::task::{FailureKind, Task, TaskFailure};
+use ctcluster_common::task::{FailureKind, Task, TaskFailure, TaskKind};
 use ctcluster_common::telemetry::TraceCarrier;
 use ctcluster_common::{JobId, Step, TaskId, WorkerId};
 use tokio::sync::{Notify, mpsc};
@@ -30,6 +30,10 @@ pub struct TaskResult {
     pub gradient: Vec<f32>,
     /// Evaluation: counts of (true, predicted) class, row-major (empty for training).
     pub confusion: Vec<u32>,
+    /// Evaluation: each sample's class probabilities, row-major (empty for training).
+    pub probs: Vec<f32>,
+    /// Evaluation: each sample's label (empty for training).
+    pub labels: Vec<u32>,
 }
 
 /// Where a round's spans hang in the job's trace.
@@ -122,6 +126,8 @@ pub struct Expected {
     pub gradient_len: u64,
     /// Samples in the task.
     pub samples: u32,
+    /// Evaluation tasks: the model's classes (probabilities per sample).
+    pub classes: Option<usize>,
     /// When the task was handed to this worker.
     pub handed_out: Instant,
     /// Parent for the span recording a failure of this task.
@@ -295,6 +301,10 @@ impl Scheduler {
             step: p.task.step,
             gradient_len: p.task.gradient_len(),
             samples: u32::try_from(p.task.samples.len()).unwrap_or(u32::MAX),
+            classes: match p.task.kind {
+                TaskKind::Eval => p.task.job.classes().ok(),
+                TaskKind::Train => None,
+            },
             failure_trace: p.trace.failures.clone(),
         })
     }
@@ -407,6 +417,8 @@ mod tests {
             correct: 1,
             gradient: vec![0.0; 10],
             confusion: Vec::new(),
+            probs: Vec::new(),
+            labels: Vec::new(),
         }
     }
 

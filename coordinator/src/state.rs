@@ -5,8 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ctcluster_common::JobId;
+use ctcluster_common::card::load_card;
 use ctcluster_common::checkpoint::Checkpoint;
 use ctcluster_common::dataset::{load_manifest, verify_shard_sizes};
+use ctcluster_common::evaluate::check_fits;
 use ctcluster_common::job::{JobRecord, JobState, MAX_UNFINISHED_STARTS};
 use ctcluster_common::seal::DataKey;
 use ctcluster_common::spec::JobSpec;
@@ -150,7 +152,11 @@ impl Coordinator {
             .await
             .map_err(|e| e.in_field("dataset"))?;
         // Row counts are believed only as far as the shard files bear them out.
-        verify_shard_sizes(&dataset, &manifest, "train")
+        let split = match &spec.evaluate {
+            Some(ev) => ev.split.as_str(),
+            None => "train",
+        };
+        verify_shard_sizes(&dataset, &manifest, split)
             .await
             .map_err(|e| e.in_field("dataset"))?;
         // Encrypted data, or checkpoints to encrypt: the key must be here now, not fail later.
@@ -167,7 +173,17 @@ impl Coordinator {
                 .await
                 .map_err(|e| e.in_field("validation.split"))?;
         }
-        let model = ctcluster_common::model::model_for_job(&spec, &manifest)?;
+        let model = match &spec.evaluate {
+            // The model to evaluate: its card must be readable and fit the dataset now.
+            Some(ev) => {
+                let card = load_card(&ev.model)
+                    .await
+                    .map_err(|e| e.in_field("evaluate.model"))?;
+                check_fits(&manifest, &card, &spec.dataset)?;
+                card.model
+            }
+            None => ctcluster_common::model::model_for_job(&spec, &manifest)?,
+        };
         let bytes = admission::footprint(&spec, &manifest, model.num_params());
         if let Some(r) = &spec.resume_from {
             let url = StoreUrl::parse(r)?;

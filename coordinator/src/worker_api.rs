@@ -18,9 +18,6 @@ use crate::scheduler::{Expected, TaskResult};
 use crate::state::Coordinator;
 use crate::workers::Lease;
 
-/// Most cells of an evaluation result's confusion counts (256 classes).
-const MAX_CONFUSION_CELLS: usize = 256 * 256;
-
 /// How long `FetchWork` waits for a task before answering "none yet".
 const LONG_POLL: Duration = Duration::from_secs(2);
 
@@ -240,19 +237,21 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                 header.loss_sum, header.correct
             )));
         }
-        let counted: u64 = header.confusion.iter().map(|&c| u64::from(c)).sum();
-        let confusion_ok = if expected.gradient_len == 0 {
-            header.confusion.len() <= MAX_CONFUSION_CELLS
-                && (header.confusion.is_empty() || counted == u64::from(header.samples))
+        // An evaluation task's outputs must fit the model and agree with its counts; a
+        // training result carries none.
+        let outputs_ok = if expected.gradient_len == 0 {
+            match expected.classes {
+                Some(classes) => header.check_eval_outputs(classes),
+                None => Err("an evaluation task of a model whose classes are unknown".into()),
+            }
+        } else if header.confusion.is_empty() && header.probs.is_empty() && header.labels.is_empty()
+        {
+            Ok(())
         } else {
-            header.confusion.is_empty()
+            Err("a training result with evaluation outputs".to_string())
         };
-        if !confusion_ok {
-            return Err(reject(format!(
-                "confusion counts ({} cells summing to {counted}) do not fit {} samples",
-                header.confusion.len(),
-                header.samples
-            )));
+        if let Err(reason) = outputs_ok {
+            return Err(reject(reason));
         }
         let want = usize::try_from(expected.gradient_len)
             .map_err(|_| reject("gradient too long".into()))?;
@@ -292,6 +291,8 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             correct: header.correct,
             gradient,
             confusion: header.confusion,
+            probs: header.probs,
+            labels: header.labels,
         });
         if accepted {
             let (fetch, compute) = (header.fetch_seconds, header.compute_seconds);

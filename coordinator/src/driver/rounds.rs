@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ctcluster_common::evaluate::{EvalReport, report};
 use ctcluster_common::task::{Task, TaskJob, TaskKind};
 use ctcluster_common::telemetry::carrier_of;
-use ctcluster_common::{Error, TaskId, trace_span};
+use ctcluster_common::{Error, Step, TaskId, trace_span};
 use tokio::sync::mpsc;
 use tracing::Span;
 
@@ -106,41 +107,45 @@ pub(super) async fn reduce_and_step(
     Ok(out)
 }
 
-/// The model on the validation split.
-pub(super) struct Validation {
-    /// Mean loss.
-    pub loss: f64,
-    /// Accuracy.
-    pub accuracy: f64,
-    /// `confusion[true][predicted]`.
-    pub confusion: Vec<Vec<u64>>,
+/// Which published parameters an evaluation round runs with.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct EvalAt {
+    /// The epoch (for the tasks' records).
+    pub epoch: u32,
+    /// The parameters' version (the step they were published at).
+    pub version: u64,
+    /// Their length.
+    pub num_params: u64,
 }
 
-/// Evaluates the parameters on the validation split; `None` when it is empty.
+/// Evaluates the published parameters `at` on a split with the cluster's workers: every
+/// sample's probabilities come back, in split order whatever the number of workers, and the
+/// report is the same function of them as `ctctl evaluate --local`'s. `None` when the split
+/// is empty.
 pub(super) async fn evaluate(
     coord: &Coordinator,
     job: &JobHandle,
-    val: &SplitRefs,
+    split: &SplitRefs,
     model_json: &str,
-    classes: usize,
-    p: &Progress,
+    classes: &[String],
+    at: EvalAt,
     span: &Span,
-) -> Result<Option<Validation>, Stop> {
-    if val.samples.is_empty() {
+) -> Result<Option<EvalReport>, Stop> {
+    if split.samples.is_empty() {
         return Ok(None);
     }
-    let task_job = task_job(job, model_json, &val.split);
-    let tasks = val
+    let task_job = task_job(job, model_json, &split.split);
+    let tasks = split
         .samples
         .chunks(EVAL_BATCH)
         .map(|chunk| Task {
             id: TaskId(0),
             kind: TaskKind::Eval,
             job: task_job.clone(),
-            epoch: p.state.epoch,
-            step: p.state.step,
-            params_version: p.state.step.0,
-            num_params: p.params.len() as u64,
+            epoch: at.epoch,
+            step: Step(at.version),
+            params_version: at.version,
+            num_params: at.num_params,
             samples: chunk.to_vec(),
         })
         .collect();
@@ -149,21 +154,27 @@ pub(super) async fn evaluate(
         failures: carrier_of(span),
     };
     let results = run_round(coord, job, tasks, &trace).await?;
-    let n: u64 = results.iter().map(|r| u64::from(r.samples)).sum();
-    let loss: f64 = results.iter().map(|r| r.loss_sum).sum();
-    let correct: u64 = results.iter().map(|r| u64::from(r.correct)).sum();
-    let mut confusion = vec![vec![0u64; classes]; classes];
-    for r in results
-        .iter()
-        .filter(|r| r.confusion.len() == classes * classes)
-    {
-        for (i, &c) in r.confusion.iter().enumerate() {
-            confusion[i / classes][i % classes] += u64::from(c);
+    let k = classes.len();
+    let mut loss = 0.0;
+    let mut probs = Vec::with_capacity(split.samples.len() * k);
+    let mut labels = Vec::with_capacity(split.samples.len());
+    for r in results {
+        // Checked against the model when the result was pushed.
+        if r.labels.len() != r.samples as usize || r.probs.len() != r.labels.len() * k {
+            return Err(Stop::Failed(CoordError::Internal(format!(
+                "evaluation result of task {} has {} labels and {} probabilities",
+                r.task,
+                r.labels.len(),
+                r.probs.len()
+            ))));
         }
+        loss += r.loss_sum;
+        probs.extend_from_slice(&r.probs);
+        labels.extend_from_slice(&r.labels);
     }
-    Ok(Some(Validation {
-        loss: loss / n as f64,
-        accuracy: correct as f64 / n as f64,
-        confusion,
-    }))
+    let (name, classes) = (split.split.clone(), classes.to_vec());
+    let report = tokio::task::spawn_blocking(move || report(name, classes, loss, &probs, &labels))
+        .await
+        .map_err(|e| Error::Compute(format!("evaluation report panicked: {e}")))?;
+    Ok(Some(report))
 }

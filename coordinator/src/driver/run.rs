@@ -12,8 +12,7 @@ use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
 use ctcluster_common::audit::StepAudit;
-use ctcluster_common::checkpoint::{ModelCard, export_model};
-use ctcluster_common::dataset::load_manifest;
+use ctcluster_common::dataset::load_manifest_with_sha;
 use ctcluster_common::job::{EpochMetrics, JobState};
 use ctcluster_common::model::model_for_job;
 use ctcluster_common::storage::StoreUrl;
@@ -27,9 +26,10 @@ use crate::records;
 use crate::scheduler::RoundTrace;
 use crate::state::Coordinator;
 
+use super::export::{Finish, Provenance, finish, judge_epoch, stopped_early};
 use super::pace::{RateMeter, wait_for_workers};
 use super::persist::checkpoint;
-use super::rounds::{evaluate, reduce_and_step, run_round, task_job};
+use super::rounds::{EvalAt, evaluate, reduce_and_step, run_round, task_job};
 use super::start::{Progress, plan_for, start_point};
 
 pub(super) enum Stop {
@@ -113,9 +113,12 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
         r.unfinished_starts += 1;
     });
     records::save(&coord.config.state_url, &job.record()).await?;
+    if let Some(ev) = &spec.evaluate {
+        return super::evaluation::run(coord, job, ev).await;
+    }
 
     let dataset = StoreUrl::parse(&spec.dataset)?;
-    let manifest = load_manifest(&dataset).await?;
+    let (manifest, manifest_sha) = load_manifest_with_sha(&dataset).await?;
     let plan = plan_for(spec, &dataset, &manifest).await?;
     if plan.train.samples.is_empty() {
         return Err(Error::invalid(
@@ -124,9 +127,20 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
         )
         .into());
     }
+    if spec.selection.is_some() && plan.val.samples.is_empty() {
+        return Err(Error::invalid(
+            "selection",
+            format!(
+                "the validation split ({}) holds no samples to select the model by",
+                plan.val.split
+            ),
+        )
+        .into());
+    }
     let model = model_for_job(spec, &manifest)?;
     let model_json = serde_json::to_string(&model).map_err(|e| Error::Compute(e.to_string()))?;
     let job_output = StoreUrl::parse(&spec.output)?.join(job.id.as_str())?;
+    let prov = Provenance::new(job, &model, &manifest, &manifest_sha, &plan);
     let mut p = start_point(job, &model, &job_output).await?;
     records::save(&coord.config.state_url, &job.record()).await?;
 
@@ -146,8 +160,14 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
     let mut last_checkpoint = None;
     let mut freeing: Option<tokio::task::JoinHandle<()>> = None;
     let job_span = Span::current();
+    let mut last_val = None;
+    let mut early = None;
 
     'epochs: while p.state.epoch < spec.epochs {
+        early = stopped_early(spec, &p.state);
+        if early.is_some() {
+            break;
+        }
         let epoch = p.state.epoch;
         let epoch_span = trace_span!(parent: &job_span, "epoch", job.id = %job.id, epoch);
         let order = plan.epoch_order(spec.seed, epoch);
@@ -270,13 +290,18 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
             val_loss = Empty,
             val_accuracy = Empty,
         );
+        let at = EvalAt {
+            epoch,
+            version: p.state.step.0,
+            num_params: p.params.len() as u64,
+        };
         let val = evaluate(
             coord,
             job,
             &plan.val,
             &model_json,
-            model.classes,
-            &p,
+            &manifest.classes,
+            at,
             &eval_span,
         )
         .await;
@@ -287,6 +312,9 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
         if let Some(v) = &val {
             eval_span.record("val_loss", v.loss);
             eval_span.record("val_accuracy", v.accuracy);
+            judge_epoch(job, &prov, &mut p, epoch, v, &job_output)
+                .instrument(eval_span.clone())
+                .await?;
         }
         drop(eval_span);
         let seen = p.state.epoch_samples.max(1) as f64;
@@ -298,6 +326,7 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
             if let Some(v) = &val {
                 r.metrics.val_loss = Some(v.loss);
                 r.metrics.val_accuracy = Some(v.accuracy);
+                r.metrics.val_auc = v.roc_auc;
                 r.val_confusion = v.confusion.clone();
             }
             let metrics = r.metrics;
@@ -315,23 +344,40 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
         p.state.epoch_loss_sum = 0.0;
         p.state.epoch_samples = 0;
         p.state.epoch_correct = 0;
+        last_val = val;
         records::save(&coord.config.state_url, &job.record()).await?;
     }
     if last_checkpoint != Some(p.state.step) {
         let span = trace_span!(parent: &job_span, "checkpoint", step = p.state.step.0);
         checkpoint(job, &p, &job_output).instrument(span).await?;
+        last_checkpoint = Some(p.state.step);
     }
-    let card = ModelCard {
-        model: model.clone(),
-        classes: manifest.classes.clone(),
-        job_id: job.id.to_string(),
-        step: p.state.step,
+    if let Some(reason) = &early {
+        tracing::info!(job = %job.id, %reason, "early stopping");
+    }
+    let span = trace_span!(parent: &job_span, "export", step = p.state.step.0);
+    let f = Finish {
+        coord,
+        job,
+        plan: &plan,
+        model_json: &model_json,
+        prov: &prov,
+        job_output: &job_output,
     };
-    let span = trace_span!(parent: &job_span, "export_model", step = p.state.step.0);
-    let url = export_model(&job_output, &card, &p.params)
+    let (url, card) = match finish(f, &p, last_val, early.clone())
         .instrument(span)
-        .await?;
-    job.update(|r| r.model = Some(url.to_string()));
+        .await
+    {
+        Ok(done) => done,
+        Err(stop) => return preempted(job, &p, &job_output, last_checkpoint, stop).await,
+    };
+    job.update(|r| {
+        r.model = Some(url.to_string());
+        if let Some(reason) = early {
+            r.message = reason;
+        }
+    });
+    tracing::info!(job = %job.id, model = %url, sha256 = %card.weights_sha256, step = card.step.0, "model exported");
     Ok(())
 }
 

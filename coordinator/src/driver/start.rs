@@ -10,7 +10,7 @@ use ctcluster_common::{Error, Step};
 
 use crate::access::check_sealing;
 use crate::job::JobHandle;
-use crate::plan::DataPlan;
+use crate::plan::{DataPlan, TEST_SPLIT};
 
 use super::run::Stop;
 
@@ -29,9 +29,12 @@ pub(super) async fn plan_for(
     // borne out by the files (checked at submit, and again here: data can change, and a
     // restarted coordinator plans from storage).
     verify_shard_sizes(dataset, manifest, "train").await?;
+    if manifest.splits.contains_key(TEST_SPLIT) {
+        verify_shard_sizes(dataset, manifest, TEST_SPLIT).await?;
+    }
     if let Some(split) = &spec.validation.split {
         verify_shard_sizes(dataset, manifest, split).await?;
-        return Ok(DataPlan::with_split(manifest, split));
+        return Ok(DataPlan::with_split(manifest, split).with_test(manifest));
     }
     let shards = manifest.split("train", dataset.as_str())?.shards.len();
     let mut ids = Vec::with_capacity(shards);
@@ -47,7 +50,7 @@ pub(super) async fn plan_for(
             .map(|s| vec![String::new(); s.rows as usize])
             .collect();
     }
-    Ok(DataPlan::by_id(&ids, spec.validation.fraction))
+    Ok(DataPlan::by_id(&ids, spec.validation.fraction).with_test(manifest))
 }
 
 /// A checkpoint resumes only a job that plans the same batches: the same data, batch cut,
@@ -132,10 +135,12 @@ pub(super) async fn start_point(
                 spec_yaml: spec.to_yaml(),
                 model: model.clone(),
                 adam_time: 0,
+                best: None,
             },
         });
     };
-    compatible(spec, &ck.spec()?)?;
+    let old_spec = ck.spec()?;
+    compatible(spec, &old_spec)?;
     if &ck.state.model != model {
         return Err(Error::invalid(
             "resume_from",
@@ -153,6 +158,11 @@ pub(super) async fn start_point(
     });
     let mut state = ck.state;
     state.spec_yaml = spec.to_yaml();
+    // The best epoch was judged by the old spec's metric: another metric judges afresh.
+    let metric = |s: &JobSpec| s.selection.as_ref().map(|s| s.metric);
+    if metric(&old_spec) != metric(spec) {
+        state.best = None;
+    }
     Ok(Progress {
         params: ck.params,
         adam: FlatAdam::restore(&spec.optimizer, ck.adam)?,
@@ -277,6 +287,7 @@ mod tests {
                 schema: ctcluster_common::dataset::shard_columns(),
                 source: String::new(),
                 encryption: None,
+                deidentification: None,
             };
             root.join("manifest.json")
                 .unwrap()
