@@ -99,7 +99,11 @@ pub enum Command {
     /// Create and inspect datasets.
     #[command(subcommand)]
     Dataset(DatasetCommand),
-    /// Evaluate an exported model on a dataset split (locally, on the CPU).
+    /// Inspect exported models.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Evaluate an exported model on a dataset split: on the cluster's workers (a job), or
+    /// with --local here on the CPU. Both give the same report.
     Evaluate {
         /// The model: a job's output folder or its `model.safetensors` URL.
         #[arg(long)]
@@ -110,6 +114,13 @@ pub enum Command {
         /// The split to evaluate.
         #[arg(long, default_value = "test")]
         split: String,
+        /// Evaluate here, on this machine's CPU, instead of on the cluster.
+        #[arg(long)]
+        local: bool,
+        /// On the cluster: where the job writes its report, `<URL>/<job id>/evaluation.json`
+        /// (default: the folder holding the model's job folder).
+        #[arg(long)]
+        report_to: Option<String>,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
@@ -170,6 +181,21 @@ pub enum Command {
     /// Encryption keys for datasets and checkpoints.
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+/// `ctctl model ...`
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Print a model's card (architecture, preprocessing, classes, the dataset and its
+    /// de-identification, the job spec, validation and test metrics) and check the weights
+    /// against the sha256 it records.
+    Show {
+        /// The model: a job's output folder, or its `model.safetensors` or `model.json` URL.
+        url: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
 }
 
 /// `ctctl keys ...`

@@ -10,9 +10,11 @@ pub mod connect;
 pub mod dataset;
 pub mod demo;
 mod error;
+pub mod evaluate;
 pub mod explain;
 pub mod ingest;
 pub mod jobs;
+pub mod model;
 pub mod predict;
 pub mod preview;
 pub mod render;
@@ -61,7 +63,7 @@ pub fn target_from(
     Ok(Target::secure(url, ca_pem, &token))
 }
 
-use cli::{CertsCommand, Cli, Command, DatasetCommand, Format, KeysCommand};
+use cli::{CertsCommand, Cli, Command, DatasetCommand, Format, KeysCommand, ModelCommand};
 use ctcluster_common::job::JobState;
 use ctcluster_common::local_file::{MAX_PEM_BYTES, read_limited};
 
@@ -135,14 +137,23 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
                 window,
             } => preview::preview(&url, &split, count, window, &out).await,
         },
+        Command::Model(ModelCommand::Show { url, output }) => model::show(&url, output)
+            .await
+            .map(|text| text.trim_end().to_string()),
         Command::Evaluate {
             model,
             dataset: ds,
             split,
+            local,
+            report_to,
             output,
             out,
         } => {
-            let r = ctcluster_common::evaluate::evaluate(&model, &ds, &split).await?;
+            let r = if local {
+                evaluate::local(&model, &ds, &split).await?
+            } else {
+                evaluate::on_cluster(&target()?, &model, &ds, &split, report_to.as_deref()).await?
+            };
             let mut text = match output {
                 Format::Json => serde_json::to_string_pretty(&r).unwrap_or_default(),
                 Format::Table => dataset::report_text(&r),

@@ -60,6 +60,8 @@ pub struct MetricsJson {
     pub val_loss: Option<f64>,
     /// Validation accuracy.
     pub val_accuracy: Option<f64>,
+    /// Validation ROC-AUC.
+    pub val_auc: Option<f64>,
 }
 
 /// A status's job state (`None` for a value this `ctctl` does not know).
@@ -115,6 +117,7 @@ impl From<&pb::JobStatus> for StatusJson {
                 train_loss: m.train_loss,
                 val_loss: m.val_loss,
                 val_accuracy: m.val_accuracy,
+                val_auc: m.val_auc,
             },
             checkpoint: non_empty(&s.checkpoint),
             model: non_empty(&s.model),
@@ -141,7 +144,7 @@ pub fn status_text(s: &pb::JobStatus) -> String {
     let j = StatusJson::from(s);
     let (name, message) = (safe(&j.name), safe(&j.message));
     let mut out = format!(
-        "job        {}  ({})\nstate      {}{}\nprogress   epoch {}/{}  step {}/{}\nmetrics    train_loss {}  val_loss {}  val_accuracy {}\nthroughput {:.0} images/s  eta {:.0}s  workers {}\n",
+        "job        {}  ({})\nstate      {}{}\nprogress   epoch {}/{}  step {}/{}\nmetrics    train_loss {}  val_loss {}  val_accuracy {}  val_auc {}\nthroughput {:.0} images/s  eta {:.0}s  workers {}\n",
         j.id,
         name,
         j.state,
@@ -157,6 +160,7 @@ pub fn status_text(s: &pb::JobStatus) -> String {
         opt(j.metrics.train_loss, 4),
         opt(j.metrics.val_loss, 4),
         opt(j.metrics.val_accuracy, 4),
+        opt(j.metrics.val_auc, 4),
         j.images_per_sec,
         j.eta_seconds,
         j.workers,

@@ -27,6 +27,20 @@ fn message(s: &pb::JobStatus) -> String {
 
 /// Follows a job until it ends; returns its final status.
 pub async fn watch(coordinator: &Target, job: &str) -> Result<pb::JobStatus, CtlError> {
+    follow(coordinator, job, false).await
+}
+
+/// [`watch`], with the progress lines (printed when standard error is not a terminal) going
+/// to standard error, for commands whose standard output is a document (`evaluate -o json`).
+pub async fn watch_to_stderr(coordinator: &Target, job: &str) -> Result<pb::JobStatus, CtlError> {
+    follow(coordinator, job, true).await
+}
+
+async fn follow(
+    coordinator: &Target,
+    job: &str,
+    lines_to_stderr: bool,
+) -> Result<pb::JobStatus, CtlError> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} steps  {msg}")
@@ -76,13 +90,18 @@ pub async fn watch(coordinator: &Target, job: &str) -> Result<pb::JobStatus, Ctl
                     || last_line.elapsed() > Duration::from_secs(10)
                     || is_terminal(s.state))
             {
-                println!(
+                let line = format!(
                     "{} step {}/{} {}",
                     state_name(s.state),
                     s.step,
                     s.total_steps,
                     message(&s)
                 );
+                if lines_to_stderr {
+                    eprintln!("{line}");
+                } else {
+                    println!("{line}");
+                }
                 last_line = Instant::now();
                 last_epoch = s.epoch;
             }

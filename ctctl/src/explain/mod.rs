@@ -7,7 +7,7 @@ mod overlay;
 
 use std::path::Path;
 
-use ctcluster_common::checkpoint::load_model_file;
+use ctcluster_common::card::load_model_file;
 use ctcluster_common::dataset::NpyArray;
 use ctcluster_common::model::{Device, Method, explain};
 use serde::Serialize;

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ctcluster_common::dataset::PixelType;
+use ctcluster_common::dataset::{Deidentification, PixelType};
 use ctcluster_common::local_file::{MAX_IMAGE_FILE_BYTES, read_limited};
 use dicom_dictionary_std::tags;
 use dicom_object::OpenFileOptions;
@@ -94,6 +94,10 @@ struct AuditRecord<'a> {
     patient: &'a str,
     attributes: &'a [AuditEntry],
 }
+
+/// The confidentiality profile ingest applies, as recorded in the audit and the manifest.
+const DEID_PROFILE: &str =
+    "DICOM PS3.15 E.1 basic application level confidentiality profile (allow-list)";
 
 /// Kinds of DICOM image left out unless the user opts in.
 #[derive(Clone, Copy, Debug, Default)]
@@ -226,26 +230,61 @@ pub fn dicom(
                 &ctcluster_common::checkpoint::sha(rel.as_bytes())[..16]
             ),
         };
-        let mut meta = serde_json::Map::new();
-        meta.insert("id".into(), id.clone().into());
-        meta.insert("patient".into(), d.patient.clone().into());
-        for (k, v) in &d.kept {
-            meta.insert(k.clone(), v.clone().into());
-        }
-        metadata.push(serde_json::Value::Object(meta));
-        audits.push((id.clone(), d.patient.clone(), d.audit));
         let (label, split) = match table.rows.get(&rel) {
             Some((l, s)) => (RawLabel::Name(l.clone()), s.clone()),
             None => (RawLabel::Missing, None),
         };
-        candidates.push(Candidate {
-            source: rel,
-            id,
-            split,
-            group: d.patient,
-            label,
-            load: Box::new(move || load_pixels(&path)),
+        // A multi-frame object (a cine loop, a volume) gives one sample per frame, all of the
+        // file's label and patient (so all in one split), read from one opening of the file.
+        let frames = match frame_count(&header) {
+            Ok(n) => n,
+            Err((reason, detail)) => {
+                dropped.push(Dropped {
+                    source: rel,
+                    reason,
+                    detail,
+                });
+                continue;
+            }
+        };
+        let source = std::sync::Arc::new(FrameSource {
+            path,
+            open: std::sync::Mutex::new(None),
+            left: std::sync::atomic::AtomicU32::new(frames),
         });
+        for frame in 0..frames {
+            let (frame_id, frame_source) = if frames == 1 {
+                (id.clone(), rel.clone())
+            } else {
+                (
+                    format!("{id}-f{:04}", frame + 1),
+                    format!("{rel}#frame{}", frame + 1),
+                )
+            };
+            // One metadata line per sample: its id, its patient's pseudonym, and for a frame
+            // which one of how many.
+            let mut meta = serde_json::Map::new();
+            meta.insert("id".into(), frame_id.clone().into());
+            meta.insert("patient".into(), d.patient.clone().into());
+            if frames > 1 {
+                meta.insert("frame".into(), (frame + 1).into());
+                meta.insert("frames".into(), frames.into());
+            }
+            for (k, v) in &d.kept {
+                meta.insert(k.clone(), v.clone().into());
+            }
+            metadata.push(serde_json::Value::Object(meta));
+            let file = source.clone();
+            candidates.push(Candidate {
+                source: frame_source,
+                id: frame_id,
+                split: split.clone(),
+                group: d.patient.clone(),
+                label: label.clone(),
+                load: Box::new(move || file.load(frame)),
+            });
+        }
+        audits.push((id, d.patient, d.audit));
     }
     for rel in table.rows.keys() {
         if !seen.contains(rel) {
@@ -269,10 +308,14 @@ pub fn dicom(
         lines.push(b'\n');
     }
     sidecars.push(("dicom-metadata.jsonl".to_string(), lines));
+    let deidentification = key.map(|k| Deidentification {
+        profile: DEID_PROFILE.into(),
+        key_fingerprint: k.fingerprint(),
+    });
     if let Some(k) = key {
         let audit = AuditFile {
             format: "ctcluster.deid-audit.v1",
-            profile: "DICOM PS3.15 E.1 basic application level confidentiality profile (allow-list)",
+            profile: DEID_PROFILE,
             key_fingerprint: k.fingerprint(),
             files: audits
                 .iter()
@@ -297,29 +340,73 @@ pub fn dicom(
         sidecars,
         ids_from_pixels: false,
         item_refs: Vec::new(),
+        deidentification,
     })
 }
 
-fn load_pixels(path: &Path) -> Result<Decoded, (Reason, String)> {
-    let bytes = read_limited(path, MAX_IMAGE_FILE_BYTES, "a DICOM file")
-        .map_err(|e| (Reason::Unreadable, format!("cannot read: {e}")))?;
-    decode_dicom(&bytes)
+/// One file's frames as ingest reads them: the file is opened once, by whichever of its
+/// frames' loaders runs first, and let go when the last has run.
+struct FrameSource {
+    path: PathBuf,
+    open: std::sync::Mutex<Option<std::sync::Arc<dicom_object::DefaultDicomObject>>>,
+    left: std::sync::atomic::AtomicU32,
 }
 
-/// Decodes one DICOM file's pixels (with or without the 128-byte preamble): HU for CT.
+impl FrameSource {
+    fn load(&self, frame: u32) -> Result<Decoded, (Reason, String)> {
+        let obj = {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            match open.as_ref() {
+                Some(obj) => obj.clone(),
+                None => {
+                    let bytes = read_limited(&self.path, MAX_IMAGE_FILE_BYTES, "a DICOM file")
+                        .map_err(|e| (Reason::Unreadable, format!("cannot read: {e}")))?;
+                    let obj = std::sync::Arc::new(open_bytes(&bytes)?);
+                    *open = Some(obj.clone());
+                    obj
+                }
+            }
+        };
+        let out = pixels_of(&obj, frame);
+        if self.left.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            *self.open.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        out
+    }
+}
+
+/// Decodes a single-frame DICOM file's pixels (with or without the 128-byte preamble): HU for
+/// CT. A multi-frame object is refused here; [`for_each_frame`] reads every frame.
 pub fn decode_dicom(bytes: &[u8]) -> Result<Decoded, (Reason, String)> {
-    pixels_of(&open_bytes(bytes)?)
+    let obj = open_bytes(bytes)?;
+    let frames = frame_count(&obj)?;
+    if frames > 1 {
+        return Err((
+            Reason::MultiFrame,
+            format!("{frames} frames: read them one by one"),
+        ));
+    }
+    pixels_of(&obj, 0)
 }
 
-/// [`decode_dicom`] for images whose pixels may be shown (`ctctl predict` and `explain`): images
-/// flagged with burned-in annotation and secondary captures are refused, as `ctctl ingest`
-/// leaves them out by default.
-pub fn decode_dicom_shown(bytes: &[u8]) -> Result<Decoded, (Reason, String)> {
+/// Every frame of a DICOM file whose pixels may be shown (`ctctl predict` and `explain`), each
+/// handed to `f` with its 0-based number as soon as it is decoded (a volume is never held
+/// decoded whole). Images flagged with burned-in annotation and secondary captures are
+/// refused, as `ctctl ingest` leaves them out by default; so is an object that cannot be
+/// opened (the error is returned, `f` is not called).
+pub fn for_each_frame(
+    bytes: &[u8],
+    mut f: impl FnMut(u32, u32, Result<Decoded, (Reason, String)>),
+) -> Result<(), (Reason, String)> {
     let obj = open_bytes(bytes)?;
     if let Some(refused) = risky_pixels(&obj, Allow::default()) {
         return Err(refused);
     }
-    pixels_of(&obj)
+    let frames = frame_count(&obj)?;
+    for frame in 0..frames {
+        f(frame, frames, pixels_of(&obj, frame));
+    }
+    Ok(())
 }
 
 fn open_bytes(bytes: &[u8]) -> Result<dicom_object::DefaultDicomObject, (Reason, String)> {
@@ -334,10 +421,36 @@ fn open_bytes(bytes: &[u8]) -> Result<dicom_object::DefaultDicomObject, (Reason,
         })
 }
 
-/// The pixels of an opened object: the modality LUT applied (Hounsfield units for CT), and
-/// MONOCHROME1 images (where the lowest value is white, as many X-ray systems store them)
-/// inverted within their value range, so that bright means dense in every image.
-fn pixels_of(obj: &dicom_object::DefaultDicomObject) -> Result<Decoded, (Reason, String)> {
+/// Most frames read from one multi-frame object (a cine loop or a volume).
+pub const MAX_FRAMES: u32 = 4096;
+
+/// The frames an object holds: its NumberOfFrames (1 when absent), at most [`MAX_FRAMES`].
+pub fn frame_count(obj: &dicom_object::InMemDicomObject) -> Result<u32, (Reason, String)> {
+    let declared = text(obj, tags::NUMBER_OF_FRAMES);
+    if declared.is_empty() {
+        return Ok(1);
+    }
+    match declared.parse::<u64>() {
+        Ok(0) | Err(_) => Err((
+            Reason::Unreadable,
+            format!("NumberOfFrames is {declared:?}, not a frame count"),
+        )),
+        Ok(n) if n > u64::from(MAX_FRAMES) => Err((
+            Reason::MultiFrame,
+            format!("{n} frames; at most {MAX_FRAMES} are read from one object"),
+        )),
+        Ok(n) => Ok(n as u32),
+    }
+}
+
+/// The pixels of one frame (0-based) of an opened object: the modality LUT applied (Hounsfield
+/// units for CT), and MONOCHROME1 images (where the lowest value is white, as many X-ray
+/// systems store them) inverted within their value range, so that bright means dense in every
+/// image.
+fn pixels_of(
+    obj: &dicom_object::DefaultDicomObject,
+    frame: u32,
+) -> Result<Decoded, (Reason, String)> {
     let unreadable = |e: String| (Reason::Unreadable, e);
     if obj.get(tags::PIXEL_DATA).is_none() {
         let class = obj
@@ -366,22 +479,13 @@ fn pixels_of(obj: &dicom_object::DefaultDicomObject) -> Result<Decoded, (Reason,
             "declares {rows}x{cols} pixels; 1 to {max} a side are read"
         )));
     }
-    if let Some(frames) = number(tags::NUMBER_OF_FRAMES).filter(|&f| f > 1) {
-        return Err((
-            Reason::MultiFrame,
-            format!("{frames} frames (a cine or volume object); export single slices"),
-        ));
+    let frames = frame_count(obj)?;
+    if frame >= frames {
+        return Err(unreadable(format!("frame {} of {frames}", frame + 1)));
     }
     let pixels = obj
-        .decode_pixel_data()
+        .decode_pixel_data_frame(frame)
         .map_err(|e| unreadable(format!("pixel data cannot be decoded: {e}")))?;
-    let frames = pixels.number_of_frames();
-    if frames > 1 {
-        return Err((
-            Reason::MultiFrame,
-            format!("{frames} frames (a cine or volume object); export single slices"),
-        ));
-    }
     let values: Vec<f32> = pixels
         .to_vec_frame(0)
         .map_err(|e| unreadable(format!("pixel values cannot be converted: {e}")))?;
@@ -468,9 +572,16 @@ mod tests {
         ));
         let mut bytes = Vec::new();
         obj.write_all(&mut bytes).unwrap();
-        let (reason, _) = decode_dicom_shown(&bytes).unwrap_err();
+        let (reason, _) = for_each_frame(&bytes, |_, _, _| panic!("shown")).unwrap_err();
         assert_eq!(reason, Reason::BurnedInAnnotation);
         assert!(decode_dicom(&bytes).is_ok());
-        assert!(decode_dicom_shown(J2K_MONOCHROME1).is_ok());
+        let mut shown = 0;
+        for_each_frame(J2K_MONOCHROME1, |frame, frames, img| {
+            assert_eq!((frame, frames), (0, 1));
+            assert!(img.is_ok());
+            shown += 1;
+        })
+        .unwrap();
+        assert_eq!(shown, 1);
     }
 }

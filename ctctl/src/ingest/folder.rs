@@ -127,6 +127,7 @@ pub fn folder(dir: &Path) -> Result<Plan, CtlError> {
         candidates,
         dropped,
         sidecars: Vec::new(),
+        deidentification: None,
         ids_from_pixels: true,
         item_refs: Vec::new(),
     })

@@ -13,7 +13,7 @@ mod npy;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use ctcluster_common::dataset::{DatasetWriter, ImageInfo, MANIFEST_FILE};
+use ctcluster_common::dataset::{DatasetWriter, Deidentification, ImageInfo, MANIFEST_FILE};
 use ctcluster_common::rng::{derive, hash_str};
 use ctcluster_common::seal::DataKey;
 use ctcluster_common::storage::StoreUrl;
@@ -37,12 +37,28 @@ pub fn decode_file(kind: &str, bytes: &[u8]) -> Result<Decoded, String> {
 }
 
 /// [`decode_file`] for images whose pixels will be shown or acted on outside a dataset
-/// (`ctctl predict`, `ctctl explain`): DICOM images flagged with burned-in annotation and
-/// secondary captures are refused, as ingest leaves them out by default.
-pub fn decode_shown(kind: &str, bytes: &[u8]) -> Result<Decoded, String> {
+/// (`ctctl predict`, `ctctl explain`), image by image: `f` gets each image with its frame
+/// (0-based, and the count) when the file is a multi-frame DICOM object, `None` otherwise.
+/// DICOM images flagged with burned-in annotation and secondary captures are refused, as
+/// ingest leaves them out by default.
+pub fn decode_shown(
+    kind: &str,
+    bytes: &[u8],
+    mut f: impl FnMut(Option<(u32, u32)>, Result<Decoded, String>),
+) {
     match kind {
-        "dicom" => dicom::decode_dicom_shown(bytes).map_err(|(_, e)| e),
-        other => decode_file(other, bytes),
+        "dicom" => {
+            let each = |frame, frames, img: Result<Decoded, (Reason, String)>| {
+                f(
+                    (frames > 1).then_some((frame, frames)),
+                    img.map_err(|(_, e)| e),
+                )
+            };
+            if let Err((_, e)) = dicom::for_each_frame(bytes, each) {
+                f(None, Err(e));
+            }
+        }
+        other => f(None, decode_file(other, bytes)),
     }
 }
 
@@ -101,6 +117,8 @@ pub struct Plan {
     pub ids_from_pixels: bool,
     /// Every listed item's reference in the stored report (filled by [`run`]).
     pub item_refs: Vec<(String, String)>,
+    /// How the images were de-identified (DICOM with a pseudonym key), for the manifest.
+    pub deidentification: Option<Deidentification>,
 }
 
 /// Options every source shares.
@@ -450,6 +468,9 @@ pub async fn run(mut plan: Plan, args: &IngestArgs) -> Result<IngestReport, CtlE
                 )?;
                 if let Some(k) = key.clone() {
                     w = w.encrypt_with(k);
+                }
+                if let Some(d) = plan.deidentification.clone() {
+                    w = w.deidentified(d);
                 }
                 writer.insert(w)
             }

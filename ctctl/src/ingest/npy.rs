@@ -150,6 +150,7 @@ pub fn npy_pair(images: &Path, labels: &Path) -> Result<Plan, CtlError> {
         candidates: candidates(Arc::new(img), &labels, &what, None, "img-")?,
         dropped: Vec::new(),
         sidecars: Vec::new(),
+        deidentification: None,
         ids_from_pixels: false,
         item_refs: Vec::new(),
     })
@@ -191,6 +192,7 @@ pub fn npz(file: &Path) -> Result<Plan, CtlError> {
         candidates: all,
         dropped: Vec::new(),
         sidecars: Vec::new(),
+        deidentification: None,
         ids_from_pixels: false,
         item_refs: Vec::new(),
     })

@@ -102,18 +102,37 @@ fn is_dicomdir(path: &Path) -> bool {
         .is_some_and(|n| n.eq_ignore_ascii_case("DICOMDIR"))
 }
 
-/// Reads and decodes one image file, or says why it cannot: the same decoders (and limits)
-/// as `ctctl ingest`, and the same refusal of DICOM images that may show identifying text.
-pub fn read_image(path: &Path) -> Result<Decoded, String> {
-    let kind = kind_of(path)
-        .ok_or_else(|| "unsupported file type (PNG, JPEG, .npy or DICOM are read)".to_string())?;
-    let bytes =
-        read_limited(path, MAX_IMAGE_FILE_BYTES, "an image file").map_err(|e| e.to_string())?;
-    let img = decode_shown(kind, &bytes)?;
-    if img.non_finite() > 0 {
-        return Err(format!("{} NaN or infinite values", img.non_finite()));
+/// Reads and decodes one image file, image by image, or says why it cannot: the same decoders
+/// (and limits) as `ctctl ingest`, and the same refusal of DICOM images that may show
+/// identifying text. Every frame of a multi-frame DICOM object is an image: `f` gets it with
+/// its frame (0-based, and the count); other files give one image and `None`.
+pub fn read_images(path: &Path, mut f: impl FnMut(Option<(u32, u32)>, Result<Decoded, String>)) {
+    let Some(kind) = kind_of(path) else {
+        return f(
+            None,
+            Err("unsupported file type (PNG, JPEG, .npy or DICOM are read)".into()),
+        );
+    };
+    let bytes = match read_limited(path, MAX_IMAGE_FILE_BYTES, "an image file") {
+        Ok(b) => b,
+        Err(e) => return f(None, Err(e.to_string())),
+    };
+    decode_shown(kind, &bytes, |frame, img| {
+        let img = img.and_then(|img| match img.non_finite() {
+            0 => Ok(img),
+            n => Err(format!("{n} NaN or infinite values")),
+        });
+        f(frame, img)
+    });
+}
+
+/// How an image of a file is named in the output: the file's name, and for a frame of a
+/// multi-frame object `#frameN` (1-based).
+pub fn frame_name(file: &str, frame: Option<(u32, u32)>) -> String {
+    match frame {
+        Some((n, _)) => format!("{file}#frame{}", n + 1),
+        None => file.to_string(),
     }
-    Ok(img)
 }
 
 /// A stable id for a decoded image that says nothing of the patient or the file name: the
@@ -158,7 +177,13 @@ mod tests {
         assert_eq!(skipped, 3);
         assert!(matches!(resolve("/no/such/thing").0, Input::Missing(_)));
         assert!(matches!(resolve("s3://bucket/ds").0, Input::Dataset(_)));
-        let err = read_image(&dir.path().join("c.png")).unwrap_err();
-        assert!(err.contains("PNG"), "{err}");
+        let mut read = Vec::new();
+        read_images(&dir.path().join("c.png"), |frame, img| {
+            read.push((frame, img))
+        });
+        assert_eq!(read.len(), 1);
+        let err = read[0].1.as_ref().unwrap_err();
+        assert!(read[0].0.is_none() && err.contains("PNG"), "{err}");
+        assert_eq!(frame_name("a.dcm", Some((2, 5))), "a.dcm#frame3");
     }
 }

@@ -6,12 +6,12 @@
 mod inputs;
 mod output;
 
-use ctcluster_common::checkpoint::load_model;
+use ctcluster_common::card::load_model;
 use ctcluster_common::dataset::{ImageInfo, load_manifest, load_shard};
 use ctcluster_common::model::{BatchBuilder, Device, ModelConfig, argmax, eval_batch};
 use serde::Serialize;
 
-pub use inputs::{Input, image_id, kind_of, read_image, resolve};
+pub use inputs::{Input, frame_name, image_id, kind_of, read_images, resolve};
 pub use output::{Output, render};
 
 use crate::CtlError;
@@ -186,41 +186,42 @@ async fn predict_files(
     files: &[(std::path::PathBuf, String)],
 ) -> Result<Vec<Prediction>, CtlError> {
     let m = model.clone();
-    let list: Vec<_> = files.iter().map(|(p, _)| p.clone()).collect();
-    // Reading and decoding are blocking work too.
+    let list = files.to_vec();
+    // Reading and decoding are blocking work too. A multi-frame DICOM object gives a row per
+    // frame.
     let read = tokio::task::spawn_blocking(move || {
-        list.iter()
-            .map(|path| read_image(path).map(|img| (image_id(&img), prepare(&m, &img))))
-            .collect::<Vec<_>>()
+        let mut out = Vec::new();
+        for (path, name) in &list {
+            read_images(path, |frame, img| {
+                let prepared = img.map(|img| (image_id(&img), prepare(&m, &img)));
+                out.push((frame_name(name, frame), prepared));
+            });
+        }
+        out
     })
     .await
     .map_err(|e| CtlError::Common(ctcluster_common::Error::Compute(e.to_string())))?;
-    let mut pixels = Vec::new();
-    let mut ok = 0;
-    for (_, p) in read.iter().flatten() {
-        pixels.extend_from_slice(p);
-        ok += 1;
+    // Forward passes of at most BATCH images (a volume's frames can be many).
+    let good: Vec<&Vec<f32>> = read
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().map(|(_, p)| p))
+        .collect();
+    let mut probs = Vec::with_capacity(good.len() * model.classes);
+    for batch in good.chunks(BATCH) {
+        let pixels: Vec<f32> = batch.iter().flat_map(|p| p.iter().copied()).collect();
+        probs.extend(probabilities(model, params, pixels, batch.len()).await?);
     }
-    let probs = if ok > 0 {
-        probabilities(model, params, pixels, ok).await?
-    } else {
-        Vec::new()
-    };
     let k = model.classes;
     let mut next = 0;
     Ok(read
         .into_iter()
-        .zip(files)
-        .map(|(r, (_, input))| {
-            let input = input.clone();
-            match r {
-                Ok((id, _)) => {
-                    let p = &probs[next * k..(next + 1) * k];
-                    next += 1;
-                    row(classes, id, input, p)
-                }
-                Err(reason) => Prediction::failed(String::new(), input, reason),
+        .map(|(input, r)| match r {
+            Ok((id, _)) => {
+                let p = &probs[next * k..(next + 1) * k];
+                next += 1;
+                row(classes, id, input, p)
             }
+            Err(reason) => Prediction::failed(String::new(), input, reason),
         })
         .collect())
 }
@@ -282,15 +283,24 @@ pub async fn gather(
                     .map(|(i, f)| display_name(given, f, i, files.len()))
                     .collect();
                 let (m, list) = (model.clone(), files[..take].to_vec());
-                // Reading, decoding and resampling are blocking work.
+                let room = limit - items.len();
+                // Reading, decoding and resampling are blocking work; a multi-frame DICOM
+                // object gives an image per frame.
                 let read = tokio::task::spawn_blocking(move || {
-                    list.iter()
-                        .map(|f| read_image(f).map(|img| (image_id(&img), prepare(&m, &img))))
-                        .collect::<Vec<_>>()
+                    let mut out = Vec::new();
+                    for (f, name) in list.iter().zip(names) {
+                        read_images(f, |frame, img| {
+                            if out.len() < room {
+                                let prepared = img.map(|img| (image_id(&img), prepare(&m, &img)));
+                                out.push((frame_name(&name, frame), prepared));
+                            }
+                        });
+                    }
+                    out
                 })
                 .await
                 .map_err(|e| CtlError::Common(ctcluster_common::Error::Compute(e.to_string())))?;
-                for (r, input) in read.into_iter().zip(names) {
+                for (input, r) in read {
                     items.push(match r {
                         Ok((id, pixels)) => Item {
                             id,
