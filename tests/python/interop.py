@@ -2,12 +2,14 @@
 ecosystem as they are. Loads model.safetensors with `safetensors.numpy`, reads the test split's
 Arrow shards with pyarrow, re-implements the seed CNN's forward pass in numpy from PyTorch's
 layout conventions (NCHW, cross-correlation, [out, in] dense weights, C*H*W flatten order) and
-checks its loss and accuracy against `ctctl evaluate -o json`. The model's recorded input
+checks its loss and accuracy against `ctctl evaluate -o json`. The model card's sha256 of the
+weights and of the dataset's manifest are checked with hashlib. The model's recorded input
 pipeline (a CT window in Hounsfield units) is applied as documented: clamp((v - lo) / width).
 
 usage: interop.py MODEL_DIR DATASET_DIR EVALUATE_JSON
 """
 
+import hashlib
 import json
 import sys
 
@@ -65,7 +67,12 @@ def main():
     acc = (logits.argmax(axis=1) == y).mean()
     want = json.load(open(expected_path))
     print(f"numpy: loss {loss:.6f} accuracy {acc:.4f}; ctctl evaluate: loss {want['loss']:.6f} accuracy {want['accuracy']:.4f}")
+    sha = lambda path: hashlib.sha256(open(path, "rb").read()).hexdigest()
+    weights_ok = card["weights_sha256"] == sha(f"{model_dir}/model.safetensors")
+    manifest_ok = card["dataset"]["manifest_sha256"] == sha(f"{data_dir}/manifest.json")
+    print(f"card: weights sha256 {'matches' if weights_ok else 'DIFFERS'}, manifest sha256 {'matches' if manifest_ok else 'DIFFERS'}")
     ok = abs(loss - want["loss"]) < 1e-4 and abs(acc - want["accuracy"]) < 1e-9 and len(y) == want["samples"]
+    ok = ok and weights_ok and manifest_ok
     print(f"interop: {int(ok)} passed, {int(not ok)} failed")
     sys.exit(0 if ok else 1)
 

@@ -5,7 +5,7 @@
 //! (re-initialised weights give unrelated maps) and the deletion test. Then `ctctl explain`
 //! writes its files.
 
-use ctcluster_common::checkpoint::load_model;
+use ctcluster_common::card::load_model;
 use ctcluster_common::dataset::{SynthOptions, patch_sample, write_patches};
 use ctcluster_common::model::{
     BatchInput, Device, Method, ModelConfig, argmax, eval_batch, explain,

@@ -19,6 +19,7 @@ mod preemption;
 mod processes;
 mod resume;
 mod security;
+mod selection;
 mod status_codes;
 mod storage;
 mod tenants;

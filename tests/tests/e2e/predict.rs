@@ -175,4 +175,46 @@ async fn predict_gives_evaluate_s_probabilities_on_raw_files_and_reports_bad_one
             assert!(!text.contains(s.as_str()), "{s:?} appears in:\n{text}");
         }
     }
+
+    // A multi-frame object (a cine loop of the slice and a dimmer copy): a row per frame.
+    let mut cine = dicom_object::open_file(&ct).unwrap();
+    let px = cine
+        .element(tags::PIXEL_DATA)
+        .unwrap()
+        .to_bytes()
+        .unwrap()
+        .to_vec();
+    let dimmer: Vec<u8> = px
+        .chunks_exact(2)
+        .flat_map(|c| (i16::from_le_bytes([c[0], c[1]]) / 2).to_le_bytes())
+        .collect();
+    cine.put(dicom_core::DataElement::new(
+        tags::NUMBER_OF_FRAMES,
+        dicom_core::VR::IS,
+        dicom_core::PrimitiveValue::from("2"),
+    ));
+    cine.put(dicom_core::DataElement::new(
+        tags::PIXEL_DATA,
+        dicom_core::VR::OW,
+        dicom_core::PrimitiveValue::from([px, dimmer].concat()),
+    ));
+    let cine_path = tmp.path().join("cine.dcm");
+    cine.write_to_file(&cine_path).unwrap();
+    let got = predict(&model, &[cine_path.display().to_string()], "test")
+        .await
+        .unwrap();
+    let inputs: Vec<&str> = got.predictions.iter().map(|r| r.input.as_str()).collect();
+    assert_eq!(got.predictions.len(), 2, "{inputs:?}");
+    assert!(inputs[0].ends_with("cine.dcm#frame1") && inputs[1].ends_with("cine.dcm#frame2"));
+    assert!(got.predictions.iter().all(|r| r.error.is_none()), "{got:?}");
+    assert_ne!(got.predictions[0].id, got.predictions[1].id);
+    // The first frame is the slice itself: the same id and probabilities as the file alone.
+    let single = predict(&model, &[ct.display().to_string()], "test")
+        .await
+        .unwrap();
+    assert_eq!(got.predictions[0].id, single.predictions[0].id);
+    assert_eq!(
+        got.predictions[0].probabilities,
+        single.predictions[0].probabilities
+    );
 }

@@ -222,6 +222,7 @@ fn binaries_train_from_s3_and_ctctl_reports_json() {
         none,
         &[
             "evaluate",
+            "--local",
             "--model",
             model,
             "--dataset",
@@ -233,6 +234,48 @@ fn binaries_train_from_s3_and_ctctl_reports_json() {
     .unwrap();
     assert_eq!(eval["samples"], 64);
     assert!(eval["accuracy"].as_f64().unwrap() > 0.5, "{eval}");
+    // The same evaluation on the cluster's workers (a job): the same report, written beside
+    // the model's job.
+    let on_cluster: serde_json::Value = serde_json::from_str(&ctctl_as(
+        s3_port,
+        &coordinator,
+        admin,
+        &[
+            "evaluate",
+            "--model",
+            model,
+            "--dataset",
+            "s3://bucket/ds",
+            "-o",
+            "json",
+        ],
+    ))
+    .unwrap();
+    for field in [
+        "samples",
+        "accuracy",
+        "roc_auc",
+        "roc_auc_ci95",
+        "confusion",
+        "per_class",
+        "ece",
+        "roc_curve",
+    ] {
+        assert_eq!(on_cluster[field], eval[field], "{field}");
+    }
+    let (a, b) = (
+        eval["loss"].as_f64().unwrap(),
+        on_cluster["loss"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-6, "{a} {b}");
+    let reports: Vec<_> = std::fs::read_dir(tmp.path().join("s3/bucket/out"))
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path().join("evaluation.json");
+            p.is_file().then_some(p)
+        })
+        .collect();
+    assert_eq!(reports.len(), 1, "{reports:?}");
 
     // Workers and coordinator stop cleanly on SIGTERM.
     for (i, w) in workers.iter_mut().enumerate() {

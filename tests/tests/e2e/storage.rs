@@ -146,6 +146,7 @@ async fn datasets_and_checkpoints(root: &StoreUrl) {
                 spec_yaml: String::new(),
                 model: model.clone(),
                 adam_time: step,
+                best: None,
             },
             adam: AdamSnapshot {
                 time: step,
