@@ -155,8 +155,13 @@ fn one_trace_spans_ctctl_the_coordinator_and_every_worker() {
         .filter(|s| s.name == "epoch")
         .collect();
     assert_eq!(epochs.len(), 2);
+    let export: Vec<_> = children(&spans, job)
+        .into_iter()
+        .filter(|s| s.name == "export")
+        .collect();
+    assert_eq!(export.len(), 1, "the job's end (export) is traced");
     assert!(
-        children(&spans, job)
+        children(&spans, export[0])
             .iter()
             .any(|s| s.name == "export_model"),
         "the model export is traced"
