@@ -11,6 +11,7 @@ pub mod auth;
 pub mod card;
 pub mod checkpoint;
 pub mod dataset;
+pub mod dtype;
 pub mod error;
 pub mod evaluate;
 pub mod health;

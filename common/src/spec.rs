@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::dtype::GradientDtype;
 use crate::model::{Norm, ResNetShape};
 use crate::preprocess::{Augment, Window};
 use crate::selection::SelectionSpec;
@@ -63,6 +64,11 @@ pub struct JobSpec {
     /// stop early when it stops improving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selection: Option<SelectionSpec>,
+    /// How workers send gradients: `f32` (exact, the default) or `bf16` (half the bytes; each
+    /// micro-batch's gradient rounded to nearest even, summed in f32: still the same bits for
+    /// any number of workers).
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub gradient_dtype: GradientDtype,
     /// URL under which the job writes `<job id>/checkpoints/...` and `<job id>/model.safetensors`.
     pub output: String,
     /// URL of a checkpoint (`.../checkpoints/step-NNNNNNNN`) to continue from.
@@ -86,6 +92,10 @@ pub struct JobSpec {
     /// (what `ctctl evaluate` submits); the report is `<output>/<job id>/evaluation.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluate: Option<EvaluateSpec>,
+}
+
+fn is_f32(d: &GradientDtype) -> bool {
+    *d == GradientDtype::F32
 }
 
 /// `evaluate:` in a job spec.

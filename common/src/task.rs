@@ -6,6 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::dtype::GradientDtype;
 use crate::{JobId, Step, TaskId, WorkerId};
 
 /// What a task computes.
@@ -49,6 +50,8 @@ pub struct TaskJob {
     pub seed: u64,
     /// The split the samples refer to.
     pub split: String,
+    /// How a training result's gradient is encoded.
+    pub gradient_dtype: GradientDtype,
 }
 
 impl TaskJob {
@@ -164,6 +167,8 @@ pub struct ResultHeader {
     pub correct: u32,
     /// Gradient values that follow (0 for evaluation).
     pub gradient_len: u64,
+    /// Their encoding.
+    pub gradient_dtype: GradientDtype,
     /// Seconds spent in forward/backward.
     pub compute_seconds: f64,
     /// Seconds spent getting parameters and data and building the batch.
@@ -228,6 +233,7 @@ mod tests {
             loss_sum: 1.5,
             correct: 2,
             gradient_len: 0,
+            gradient_dtype: GradientDtype::F32,
             compute_seconds: 0.1,
             fetch_seconds: 0.1,
             confusion: vec![1, 1, 0, 1],

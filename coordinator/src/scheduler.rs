@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::ewma::Ewma;
+use ctcluster_common::dtype::GradientDtype;
 use ctcluster_common::task::{FailureKind, Task, TaskFailure, TaskKind};
 use ctcluster_common::telemetry::TraceCarrier;
 use ctcluster_common::{JobId, Step, TaskId, WorkerId};
@@ -124,6 +125,8 @@ pub struct Expected {
     pub step: Step,
     /// Gradient length expected (0 for evaluation).
     pub gradient_len: u64,
+    /// The encoding of its values the task asked for.
+    pub gradient_dtype: GradientDtype,
     /// Samples in the task.
     pub samples: u32,
     /// Evaluation tasks: the model's classes (probabilities per sample).
@@ -300,6 +303,7 @@ impl Scheduler {
             job: p.job.clone(),
             step: p.task.step,
             gradient_len: p.task.gradient_len(),
+            gradient_dtype: p.task.job.gradient_dtype,
             samples: u32::try_from(p.task.samples.len()).unwrap_or(u32::MAX),
             classes: match p.task.kind {
                 TaskKind::Eval => p.task.job.classes().ok(),
@@ -432,6 +436,7 @@ mod tests {
                 model_json: "{}".into(),
                 seed: 1,
                 split: "train".into(),
+                gradient_dtype: ctcluster_common::dtype::GradientDtype::F32,
             }),
             epoch: 0,
             step: Step(step),

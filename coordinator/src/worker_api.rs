@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ctcluster_common::task::ResultHeader;
 use ctcluster_common::telemetry::{TraceCarrier, carrier_to_metadata, child_of_carrier};
-use ctcluster_common::tensor_bytes::{extend_f32_from_le_bytes, first_non_finite};
+use ctcluster_common::tensor_bytes::first_non_finite;
 use ctcluster_common::{JobId, TaskId, WorkerId, trace_span};
 use ctcluster_proto as pb;
 use futures::{Stream, StreamExt};
@@ -231,6 +231,12 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                 header.gradient_len, header.samples, expected.gradient_len, expected.samples
             )));
         }
+        if expected.gradient_len > 0 && header.gradient_dtype != expected.gradient_dtype {
+            return Err(reject(format!(
+                "a {} gradient, but the task asked for {}",
+                header.gradient_dtype, expected.gradient_dtype
+            )));
+        }
         if !header.loss_sum.is_finite() || header.correct > header.samples {
             return Err(reject(format!(
                 "loss {} / correct {} out of range",
@@ -255,16 +261,18 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         }
         let want = usize::try_from(expected.gradient_len)
             .map_err(|_| reject("gradient too long".into()))?;
+        let dtype = expected.gradient_dtype;
         let mut gradient = Vec::with_capacity(want);
         while let Some(msg) = stream.next().await {
             match msg?.part {
                 Some(pb::result_chunk::Part::Gradient(bytes)) => {
-                    if gradient.len() + bytes.len() / 4 > want {
+                    if gradient.len() + bytes.len() / dtype.bytes_per_value() > want {
                         return Err(reject(format!(
                             "more than the {want} gradient values announced"
                         )));
                     }
-                    extend_f32_from_le_bytes(&mut gradient, &bytes, "gradient")
+                    dtype
+                        .extend_decoded(&mut gradient, &bytes, "gradient")
                         .map_err(|e| reject(e.to_string()))?;
                 }
                 _ => return Err(reject("a second header in one result".into())),

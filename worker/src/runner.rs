@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use ctcluster_common::WorkerId;
 use ctcluster_common::addr_file::write_addr_file;
+use ctcluster_common::dtype::GradientDtype;
 use ctcluster_common::model::{BatchInput, ModelConfig};
 use ctcluster_common::task::{FailureKind, ResultHeader, Task, TaskFailure, TaskKind};
 use ctcluster_common::telemetry::{TraceCarrier, carrier_from_metadata, child_of_carrier};
-use ctcluster_common::tensor_bytes::f32_to_le_bytes;
 use ctcluster_common::trace_span;
 use ctcluster_proto as pb;
 use pb::worker_service_client::WorkerServiceClient;
@@ -252,7 +252,7 @@ fn fetch(client: &Client, worker: WorkerId) -> Fetch {
                     error_kind: pb::TaskFailureKind::from(FailureKind::Retryable) as i32,
                     ..Default::default()
                 };
-                push(client, header, Vec::new()).await?;
+                push(client, header, Vec::new(), GradientDtype::F32).await?;
                 Ok(None)
             }
         }
@@ -372,6 +372,7 @@ async fn work_loop(
             loss_sum: 0.0,
             correct: 0,
             gradient_len: 0,
+            gradient_dtype: task.job.gradient_dtype,
             compute_seconds,
             fetch_seconds,
             confusion: Vec::new(),
@@ -414,7 +415,15 @@ async fn work_loop(
         }
         span.record("loss", header.loss_sum / f64::from(header.samples.max(1)));
         let push_span = trace_span!(parent: &span, "push", bytes = 4 * gradient.len());
-        let result = Box::pin(push(client.clone(), header.into(), gradient).instrument(push_span));
+        let result = Box::pin(
+            push(
+                client.clone(),
+                header.into(),
+                gradient,
+                task.job.gradient_dtype,
+            )
+            .instrument(push_span),
+        );
         if ready.is_some() {
             // The next task is ready: it computes while this result travels.
             pushing = Some(result);
@@ -500,9 +509,11 @@ async fn push(
     mut client: Client,
     header: pb::ResultHeader,
     gradient: Vec<f32>,
+    dtype: GradientDtype,
 ) -> Result<(), WorkerError> {
-    // One copy into little-endian bytes; the chunks are views of it, not copies.
-    let bytes = bytes::Bytes::from(f32_to_le_bytes(&gradient));
+    // One copy into little-endian bytes of the task's format; the chunks are views of it, not
+    // copies, each a whole number of values.
+    let bytes = bytes::Bytes::from(dtype.encode(&gradient));
     drop(gradient);
     let mut msgs = vec![pb::ResultChunk {
         part: Some(pb::result_chunk::Part::Header(header)),

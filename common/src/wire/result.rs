@@ -2,6 +2,7 @@
 
 use ctcluster_proto as pb;
 
+use crate::dtype::GradientDtype;
 use crate::task::{FailureKind, ResultHeader, TaskFailure};
 use crate::{Error, JobId, Step, TaskId, WorkerId};
 
@@ -47,6 +48,7 @@ impl From<ResultHeader> for pb::ResultHeader {
             error_kind,
             probabilities: h.probs,
             labels: h.labels,
+            gradient_dtype: pb::GradientDtype::from(h.gradient_dtype) as i32,
         }
     }
 }
@@ -72,6 +74,7 @@ impl TryFrom<pb::ResultHeader> for ResultHeader {
             loss_sum: h.loss_sum,
             correct: h.correct,
             gradient_len: h.gradient_len,
+            gradient_dtype: GradientDtype::try_from(h.gradient_dtype)?,
             compute_seconds: h.compute_seconds,
             fetch_seconds: h.fetch_seconds,
             confusion: h.confusion,
@@ -96,6 +99,7 @@ mod tests {
             loss_sum: 5.5,
             correct: 6,
             gradient_len: 0,
+            gradient_dtype: GradientDtype::Bf16,
             compute_seconds: 0.25,
             fetch_seconds: 0.5,
             confusion: vec![3, 1, 1, 3],

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use ctcluster_proto as pb;
 
+use crate::dtype::GradientDtype;
 use crate::task::{SampleRef, Task, TaskJob, TaskKind};
 use crate::{Error, JobId, Step, TaskId};
 
@@ -29,6 +30,31 @@ impl TryFrom<i32> for TaskKind {
             Ok(pb::TaskKind::Unspecified) | Err(_) => Err(Error::invalid(
                 "task.kind",
                 format!("{raw} is not a task kind this worker knows (train, eval)"),
+            )),
+        }
+    }
+}
+
+impl From<GradientDtype> for pb::GradientDtype {
+    fn from(d: GradientDtype) -> Self {
+        match d {
+            GradientDtype::F32 => pb::GradientDtype::F32,
+            GradientDtype::Bf16 => pb::GradientDtype::Bf16,
+        }
+    }
+}
+
+impl TryFrom<i32> for GradientDtype {
+    type Error = Error;
+
+    /// An unknown format is refused: decoding its bytes as another would give wrong values.
+    fn try_from(raw: i32) -> Result<Self, Error> {
+        match pb::GradientDtype::try_from(raw) {
+            Ok(pb::GradientDtype::F32) => Ok(GradientDtype::F32),
+            Ok(pb::GradientDtype::Bf16) => Ok(GradientDtype::Bf16),
+            Err(_) => Err(Error::invalid(
+                "gradient_dtype",
+                format!("{raw} is not a gradient format this build knows (f32, bf16)"),
             )),
         }
     }
@@ -60,6 +86,7 @@ impl From<&TaskJob> for pb::TaskJob {
             model_json: j.model_json.clone(),
             seed: j.seed,
             split: j.split.clone(),
+            gradient_dtype: pb::GradientDtype::from(j.gradient_dtype) as i32,
         }
     }
 }
@@ -81,6 +108,7 @@ impl TryFrom<pb::TaskJob> for TaskJob {
             model_json: non_empty("task.job.model_json", j.model_json)?,
             seed: j.seed,
             split: non_empty("task.job.split", j.split)?,
+            gradient_dtype: GradientDtype::try_from(j.gradient_dtype)?,
         })
     }
 }
@@ -151,6 +179,7 @@ mod tests {
                 model_json: "{}".into(),
                 seed: 3,
                 split: "val".into(),
+                gradient_dtype: GradientDtype::Bf16,
             }),
             epoch: 1,
             step: Step(9),

@@ -29,6 +29,7 @@ pub(super) fn task_job(job: &JobHandle, model_json: &str, split: &str) -> Arc<Ta
         model_json: model_json.to_string(),
         seed: job.spec.seed,
         split: split.to_string(),
+        gradient_dtype: job.spec.gradient_dtype,
     })
 }
 
