@@ -312,6 +312,20 @@ async fn wrong_gradients_are_rejected_and_the_job_goes_on() {
             .await
             .unwrap_err();
     }
+    // A gradient in another format than the task asked for (its bytes would decode wrong).
+    let t = fetch_task(&mut w, &id).await;
+    let bf16 = pb::ResultHeader {
+        gradient_dtype: pb::GradientDtype::Bf16 as i32,
+        ..header(&t, n, t.step)
+    };
+    let err = push(&mut w, bf16, &vec![0.0; n as usize / 2])
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("bf16") && err.message().contains("f32"),
+        "{}",
+        err.message()
+    );
     w.goodbye(pb::GoodbyeRequest {
         worker_id: id.clone(),
     })
@@ -324,8 +338,8 @@ async fn wrong_gradients_are_rejected_and_the_job_goes_on() {
     let m = s.metrics.unwrap();
     assert!(m.train_loss.unwrap().is_finite() && m.val_loss.unwrap().is_finite());
     assert_eq!(
-        s.rejected_results, 3,
-        "the wrong-length, NaN and stale-step pushes"
+        s.rejected_results, 4,
+        "the wrong-length, NaN, stale-step and wrong-format pushes"
     );
     cluster.stop().await;
 }
