@@ -112,3 +112,42 @@ pub fn png_header_only(path: &Path, width: u32, height: u32) {
     out.extend(crc(&idat).to_be_bytes());
     std::fs::write(path, out).expect("write png");
 }
+
+/// Writes a multi-frame copy of a single-frame 16-bit DICOM slice (a cine loop): one frame per
+/// `(numerator, denominator)`, the slice's values scaled by it, and `sop_instance_uid` as its
+/// instance UID (so that ingest does not take it for the slice itself).
+pub fn multi_frame_slice(slice: &Path, out: &Path, sop_instance_uid: &str, scales: &[(i32, i32)]) {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    let mut obj = dicom_object::open_file(slice).unwrap();
+    let px = obj
+        .element(tags::PIXEL_DATA)
+        .unwrap()
+        .to_bytes()
+        .unwrap()
+        .to_vec();
+    let frames: Vec<u8> = scales
+        .iter()
+        .flat_map(|&(num, den)| {
+            px.chunks_exact(2).flat_map(move |c| {
+                ((i32::from(i16::from_le_bytes([c[0], c[1]])) * num / den) as i16).to_le_bytes()
+            })
+        })
+        .collect();
+    obj.put(DataElement::new(
+        tags::NUMBER_OF_FRAMES,
+        VR::IS,
+        PrimitiveValue::from(scales.len().to_string()),
+    ));
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::from(frames),
+    ));
+    obj.put(DataElement::new(
+        tags::SOP_INSTANCE_UID,
+        VR::UI,
+        PrimitiveValue::from(sop_instance_uid),
+    ));
+    obj.write_to_file(out).unwrap();
+}

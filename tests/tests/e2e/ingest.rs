@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use ctcluster_common::dataset::{Manifest, PixelType, load_manifest, load_shard};
 use ctcluster_common::storage::StoreUrl;
-use ctcluster_tests::fixtures::{jpeg, npy, npz, pattern, png, png_header_only};
+use ctcluster_tests::fixtures::{jpeg, multi_frame_slice, npy, npz, pattern, png, png_header_only};
 use ctcluster_tests::shared_data;
 use ctctl::ingest::{IngestArgs, IngestReport, IngestSource, OnShape, Reason};
 use dicom_core::{DataElement, PrimitiveValue, VR};
@@ -355,39 +355,9 @@ async fn dicom_ingest_leaves_no_identifier_and_keeps_patients_in_one_split() {
     let mut report_obj = dicom_object::open_file(&ct).unwrap();
     report_obj.remove_element(tags::PIXEL_DATA);
     report_obj.write_to_file(dir.join("sr.dcm")).unwrap();
-    let mut cine = dicom_object::open_file(&ct).unwrap();
-    let px = cine
-        .element(tags::PIXEL_DATA)
-        .unwrap()
-        .to_bytes()
-        .unwrap()
-        .to_vec();
-    cine.put(DataElement::new(
-        tags::NUMBER_OF_FRAMES,
-        VR::IS,
-        PrimitiveValue::from("2"),
-    ));
     // Frames that differ from each other and from the slice they are made of (identical
     // images would be dropped as duplicates).
-    let scaled = |num: i32, den: i32| -> Vec<u8> {
-        px.chunks_exact(2)
-            .flat_map(|c| {
-                ((i32::from(i16::from_le_bytes([c[0], c[1]])) * num / den) as i16).to_le_bytes()
-            })
-            .collect()
-    };
-    let frames = [scaled(3, 4), scaled(1, 2)].concat();
-    cine.put(DataElement::new(
-        tags::PIXEL_DATA,
-        VR::OW,
-        PrimitiveValue::from(frames),
-    ));
-    cine.put(DataElement::new(
-        tags::SOP_INSTANCE_UID,
-        VR::UI,
-        PrimitiveValue::from("1.2.3.44"),
-    ));
-    cine.write_to_file(dir.join("cine.dcm")).unwrap();
+    multi_frame_slice(&ct, &dir.join("cine.dcm"), "1.2.3.44", &[(3, 4), (1, 2)]);
     let bytes = std::fs::read(&ct).unwrap();
     std::fs::write(dir.join("truncated.dcm"), &bytes[..bytes.len() / 2]).unwrap();
     patient_slice(&ct, &dir.join("unlabelled.dcm"), 7, 0);

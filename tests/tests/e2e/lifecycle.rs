@@ -112,8 +112,11 @@ async fn below_min_workers_the_job_waits_and_says_why() {
         "epochs: 1\nmin_workers: 2\n",
     );
     let id = cluster.submit(&yaml).await.unwrap();
+    // The one worker may register after the job starts waiting: the message follows the count.
     let waiting = cluster
-        .poll_status(&id, |s| s.state == pb::JobState::Waiting as i32)
+        .poll_status(&id, |s| {
+            s.state == pb::JobState::Waiting as i32 && s.message.contains("1 of min_workers")
+        })
         .await;
     assert!(
         waiting.message.contains("1 of min_workers 2"),

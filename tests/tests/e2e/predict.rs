@@ -3,6 +3,7 @@
 //! (no patient attribute of it in the output).
 
 use ctcluster_common::dataset::{load_manifest, load_shard};
+use ctcluster_tests::fixtures::multi_frame_slice;
 use ctcluster_tests::{Cluster, shared_data, spec, synthetic};
 use ctctl::predict::{Output, predict, render};
 use dicom_dictionary_std::tags;
@@ -177,29 +178,8 @@ async fn predict_gives_evaluate_s_probabilities_on_raw_files_and_reports_bad_one
     }
 
     // A multi-frame object (a cine loop of the slice and a dimmer copy): a row per frame.
-    let mut cine = dicom_object::open_file(&ct).unwrap();
-    let px = cine
-        .element(tags::PIXEL_DATA)
-        .unwrap()
-        .to_bytes()
-        .unwrap()
-        .to_vec();
-    let dimmer: Vec<u8> = px
-        .chunks_exact(2)
-        .flat_map(|c| (i16::from_le_bytes([c[0], c[1]]) / 2).to_le_bytes())
-        .collect();
-    cine.put(dicom_core::DataElement::new(
-        tags::NUMBER_OF_FRAMES,
-        dicom_core::VR::IS,
-        dicom_core::PrimitiveValue::from("2"),
-    ));
-    cine.put(dicom_core::DataElement::new(
-        tags::PIXEL_DATA,
-        dicom_core::VR::OW,
-        dicom_core::PrimitiveValue::from([px, dimmer].concat()),
-    ));
     let cine_path = tmp.path().join("cine.dcm");
-    cine.write_to_file(&cine_path).unwrap();
+    multi_frame_slice(&ct, &cine_path, "1.2.3.44", &[(1, 1), (1, 2)]);
     let got = predict(&model, &[cine_path.display().to_string()], "test")
         .await
         .unwrap();
