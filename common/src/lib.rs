@@ -21,6 +21,7 @@ pub mod local_file;
 pub mod model;
 pub mod optim;
 pub mod preprocess;
+pub mod reduce_tree;
 pub mod rng;
 pub mod seal;
 pub mod selection;

@@ -155,7 +155,7 @@ impl FlatAdam {
             (false, false) => adam_chunk::<false, false>(chunk, &k),
         };
         // Element-wise: splitting the vector across cores gives the same bits.
-        let chunk = REDUCE_BLOCK;
+        let chunk = ADAM_BLOCK;
         if n >= PARALLEL_ELEMENTS / 4 {
             params
                 .par_chunks_mut(chunk)
@@ -190,68 +190,10 @@ impl FlatAdam {
     }
 }
 
-/// Elements summed at a time: the accumulator's block stays in cache while every gradient's
-/// block streams past it, so each gradient is read once and the sum written once.
-const REDUCE_BLOCK: usize = 1 << 15;
+/// Elements updated at a time by one thread.
+const ADAM_BLOCK: usize = 1 << 15;
 /// Below this many elements touched, threads cost more than they save.
 const PARALLEL_ELEMENTS: usize = 1 << 20;
-
-/// The mean gradient of a step: the gradients summed in the order given, element by element,
-/// and divided by the batch size; the first gradient's buffer is the accumulator, so nothing is
-/// allocated.
-pub fn reduce_mean(mut grads: Vec<Vec<f32>>, batch: u32) -> Result<Vec<f32>> {
-    reduce_mean_in(&mut grads, batch)
-}
-
-/// [`reduce_mean`] leaving the other gradients' buffers with the caller, who can free (or
-/// reuse) them off the critical path.
-pub fn reduce_mean_in(grads: &mut [Vec<f32>], batch: u32) -> Result<Vec<f32>> {
-    if grads.is_empty() {
-        return Err(Error::invalid("gradient", "no results to reduce"));
-    }
-    let mut sum = std::mem::take(&mut grads[0]);
-    let grads = &grads[1..];
-    if grads.iter().any(|g| g.len() != sum.len()) {
-        return Err(Error::invalid("gradient", "results differ in length"));
-    }
-    let b = batch as f32;
-    let block = |(i, acc): (usize, &mut [f32])| {
-        let (start, len) = (i * REDUCE_BLOCK, acc.len());
-        fn piece(g: &[f32], start: usize, len: usize) -> &[f32] {
-            &g[start..start + len]
-        }
-        // Four gradients a pass: ((((s + a) + b) + c) + d) is the same sum, in the same order,
-        // as four passes, with a quarter of the accumulator traffic and four streams in flight.
-        let mut quads = grads.chunks_exact(4);
-        for q in &mut quads {
-            let (a, b, c, d) = (
-                piece(&q[0], start, len),
-                piece(&q[1], start, len),
-                piece(&q[2], start, len),
-                piece(&q[3], start, len),
-            );
-            for ((((s, a), b), c), d) in acc.iter_mut().zip(a).zip(b).zip(c).zip(d) {
-                *s = (((*s + *a) + *b) + *c) + *d;
-            }
-        }
-        for g in quads.remainder() {
-            for (s, x) in acc.iter_mut().zip(piece(g, start, len)) {
-                *s += *x;
-            }
-        }
-        for s in acc.iter_mut() {
-            *s /= b;
-        }
-    };
-    // Blocks are independent and each element is summed in the same order either way, so
-    // running them on all cores changes nothing in the result.
-    if sum.len() * (grads.len() + 1) >= PARALLEL_ELEMENTS {
-        sum.par_chunks_mut(REDUCE_BLOCK).enumerate().for_each(block);
-    } else {
-        sum.chunks_mut(REDUCE_BLOCK).enumerate().for_each(block);
-    }
-    Ok(sum)
-}
 
 #[cfg(test)]
 mod tests {
@@ -315,27 +257,5 @@ mod tests {
         assert_eq!(q, p);
         assert_eq!(resumed.snapshot().unwrap(), opt.snapshot().unwrap());
         assert!(opt.step(p, vec![0.0; 3]).is_err());
-    }
-
-    #[test]
-    fn reduce_sums_in_order_and_divides_once() {
-        let mut rng = crate::rng::KeyedRng::new(3);
-        // Large enough to be split across cores.
-        let n = 30 * REDUCE_BLOCK + 17;
-        let grads: Vec<Vec<f32>> = (0..5)
-            .map(|_| (0..n).map(|_| rng.next_f32() - 0.5).collect())
-            .collect();
-        let naive: Vec<f32> = (0..n)
-            .map(|i| {
-                ((((grads[0][i] + grads[1][i]) + grads[2][i]) + grads[3][i]) + grads[4][i]) / 4.0
-            })
-            .collect();
-        assert!(
-            reduce_mean(grads, 4).unwrap() == naive,
-            "same order of additions"
-        );
-        assert_eq!(reduce_mean(vec![vec![2.0f32]], 4).unwrap(), vec![0.5]);
-        assert!(reduce_mean(vec![vec![1.0f32], vec![1.0, 2.0]], 1).is_err());
-        assert!(reduce_mean(Vec::<Vec<f32>>::new(), 1).is_err());
     }
 }

@@ -1,19 +1,21 @@
 //! Benchmark: the coordinator's reduce + Adam for the seed CNN and a ResNet-18-sized model
 //! (11.7M parameters) with 1 to 16 simulated workers' gradients, against the memory-bandwidth
-//! bound of the passes it must make: read every gradient once and read p, m, v and write them
-//! back once, (W + 6) x 4 bytes a parameter. The bandwidth is this machine's, measured here with
+//! bound of the passes it must make: the fixed reduction tree's W - 1 pairwise sums (read two
+//! gradients, write one), the division by the batch (read and write one), and Adam's pass (read
+//! p, g, m, v, write p, m, v): (3 (W - 1) + 9) x 4 bytes a parameter. The bandwidth is this machine's, measured here with
 //! a triad (a = b + s c) on 1 and all threads, the best of the two, over a working set (1.2 GB)
 //! larger than the largest case's (0.9 GB), so that neither fits in a cache.
 //!
 //! `cargo bench -p ctcluster-tests --bench reduce_adam` prints a Markdown table and writes
-//! `reduce_adam.json` beside the bench binary. "burn" is the previous path (a zeroed sum vector,
-//! then burn's tensor Adam), kept as the reference the fused pass equals bit for bit.
+//! `reduce_adam.json` beside the bench binary. "burn" is an older path (a zeroed sum vector
+//! summed left to right, then burn's tensor Adam), kept for comparison.
 
 use std::time::Instant;
 
 use ctcluster_common::dataset::{ImageInfo, PixelType};
 use ctcluster_common::model::ModelConfig;
-use ctcluster_common::optim::{FlatAdam, reduce_mean_in};
+use ctcluster_common::optim::FlatAdam;
+use ctcluster_common::reduce_tree::{Partial, TreeFold, into_mean};
 use ctcluster_common::spec::AdamSpec;
 use ctcluster_common::tensor_bytes::{extend_f32_from_le_bytes, f32_to_le_bytes};
 use ctcluster_proto as pb;
@@ -69,13 +71,27 @@ fn time_step(n: usize, workers: usize, reps: usize, fused: bool) -> f64 {
     let mut burn_adam = BurnAdam::new(&spec);
     let mut times = Vec::new();
     for rep in 0..reps + 2 {
-        let mut g = template.clone();
+        let g = template.clone();
         let start = Instant::now();
         if fused {
-            // The other gradients' buffers are freed after the clock stops (the coordinator
-            // frees them after publishing the step's parameters).
-            let sum = reduce_mean_in(&mut g, 128).unwrap();
+            // The coordinator's path: each gradient folded into the step's reduction tree as
+            // it arrives (here in order), then the mean and the fused Adam pass.
+            let mut fold = TreeFold::new(workers as u32).unwrap();
+            for (i, grad) in g.into_iter().enumerate() {
+                let leaf = Partial {
+                    grad,
+                    loss_sum: 0.0,
+                    samples: 1,
+                    correct: 0,
+                };
+                fold.push_leaf(i as u32, leaf).unwrap();
+            }
+            let sum = into_mean(fold.finish().unwrap().grad, 128);
             params = fused_adam.step(params, sum).unwrap();
+            if rep >= 2 {
+                times.push(start.elapsed().as_secs_f64());
+            }
+            continue;
         } else {
             let mut sum = vec![0f32; n];
             for r in &g {
@@ -167,7 +183,7 @@ fn main() {
         for workers in [1, 2, 4, 8, 16] {
             let burn = time_step(n, workers, reps, false);
             let fused = time_step(n, workers, reps, true);
-            let bound = ((workers + 6) * n * 4) as f64 / bw;
+            let bound = ((3 * (workers - 1) + 9) * n * 4) as f64 / bw;
             println!(
                 "| {name} | {n} | {workers} | {:.3} | {:.3} | {:.3} | {:.2}x |",
                 burn * 1e3,

@@ -1,14 +1,17 @@
-//! Rounds of tasks: handing micro-batches out, collecting results, reducing, evaluating.
+//! Rounds of tasks: handing micro-batches out, folding their results into the step's
+//! reduction tree, applying Adam, evaluating.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use ctcluster_common::evaluate::{EvalReport, report};
+use ctcluster_common::reduce_tree::{Partial, TreeFold, into_mean};
 use ctcluster_common::task::{Task, TaskJob, TaskKind};
 use ctcluster_common::telemetry::carrier_of;
 use ctcluster_common::{Error, Step, TaskId, trace_span};
 use tokio::sync::mpsc;
 use tracing::Span;
+use tracing::field::Empty;
 
 use crate::error::CoordError;
 use crate::job::JobHandle;
@@ -66,15 +69,86 @@ pub(super) async fn run_round(
     Ok(slots.into_iter().flatten().collect())
 }
 
-/// Sums gradients in task order, divides by the batch size and applies Adam; off the async
-/// threads. Returns the spent gradient buffers too, for the caller to free off the critical
-/// path (unmapping them takes longer than the reduction for a large model).
+/// Where a training task's micro-batches sit among its step's: `first..first + count`, an
+/// aligned block of the step's reduction tree.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Block {
+    pub first: u32,
+    pub count: u32,
+}
+
+/// Hands a step's training tasks out and folds each result into the step's reduction tree as it
+/// arrives (off the async threads), so that the coordinator holds one gradient per subtree
+/// waiting for its sibling, not one per task. Returns the step's sum.
+pub(super) async fn run_train_round(
+    coord: &Coordinator,
+    job: &JobHandle,
+    tasks: Vec<(Task, Block)>,
+    leaves: u32,
+    trace: &RoundTrace,
+    step_span: &Span,
+) -> Result<Partial, Stop> {
+    let (tasks, blocks): (Vec<Task>, Vec<Block>) = tasks.into_iter().unzip();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let ids = coord.scheduler.submit(&job.id, tasks, trace, &tx);
+    drop(tx);
+    let index: HashMap<_, _> = ids.iter().copied().zip(blocks).collect();
+    let mut done = HashSet::new();
+    let mut fold = Some(TreeFold::new(leaves)?);
+    let reduce = trace_span!(
+        parent: step_span,
+        "reduce",
+        leaves,
+        results = ids.len(),
+        peak_pending = Empty,
+    );
+    while done.len() < ids.len() {
+        // A stopping coordinator does not wait for the round: the job checkpoints the step it
+        // completed last (see `run::train`) and resumes from it.
+        let next = tokio::select! {
+            r = rx.recv() => r,
+            () = coord.shutdown.cancelled() => return Err(Stop::Shutdown),
+        };
+        let result = next
+            .ok_or_else(|| Stop::Failed(CoordError::Stale("the job's tasks were dropped".into())))?
+            .map_err(|e| Stop::Failed(CoordError::TaskFailed(e)))?;
+        let Some(&block) = index.get(&result.task) else {
+            continue;
+        };
+        if !done.insert(result.task) {
+            continue;
+        }
+        let sum = Partial {
+            grad: result.gradient,
+            loss_sum: result.loss_sum,
+            samples: u64::from(result.samples),
+            correct: u64::from(result.correct),
+        };
+        let mut f = fold
+            .take()
+            .ok_or_else(|| CoordError::Internal("fold lost".into()))?;
+        let span = reduce.clone();
+        fold = Some(
+            tokio::task::spawn_blocking(move || {
+                span.in_scope(|| f.push(block.first, block.count, sum))?;
+                Ok::<_, Error>(f)
+            })
+            .await
+            .map_err(|e| Error::Compute(format!("reduce panicked: {e}")))??,
+        );
+    }
+    let fold = fold.ok_or_else(|| CoordError::Internal("fold lost".into()))?;
+    reduce.record("peak_pending", fold.peak_pending());
+    Ok(fold.finish()?)
+}
+
+/// Divides the step's sum by its batch size and applies Adam; off the async threads.
 pub(super) async fn reduce_and_step(
     progress: Progress,
-    results: Vec<TaskResult>,
+    sum: Vec<f32>,
     batch: u32,
     step_span: &Span,
-) -> Result<(Progress, Vec<Vec<f32>>), Stop> {
+) -> Result<Progress, Stop> {
     let step_span = step_span.clone();
     let out = tokio::task::spawn_blocking(move || {
         let Progress {
@@ -82,29 +156,17 @@ pub(super) async fn reduce_and_step(
             mut adam,
             state,
         } = progress;
-        let reduce = trace_span!(
-            parent: &step_span,
-            "reduce",
-            results = results.len(),
-            bytes = 4 * params.len() * results.len(),
-        );
-        // In place: the first result's gradient buffer accumulates the others.
-        let mut grads: Vec<Vec<f32>> = results.into_iter().map(|r| r.gradient).collect();
-        let sum = reduce.in_scope(|| ctcluster_common::optim::reduce_mean_in(&mut grads, batch))?;
-        drop(reduce);
+        let mean = into_mean(sum, batch);
         let params = trace_span!(parent: &step_span, "optimizer", params = params.len())
-            .in_scope(|| adam.step(params, sum))?;
-        Ok::<_, Error>((
-            Progress {
-                params,
-                adam,
-                state,
-            },
-            grads,
-        ))
+            .in_scope(|| adam.step(params, mean))?;
+        Ok::<_, Error>(Progress {
+            params,
+            adam,
+            state,
+        })
     })
     .await
-    .map_err(|e| Error::Compute(format!("reduce panicked: {e}")))??;
+    .map_err(|e| Error::Compute(format!("optimizer panicked: {e}")))??;
     Ok(out)
 }
 
@@ -148,6 +210,7 @@ pub(super) async fn evaluate(
             params_version: at.version,
             num_params: at.num_params,
             samples: chunk.to_vec(),
+            micro_batch_size: chunk.len() as u32,
         })
         .collect();
     let trace = RoundTrace {

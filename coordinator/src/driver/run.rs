@@ -29,7 +29,7 @@ use crate::state::Coordinator;
 use super::export::{Finish, Provenance, finish, judge_epoch, stopped_early};
 use super::pace::{RateMeter, wait_for_workers};
 use super::persist::checkpoint;
-use super::rounds::{EvalAt, evaluate, reduce_and_step, run_round, task_job};
+use super::rounds::{Block, EvalAt, evaluate, reduce_and_step, run_train_round, task_job};
 use super::start::{Progress, plan_for, start_point};
 
 pub(super) enum Stop {
@@ -158,7 +158,6 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
     job.publish_params(p.state.step.0, &p.params);
     let mut rate = RateMeter::default();
     let mut last_checkpoint = None;
-    let mut freeing: Option<tokio::task::JoinHandle<()>> = None;
     let job_span = Span::current();
     let mut last_val = None;
     let mut early = None;
@@ -194,38 +193,48 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
                 }),
             };
             let task_job = task_job(job, &model_json, &plan.train.split);
-            let tasks: Vec<Task> = plan
-                .micro_batches(&order, p.state.step_in_epoch, spec)
-                .into_iter()
-                .map(|samples| Task {
-                    id: TaskId(0),
-                    kind: TaskKind::Train,
-                    job: task_job.clone(),
-                    epoch,
-                    step: Step(step),
-                    params_version: step,
-                    num_params: p.params.len() as u64,
-                    samples,
+            let micro = plan.micro_batches(&order, p.state.step_in_epoch, spec);
+            let leaves = micro.len() as u32;
+            let per_task = spec.micro_batches_per_task as usize;
+            let tasks: Vec<(Task, Block)> = micro
+                .chunks(per_task)
+                .enumerate()
+                .map(|(b, block)| {
+                    let samples = block.concat();
+                    let task = Task {
+                        id: TaskId(0),
+                        kind: TaskKind::Train,
+                        job: task_job.clone(),
+                        epoch,
+                        step: Step(step),
+                        params_version: step,
+                        num_params: p.params.len() as u64,
+                        micro_batch_size: spec.micro_batch_size.min(samples.len() as u32),
+                        samples,
+                    };
+                    let block = Block {
+                        first: (b * per_task) as u32,
+                        count: block.len() as u32,
+                    };
+                    (task, block)
                 })
                 .collect();
             let audited: Option<Vec<[u32; 2]>> = spec.audit.then(|| {
                 tasks
                     .iter()
-                    .flat_map(|t| t.samples.iter().map(|s| [s.shard, s.row]))
+                    .flat_map(|(t, _)| t.samples.iter().map(|s| [s.shard, s.row]))
                     .collect()
             });
-            let results = match run_round(coord, job, tasks, &round_trace).await {
+            let round = run_train_round(coord, job, tasks, leaves, &round_trace, &step_span);
+            let sum = match round.await {
                 Ok(r) => r,
                 Err(stop) => return preempted(job, &p, &job_output, last_checkpoint, stop).await,
             };
-            let samples: u64 = results.iter().map(|r| u64::from(r.samples)).sum();
-            let loss: f64 = results.iter().map(|r| r.loss_sum).sum();
-            let correct: u64 = results.iter().map(|r| u64::from(r.correct)).sum();
+            let (samples, loss, correct) = (sum.samples, sum.loss_sum, sum.correct);
             step_span.record("samples", samples);
             step_span.record("loss", loss / samples.max(1) as f64);
             let batch = u32::try_from(samples).map_err(|_| Error::invalid("batch", "too large"))?;
-            let (next, spent) = reduce_and_step(p, results, batch, &step_span).await?;
-            p = next;
+            p = reduce_and_step(p, sum.grad, batch, &step_span).await?;
             p.state.step = Step(step + 1);
             p.state.step_in_epoch += 1;
             p.state.epoch_loss_sum += loss;
@@ -233,12 +242,6 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
             p.state.epoch_correct += correct;
             trace_span!(parent: &step_span, "publish", version = p.state.step.0)
                 .in_scope(|| job.publish_params(p.state.step.0, &p.params));
-            // The spent gradient buffers are freed while the next step computes; at most one
-            // such task is outstanding (the previous one is long done by now).
-            if let Some(previous) = freeing.take() {
-                let _ = previous.await;
-            }
-            freeing = Some(tokio::task::spawn_blocking(move || drop(spent)));
             if job.record().unfinished_starts > 0 {
                 job.update(|r| r.unfinished_starts = 0);
                 records::save(&coord.config.state_url, &job.record()).await?;
