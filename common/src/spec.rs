@@ -12,6 +12,8 @@ use crate::{Error, Result};
 
 /// Largest global batch accepted (a guard against a typo allocating the world).
 pub const MAX_BATCH_SIZE: u32 = 65_536;
+/// Most micro-batches in one task.
+pub const MAX_MICRO_BATCHES_PER_TASK: u32 = 1024;
 /// Most epochs accepted.
 pub const MAX_EPOCHS: u32 = 100_000;
 /// Most users a job's output may be shared with.
@@ -35,6 +37,12 @@ pub struct JobSpec {
     /// size whatever the number of workers, which is what makes results independent of it.
     #[serde(default = "defaults::micro_batch_size")]
     pub micro_batch_size: u32,
+    /// Consecutive micro-batches handed to a worker as one task (a power of two): the worker
+    /// sums their gradients in the step's fixed reduction tree and pushes one, so the
+    /// coordinator receives that many times fewer bytes; the result is the same bits as with 1
+    /// (the default), whatever the number of workers (see `crate::reduce_tree`).
+    #[serde(default = "defaults::micro_batches_per_task")]
+    pub micro_batches_per_task: u32,
     /// Passes over the training split.
     #[serde(default = "defaults::epochs")]
     pub epochs: u32,
@@ -280,6 +288,9 @@ mod defaults {
     pub fn micro_batch_size() -> u32 {
         32
     }
+    pub fn micro_batches_per_task() -> u32 {
+        1
+    }
     pub fn epochs() -> u32 {
         5
     }
@@ -487,6 +498,15 @@ impl JobSpec {
             format!(
                 "{} is not in 1..=batch_size ({})",
                 self.micro_batch_size, self.batch_size
+            ),
+        )?;
+        check(
+            self.micro_batches_per_task.is_power_of_two()
+                && self.micro_batches_per_task <= MAX_MICRO_BATCHES_PER_TASK,
+            "micro_batches_per_task",
+            format!(
+                "{} is not a power of two in 1..={MAX_MICRO_BATCHES_PER_TASK}",
+                self.micro_batches_per_task
             ),
         )?;
         check(
@@ -755,6 +775,14 @@ mod tests {
             (
                 format!("{MINIMAL}micro_batch_size: 500\n"),
                 "micro_batch_size",
+            ),
+            (
+                format!("{MINIMAL}micro_batches_per_task: 3\n"),
+                "micro_batches_per_task",
+            ),
+            (
+                format!("{MINIMAL}micro_batches_per_task: 2048\n"),
+                "micro_batches_per_task",
             ),
             ("name: t\noutput: memory://d/o\n".to_string(), "dataset"),
             (

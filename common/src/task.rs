@@ -87,6 +87,11 @@ pub struct Task {
     pub num_params: u64,
     /// The samples, in batch order.
     pub samples: Vec<SampleRef>,
+    /// Training: the samples are cut, in order, into micro-batches of this many (the last may
+    /// be shorter), whose gradients the worker sums in the step's fixed reduction tree
+    /// (`crate::reduce_tree`); in 1..=samples.len(). Equal to the sample count when the task is
+    /// one micro-batch.
+    pub micro_batch_size: u32,
 }
 
 impl Task {

@@ -372,8 +372,8 @@ impl Scheduler {
         self.fail(task, worker, failure, live);
     }
 
-    /// Re-queues every task a lost worker held alone; returns how many it held.
-    pub fn release_worker(&self, worker: WorkerId) -> usize {
+    /// Re-queues every task a lost worker held alone; returns the job of each.
+    pub fn release_worker(&self, worker: WorkerId) -> Vec<JobId> {
         let mut g = self.lock();
         let mut ids: Vec<TaskId> = g
             .pending
@@ -383,12 +383,16 @@ impl Scheduler {
             .collect();
         // Highest id first, so that after push_front the lowest stands at the front.
         ids.sort_unstable_by(|a, b| b.cmp(a));
+        let jobs = ids
+            .iter()
+            .filter_map(|id| g.pending.get(id).map(|p| p.job.clone()))
+            .collect();
         for id in &ids {
             g.drop_holder(*id, worker);
         }
         drop(g);
         self.notify.notify_waiters();
-        ids.len()
+        jobs
     }
 
     /// Drops every outstanding task of a job (cancelled or failed).
@@ -443,6 +447,7 @@ mod tests {
             params_version: step,
             num_params: 10,
             samples: vec![SampleRef { shard: 0, row: 1 }],
+            micro_batch_size: 1,
         }
     }
 
@@ -462,7 +467,7 @@ mod tests {
         let (a, b) = (WorkerId(1), WorkerId(2));
         let t1 = s.next_for(a, POLL).await.unwrap().task;
         assert_eq!(t1.id, ids[0]);
-        assert_eq!(s.release_worker(a), 1);
+        assert_eq!(s.release_worker(a), vec![job.clone()]);
         let again = s.next_for(b, POLL).await.unwrap().task;
         assert_eq!(again.id, ids[0], "the lost task goes first");
         assert!(

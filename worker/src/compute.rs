@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 
 use burn::tensor::Device;
 use ctcluster_common::model::{
-    BatchInput, EvalOutput, ModelConfig, TrainOutput, eval_batch, train_batch,
+    BatchInput, EvalOutput, ModelConfig, TrainOutput, eval_batch, train_micro_batches,
 };
 use tokio::sync::oneshot;
 
@@ -14,8 +14,12 @@ use crate::WorkerError;
 
 /// One piece of work for the compute thread.
 pub enum Work {
-    /// Forward and backward.
-    Train,
+    /// Forward and backward of each micro-batch of this many images, their gradients summed in
+    /// the step's reduction tree.
+    Train {
+        /// Images per micro-batch.
+        micro_batch: usize,
+    },
     /// Forward only.
     Eval,
 }
@@ -51,8 +55,14 @@ impl ComputeThread {
             .spawn(move || {
                 for req in rx {
                     let out = match req.work {
-                        Work::Train => train_batch(&req.model, &req.params, &req.batch, &device)
-                            .map(Output::Train),
+                        Work::Train { micro_batch } => train_micro_batches(
+                            &req.model,
+                            &req.params,
+                            &req.batch,
+                            micro_batch,
+                            &device,
+                        )
+                        .map(Output::Train),
                         Work::Eval => eval_batch(&req.model, &req.params, &req.batch, &device)
                             .map(Output::Eval),
                     };

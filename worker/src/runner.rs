@@ -486,7 +486,9 @@ async fn prepare(
         let batch = trace_span!(parent: &span, "preprocess", samples = task.samples.len())
             .in_scope(|| cache.batch(&task, job))?;
         let work = match task.kind {
-            TaskKind::Train => Work::Train,
+            TaskKind::Train => Work::Train {
+                micro_batch: task.micro_batch_size as usize,
+            },
             TaskKind::Eval => Work::Eval,
         };
         Ok(Input {

@@ -7,6 +7,7 @@ mod compute;
 mod config;
 mod explain;
 mod for_job;
+mod micro;
 
 pub use arch::{Architecture, Norm, ParamSpec, ResNetShape};
 pub use batch::BatchBuilder;
@@ -19,6 +20,7 @@ pub use compute::{
 pub use config::{ARCHITECTURES, ModelConfig, RESNET, RESNET18, SEED_CNN};
 pub use explain::{Explanation, Method, SMOOTHGRAD_NOISE, SMOOTHGRAD_SAMPLES, explain};
 pub use for_job::model_for_job;
+pub use micro::train_micro_batches;
 
 /// A square single-channel 8-bit image description, for tests.
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use ctcluster_proto as pb;
 
 use crate::dtype::GradientDtype;
+use crate::spec::MAX_MICRO_BATCHES_PER_TASK;
 use crate::task::{SampleRef, Task, TaskJob, TaskKind};
 use crate::{Error, JobId, Step, TaskId};
 
@@ -124,6 +125,7 @@ impl From<&Task> for pb::Task {
             params_version: t.params_version,
             num_params: t.num_params,
             samples: t.samples.iter().map(|&s| s.into()).collect(),
+            micro_batch_size: t.micro_batch_size,
         }
     }
 }
@@ -152,6 +154,28 @@ impl TryFrom<pb::Task> for Task {
                 "a training task needs the parameter count",
             ));
         }
+        // 0: the whole task is one micro-batch (what a coordinator that predates pre-reduction
+        // sends).
+        let micro_batch_size = match t.micro_batch_size {
+            0 => t.samples.len() as u32,
+            m if m as usize <= t.samples.len() => m,
+            m => {
+                return Err(Error::invalid(
+                    "task.micro_batch_size",
+                    format!("{m} is more than the task's {} samples", t.samples.len()),
+                ));
+            }
+        };
+        let micro_batches = t.samples.len().div_ceil(micro_batch_size as usize);
+        if micro_batches > MAX_MICRO_BATCHES_PER_TASK as usize {
+            return Err(Error::invalid(
+                "task.micro_batch_size",
+                format!(
+                    "{micro_batches} micro-batches of {micro_batch_size}; a task has at most \
+                     {MAX_MICRO_BATCHES_PER_TASK}"
+                ),
+            ));
+        }
         Ok(Task {
             id: TaskId(t.task_id),
             kind,
@@ -161,6 +185,7 @@ impl TryFrom<pb::Task> for Task {
             params_version: t.params_version,
             num_params: t.num_params,
             samples: t.samples.into_iter().map(SampleRef::from).collect(),
+            micro_batch_size,
         })
     }
 }
@@ -186,6 +211,7 @@ mod tests {
             params_version: 9,
             num_params: 100,
             samples: vec![SampleRef { shard: 2, row: 5 }],
+            micro_batch_size: 1,
         }
     }
 
@@ -220,5 +246,17 @@ mod tests {
         p.kind = pb::TaskKind::Train as i32;
         p.num_params = 0;
         assert_eq!(field(p), "task.num_params");
+        let mut p = pb::Task::from(&task());
+        p.micro_batch_size = 2;
+        assert_eq!(field(p), "task.micro_batch_size");
+        let mut p = pb::Task::from(&task());
+        p.samples = vec![p.samples[0]; 2000];
+        p.micro_batch_size = 1;
+        assert_eq!(field(p), "task.micro_batch_size");
+        // A coordinator that predates micro-batches per task sends 0: one micro-batch.
+        let mut p = pb::Task::from(&task());
+        p.samples = vec![p.samples[0]; 40];
+        p.micro_batch_size = 0;
+        assert_eq!(Task::try_from(p).unwrap().micro_batch_size, 40);
     }
 }
