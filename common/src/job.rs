@@ -118,6 +118,9 @@ pub struct JobRecord {
     /// Straggling tasks handed to a second worker.
     #[serde(default)]
     pub reissued_tasks: u64,
+    /// Tasks put back in the queue because the worker computing them was lost.
+    #[serde(default)]
+    pub requeued_tasks: u64,
     /// Times the job was resumed from a checkpoint.
     #[serde(default)]
     pub resumes: u32,
@@ -178,6 +181,7 @@ impl JobRecord {
             workers: 0,
             rejected_results: 0,
             reissued_tasks: 0,
+            requeued_tasks: 0,
             resumes: 0,
             resumed_from_step: None,
             trace_context: TraceCarrier::new(),

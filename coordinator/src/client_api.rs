@@ -36,6 +36,7 @@ pub fn record_to_proto(r: &JobRecord) -> pb::JobStatus {
         workers: r.workers,
         rejected_results: r.rejected_results,
         reissued_tasks: r.reissued_tasks,
+        requeued_tasks: r.requeued_tasks,
         resumes: r.resumes,
         resumed_from_step: r.resumed_from_step,
         slowest_worker: String::new(),

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ctcluster_common::JobId;
 use ctcluster_common::card::load_card;
 use ctcluster_common::checkpoint::Checkpoint;
 use ctcluster_common::dataset::{load_manifest, verify_shard_sizes};
@@ -14,6 +13,7 @@ use ctcluster_common::seal::DataKey;
 use ctcluster_common::spec::JobSpec;
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_common::telemetry::TraceCarrier;
+use ctcluster_common::{JobId, WorkerId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -116,10 +116,22 @@ impl Coordinator {
                 _ = tick.tick() => {}
             }
             for (id, w) in self.workers.expire(self.config.worker_lease) {
-                let n = self.scheduler.release_worker(id);
+                let n = self.release_worker(id);
                 tracing::warn!(worker = %id, name = %w.name, requeued = n, "worker lease expired; dropped");
             }
         }
+    }
+
+    /// Puts the tasks a lost worker held back in the queue, counting them in their jobs'
+    /// records; returns how many.
+    pub fn release_worker(&self, id: WorkerId) -> usize {
+        let jobs = self.scheduler.release_worker(id);
+        for job in &jobs {
+            if let Some(handle) = self.jobs().get(job) {
+                handle.update(|r| r.requeued_tasks += 1);
+            }
+        }
+        jobs.len()
     }
 
     fn insert(&self, spec: JobSpec, record: JobRecord) -> Arc<JobHandle> {

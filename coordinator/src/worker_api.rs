@@ -321,7 +321,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let id = worker_id(&req.into_inner().worker_id)?;
         match self.coord.workers.remove(id, caller.name()) {
             Lease::Held => {
-                let n = self.coord.scheduler.release_worker(id);
+                let n = self.coord.release_worker(id);
                 tracing::info!(worker = %id, requeued = n, "worker said goodbye");
             }
             Lease::Unknown => {}

@@ -39,6 +39,8 @@ pub struct StatusJson {
     pub rejected_results: u64,
     /// Straggling tasks handed to a second worker.
     pub reissued_tasks: u64,
+    /// Tasks computed again because their worker was lost.
+    pub requeued_tasks: u64,
     /// Times the job was resumed from a checkpoint.
     pub resumes: u32,
     /// The step of the checkpoint it was last resumed from.
@@ -126,6 +128,7 @@ impl From<&pb::JobStatus> for StatusJson {
             workers: s.workers,
             rejected_results: s.rejected_results,
             reissued_tasks: s.reissued_tasks,
+            requeued_tasks: s.requeued_tasks,
             resumes: s.resumes,
             resumed_from_step: s.resumed_from_step,
             slowest_worker: non_empty(&s.slowest_worker),
