@@ -39,6 +39,9 @@ pub struct ChaosOptions {
     pub epochs: u32,
     /// Seed of the job and of the kill schedule.
     pub seed: u64,
+    /// Micro-batches a worker is handed as one task in the disturbed run (the undisturbed one
+    /// uses 1).
+    pub micro_batches_per_task: u32,
     /// Also run the job undisturbed and compare the final parameters.
     pub compare: bool,
 }
@@ -132,7 +135,8 @@ impl Cluster {
     }
 }
 
-async fn client(url: &str) -> ClientServiceClient<Channel> {
+/// A client of the coordinator at `url`, retrying for 30 s while it is not up.
+pub async fn client(url: &str) -> ClientServiceClient<Channel> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match ClientServiceClient::connect(url.to_string()).await {
@@ -143,7 +147,8 @@ async fn client(url: &str) -> ClientServiceClient<Channel> {
     }
 }
 
-async fn status(url: &str, job: &str) -> pb::JobStatus {
+/// A job's status, retrying for 60 s while the coordinator is not up.
+pub async fn status(url: &str, job: &str) -> pb::JobStatus {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut c = client(url).await;
@@ -155,7 +160,8 @@ async fn status(url: &str, job: &str) -> pb::JobStatus {
     }
 }
 
-async fn submit(url: &str, spec_yaml: String) -> String {
+/// Submits a spec; panics if it is refused.
+pub async fn submit(url: &str, spec_yaml: String) -> String {
     client(url)
         .await
         .submit(pb::SubmitRequest { spec_yaml })
@@ -165,7 +171,8 @@ async fn submit(url: &str, spec_yaml: String) -> String {
         .job_id
 }
 
-async fn wait_step(url: &str, job: &str, step: u64) -> pb::JobStatus {
+/// Waits (at most 10 min) until a job reaches `step` or ends.
+pub async fn wait_step(url: &str, job: &str, step: u64) -> pb::JobStatus {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let s = status(url, job).await;
@@ -181,7 +188,8 @@ async fn wait_step(url: &str, job: &str, step: u64) -> pb::JobStatus {
     }
 }
 
-async fn wait_end(url: &str, job: &str) -> pb::JobStatus {
+/// Waits until a job ends.
+pub async fn wait_end(url: &str, job: &str) -> pb::JobStatus {
     loop {
         let s = wait_step(url, job, u64::MAX).await;
         if is_terminal(s.state) {
@@ -190,9 +198,10 @@ async fn wait_end(url: &str, job: &str) -> pb::JobStatus {
     }
 }
 
-fn spec(opts: &ChaosOptions, dataset: &str, output: &str) -> String {
+fn spec(opts: &ChaosOptions, dataset: &str, output: &str, per_task: u32) -> String {
     format!(
-        "name: chaos\ndataset: {dataset}\noutput: {output}\nbatch_size: 32\nmicro_batch_size: 8\nepochs: {}\nseed: {}\n\
+        "name: chaos\ndataset: {dataset}\noutput: {output}\nbatch_size: 32\nmicro_batch_size: 8\n\
+         micro_batches_per_task: {per_task}\nepochs: {}\nseed: {}\n\
          model:\n  dropout: 0.5\nvalidation:\n  fraction: 0.1\ncheckpoint:\n  every_steps: 5\n  keep: 2\naudit: true\n",
         opts.epochs, opts.seed
     )
@@ -272,7 +281,16 @@ pub async fn run(opts: &ChaosOptions) -> ChaosReport {
         cluster.workers.push(w);
     }
     let url = cluster.url();
-    let job = submit(&url, spec(opts, dataset.as_str(), &format!("{root}/chaos"))).await;
+    let job = submit(
+        &url,
+        spec(
+            opts,
+            dataset.as_str(),
+            &format!("{root}/chaos"),
+            opts.micro_batches_per_task,
+        ),
+    )
+    .await;
     // A user following the job: it must ride out the coordinator kills.
     let watcher = Proc(
         std::process::Command::new(crate::procs::binary("ctctl"))
@@ -385,7 +403,11 @@ pub async fn run(opts: &ChaosOptions) -> ChaosReport {
     report.audit = audit(&job_output).await;
     report.watch_followed_to_the_end = watched_to_the_end(watcher, &report.state).await;
     if opts.compare && report.state == "succeeded" {
-        let calm = submit(&url, spec(opts, dataset.as_str(), &format!("{root}/calm"))).await;
+        let calm = submit(
+            &url,
+            spec(opts, dataset.as_str(), &format!("{root}/calm"), 1),
+        )
+        .await;
         let calm_end = wait_end(&url, &calm).await;
         let load = |s: &pb::JobStatus| {
             let url = StoreUrl::parse(&s.checkpoint).unwrap();

@@ -33,6 +33,10 @@ struct Args {
     /// Seed of the job and of the kill schedule.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Micro-batches a worker is handed as one task in the disturbed run (summed on the
+    /// worker); the undisturbed run always uses 1, so equality also checks pre-reduction.
+    #[arg(long, default_value_t = 2)]
+    micro_batches_per_task: u32,
     /// Skip the undisturbed comparison run.
     #[arg(long)]
     no_compare: bool,
@@ -52,6 +56,7 @@ async fn main() {
         train: a.train,
         epochs: a.epochs,
         seed: a.seed,
+        micro_batches_per_task: a.micro_batches_per_task,
         compare: !a.no_compare,
     };
     let report = run(&opts).await;

@@ -97,6 +97,49 @@ async fn bf16_gradients_keep_results_identical_across_worker_counts() {
     }
 }
 
+/// Twenty steps of the seed CNN (dropout 0.5), batches of 160 as five micro-batches of 32, on
+/// `workers` workers each handed `per_task` consecutive micro-batches (summed by the worker in
+/// the step's reduction tree): the final checkpoint.
+async fn with_micro_batches_per_task(
+    workers: usize,
+    dataset: &str,
+    per_task: u32,
+) -> ctcluster_common::checkpoint::Checkpoint {
+    let tag = format!("{workers}-{per_task}");
+    let cluster = Cluster::start(&format!("memory://exact-block-{tag}/s"), workers).await;
+    let status = cluster
+        .run(&spec(
+            "exactness-blocks",
+            dataset,
+            &format!("memory://exact-block-{tag}/o"),
+            &format!(
+                "batch_size: 160\nmicro_batch_size: 32\nmicro_batches_per_task: {per_task}\n\
+                 max_steps: 20\nepochs: 3\nseed: 11\nmodel:\n  dropout: 0.5\n"
+            ),
+        ))
+        .await;
+    cluster.stop().await;
+    assert_eq!(status.step, 20, "{}", status.message);
+    final_checkpoint(&status).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_reduction_on_workers_changes_no_bit() {
+    let ds = synthetic("memory://exact-blocks/ds", 1200, 16, 3).await;
+    let plain = with_micro_batches_per_task(1, ds.as_str(), 1).await;
+    // Blocks of 2 (the fifth micro-batch alone), of 4 (then one of 1) and of 8 (the whole
+    // step, a tree cut short at five leaves), on 1 to 3 workers.
+    for (workers, per_task) in [(2, 2), (3, 4), (1, 8)] {
+        let blocks = with_micro_batches_per_task(workers, ds.as_str(), per_task).await;
+        assert!(
+            blocks.params == plain.params && blocks.adam == plain.adam,
+            "{workers} workers with {per_task} micro-batches a task are not bit-identical to \
+             1 worker with 1: relative L2 {:e}",
+            rel_l2(&blocks.params, &plain.params)
+        );
+    }
+}
+
 /// Three steps of ResNet-18 (GroupNorm, dropout) on images resized to 12x12, with `workers`
 /// workers.
 async fn resnet18_params(ds: &str, workers: usize) -> Vec<f32> {
