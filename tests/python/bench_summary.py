@@ -90,6 +90,17 @@ def main():
     if red:
         worst = max(r["fused_seconds"] / r["bound_seconds"] for r in red["rows"])
         row("reduce + Adam, worst fused / bandwidth bound", worst, "ratio", "<= 2.0")
+    scale = load(d, "scale.json")
+    if scale:
+        today = next((r for r in scale if r["case"]["micro_batches_per_task"] == 1 and r["case"]["micro_batch_size"] == 32), None)
+        for r in scale:
+            c = r["case"]
+            what = f"scale, ResNet-18, {r['workers']} workers, batch {r['batch_size']}: {c['name']}"
+            row(f"{what}: coordinator MB read a step", r["coordinator_read_bytes_per_step"] / 1e6, "MB")
+            row(f"{what}: coordinator peak RSS", r["coordinator_peak_rss_bytes"] / 1e6, "MB")
+            row(f"{what}: step time", r["step_seconds"], "s")
+            if today and r is not today:
+                row(f"{what}: coordinator bytes / today's", r["coordinator_read_bytes_per_step"] / today["coordinator_read_bytes_per_step"], "ratio")
     if lt and "rounds" in lt:
         print(f"\nseed CNN step rows: median of {lt['rounds']} rounds, taken in turns")
     print("\n| measurement | value | target |")

@@ -11,6 +11,7 @@ pub mod fixtures;
 pub mod netns;
 pub mod otlp;
 pub mod procs;
+pub mod scale;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,0 +1,167 @@
+//! The scale benchmark: a ResNet-18 (11.2M parameters, 45 MB of f32) trained by real processes
+//! over loopback, a coordinator and eight workers, global batch 1024. Per reduction setup it
+//! measures, per step: the bytes each process read from its sockets and files
+//! (`/proc/<pid>/io`, `rchar`), for the coordinator and the busiest worker; the step time; and
+//! the coordinator's peak resident memory (`VmHWM`). Each setup gets a fresh coordinator, so
+//! the peaks are its own.
+//!
+//! The images are 8x8, so that eight workers on a few cores compute a step in seconds: the
+//! parameter count, and so every byte on the wire and in the coordinator, is ResNet-18's.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ctcluster_common::dataset::{SynthOptions, write_synthetic};
+use ctcluster_common::storage::StoreUrl;
+use serde::Serialize;
+
+use crate::chaos::{status, submit, wait_step};
+use crate::procs::{Proc, start_coordinator};
+
+/// One way of reducing a step.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScaleCase {
+    /// What it is, for the table.
+    pub name: String,
+    /// Samples per micro-batch.
+    pub micro_batch_size: u32,
+    /// Micro-batches per task (summed on the worker).
+    pub micro_batches_per_task: u32,
+}
+
+/// What one setup measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScaleRow {
+    /// The setup.
+    pub case: ScaleCase,
+    /// Workers.
+    pub workers: usize,
+    /// Global batch.
+    pub batch_size: u32,
+    /// Micro-batches a step (leaves of the reduction tree).
+    pub micro_batches: u32,
+    /// Results the coordinator receives a step.
+    pub results_per_step: u32,
+    /// Seconds a step (mean over the timed steps).
+    pub step_seconds: f64,
+    /// Bytes the coordinator read a step.
+    pub coordinator_read_bytes_per_step: f64,
+    /// Bytes the worker that read most read a step.
+    pub busiest_worker_read_bytes_per_step: f64,
+    /// The coordinator's peak resident memory, bytes.
+    pub coordinator_peak_rss_bytes: u64,
+}
+
+/// Bytes a process has read (`rchar`: read(2) and friends, sockets included).
+fn read_bytes(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Peak resident memory of a process, bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Writes the benchmark's dataset (8x8 synthetic images) under `dir`.
+pub async fn dataset(dir: &Path, train: usize) -> StoreUrl {
+    let ds = StoreUrl::parse(&format!("{}/ds", dir.display())).unwrap();
+    let opts = SynthOptions {
+        train,
+        test: 16,
+        size: 8,
+        seed: 5,
+    };
+    write_synthetic(&ds, opts).await.unwrap();
+    ds
+}
+
+/// Runs one setup: a fresh coordinator and `workers` workers, `warmup` steps, then `steps`
+/// measured ones.
+pub async fn run_case(
+    dir: &Path,
+    ds: &StoreUrl,
+    case: &ScaleCase,
+    workers: usize,
+    batch_size: u32,
+    warmup: u64,
+    steps: u64,
+) -> ScaleRow {
+    let tag = format!("{}-{}", case.micro_batch_size, case.micro_batches_per_task);
+    let state = dir.join(format!("state-{tag}"));
+    std::fs::create_dir_all(&state).unwrap();
+    let (coordinator, listening) = start_coordinator(&state, &[]);
+    let url = format!("http://127.0.0.1:{}", listening.port);
+    let procs: Vec<Proc> = (0..workers)
+        .map(|i| {
+            Proc::start(
+                "ctcluster-worker",
+                &[
+                    "--coordinator",
+                    &url,
+                    "--name",
+                    &format!("scale-{i}"),
+                    "--insecure",
+                ],
+                &[],
+            )
+        })
+        .collect();
+    let spec = format!(
+        "name: scale\ndataset: {}\noutput: {}/out-{tag}\nbatch_size: {batch_size}\n\
+         micro_batch_size: {}\nmicro_batches_per_task: {}\nepochs: 1000\nmax_steps: {}\n\
+         min_workers: {workers}\nmodel:\n  name: resnet18\n  dropout: 0\n\
+         validation:\n  fraction: 0\ncheckpoint:\n  every_steps: 1000000\n",
+        ds.as_str(),
+        dir.display(),
+        case.micro_batch_size,
+        case.micro_batches_per_task,
+        warmup + steps + 1,
+    );
+    let job = submit(&url, spec).await;
+    let s = wait_step(&url, &job, warmup).await;
+    assert!(s.step >= warmup, "the job stopped: {}", s.message);
+    let t0 = Instant::now();
+    let coordinator_pid = coordinator.0.id();
+    let worker_pids: Vec<u32> = procs.iter().map(|p| p.0.id()).collect();
+    let c0 = read_bytes(coordinator_pid);
+    let w0: Vec<u64> = worker_pids.iter().map(|&p| read_bytes(p)).collect();
+    let s = wait_step(&url, &job, warmup + steps).await;
+    assert!(s.step >= warmup + steps, "the job stopped: {}", s.message);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let c1 = read_bytes(coordinator_pid);
+    let busiest = worker_pids
+        .iter()
+        .zip(&w0)
+        .map(|(&p, &before)| read_bytes(p).saturating_sub(before))
+        .max()
+        .unwrap_or(0);
+    let peak = peak_rss(coordinator_pid);
+    let per_step = |b: u64| b as f64 / steps as f64;
+    let micro_batches = batch_size.div_ceil(case.micro_batch_size);
+    let row = ScaleRow {
+        case: case.clone(),
+        workers,
+        batch_size,
+        micro_batches,
+        results_per_step: micro_batches.div_ceil(case.micro_batches_per_task),
+        step_seconds: elapsed / steps as f64,
+        coordinator_read_bytes_per_step: per_step(c1.saturating_sub(c0)),
+        busiest_worker_read_bytes_per_step: per_step(busiest),
+        coordinator_peak_rss_bytes: peak,
+    };
+    // The job is not needed to its end.
+    let _ = status(&url, &job).await;
+    drop(procs);
+    drop(coordinator);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    row
+}
