@@ -41,15 +41,19 @@ impl Default for Limits {
 /// dataset, at its peak:
 /// - parameters, the encoded copy workers fetch, and Adam's two moments: 4 vectors;
 /// - a checkpoint being encoded (parameters and moments as bytes, sealed copies): 3 more;
-/// - the step's micro-batch gradients, second copies pushed by re-issued stragglers, and the
-///   previous step's being freed: 3 x ceil(batch / micro-batch) vectors;
+/// - the step's results (one gradient a task: ceil(micro-batches / micro_batches_per_task)),
+///   at most one vector each: the reduction tree holds at most half of them (subtrees waiting
+///   for a sibling, when results come in the worst order; the tree's depth when they come in
+///   order), the rest covers results being received and straggler copies, which are dropped on
+///   arrival;
 /// - the data plan: 32 bytes a sample (references, the epoch's order, validation ids);
 /// - with a validation fraction, the largest train shard decoded to read its ids (its stored
 ///   bytes and its pixels as f32).
 pub fn footprint(spec: &JobSpec, manifest: &Manifest, num_params: usize) -> u64 {
     let vector = 4 * num_params as u64;
-    let micro_batches = u64::from(spec.batch_size.div_ceil(spec.micro_batch_size));
-    let vectors = 4 + 3 + 3 * micro_batches;
+    let micro_batches = spec.batch_size.div_ceil(spec.micro_batch_size);
+    let results = u64::from(micro_batches.div_ceil(spec.micro_batches_per_task));
+    let vectors = 4 + 3 + results;
     let samples: u64 = manifest
         .splits
         .values()
@@ -112,7 +116,8 @@ impl Admissions {
                 format!(
                     "the job would hold {} in the coordinator (parameters, Adam state, a step's \
                      gradients, the data plan), more than the {} one job may hold; use a smaller \
-                     model or input size, or fewer micro-batches a step (a larger micro_batch_size)",
+                     model or input size, or fewer results a step (a larger micro_batch_size or \
+                     micro_batches_per_task)",
                     mib(bytes),
                     mib(limits.job_bytes)
                 ),

@@ -2,7 +2,7 @@
 //! ResNet-18, eight workers, global batch 1024, for today's path (one micro-batch of 32 a
 //! task), pre-reduction on the workers (blocks of four micro-batches, one result a worker a
 //! step) and twice the micro-batches (16 samples each), side by side: bytes the coordinator and
-//! the busiest worker read a step, step time, the coordinator's peak resident memory.
+//! the busiest worker received a step, step time, the coordinator's peak resident memory.
 //!
 //! `cargo build --release --workspace --bins && cargo bench -p ctcluster-tests --bench scale`
 //! prints a Markdown table and writes `scale.json` beside the bench binary.
@@ -28,7 +28,7 @@ async fn main() {
          coordinator on loopback, batch {BATCH}, {STEPS} steps timed\n"
     );
     println!(
-        "| setup | micro-batches | results a step | step s | coordinator MB read a step | busiest worker MB read a step | coordinator peak RSS MB |"
+        "| setup | micro-batches | results a step | step s | coordinator MB received a step | busiest worker MB received a step | coordinator peak RSS MB |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
@@ -44,8 +44,8 @@ async fn main() {
             r.micro_batches,
             r.results_per_step,
             r.step_seconds,
-            r.coordinator_read_bytes_per_step / 1e6,
-            r.busiest_worker_read_bytes_per_step / 1e6,
+            r.coordinator_received_bytes_per_step / 1e6,
+            r.busiest_worker_received_bytes_per_step / 1e6,
             r.coordinator_peak_rss_bytes as f64 / 1e6,
         );
         rows.push(r);

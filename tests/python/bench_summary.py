@@ -96,11 +96,11 @@ def main():
         for r in scale:
             c = r["case"]
             what = f"scale, ResNet-18, {r['workers']} workers, batch {r['batch_size']}: {c['name']}"
-            row(f"{what}: coordinator MB read a step", r["coordinator_read_bytes_per_step"] / 1e6, "MB")
+            row(f"{what}: coordinator MB received a step", r["coordinator_received_bytes_per_step"] / 1e6, "MB")
             row(f"{what}: coordinator peak RSS", r["coordinator_peak_rss_bytes"] / 1e6, "MB")
             row(f"{what}: step time", r["step_seconds"], "s")
             if today and r is not today:
-                row(f"{what}: coordinator bytes / today's", r["coordinator_read_bytes_per_step"] / today["coordinator_read_bytes_per_step"], "ratio")
+                row(f"{what}: coordinator bytes / today's", r["coordinator_received_bytes_per_step"] / today["coordinator_received_bytes_per_step"], "ratio")
     if lt and "rounds" in lt:
         print(f"\nseed CNN step rows: median of {lt['rounds']} rounds, taken in turns")
     print("\n| measurement | value | target |")

@@ -1,14 +1,16 @@
 //! The scale benchmark: a ResNet-18 (11.2M parameters, 45 MB of f32) trained by real processes
 //! over loopback, a coordinator and eight workers, global batch 1024. Per reduction setup it
-//! measures, per step: the bytes each process read from its sockets and files
-//! (`/proc/<pid>/io`, `rchar`), for the coordinator and the busiest worker; the step time; and
-//! the coordinator's peak resident memory (`VmHWM`). Each setup gets a fresh coordinator, so
+//! measures, per step: the bytes the coordinator and the busiest worker received over TCP (the
+//! kernel's count for each established connection, `bytes_received` in `ss -tinp`); the step
+//! time; and the coordinator's peak resident memory (`VmHWM`). Each setup gets a fresh coordinator, so
 //! the peaks are its own.
 //!
 //! The images are 8x8, so that eight workers on a few cores compute a step in seconds: the
 //! parameter count, and so every byte on the wire and in the coordinator, is ResNet-18's.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ctcluster_common::dataset::{SynthOptions, write_synthetic};
@@ -44,21 +46,58 @@ pub struct ScaleRow {
     pub results_per_step: u32,
     /// Seconds a step (mean over the timed steps).
     pub step_seconds: f64,
-    /// Bytes the coordinator read a step.
-    pub coordinator_read_bytes_per_step: f64,
-    /// Bytes the worker that read most read a step.
-    pub busiest_worker_read_bytes_per_step: f64,
+    /// Bytes the coordinator received a step.
+    pub coordinator_received_bytes_per_step: f64,
+    /// Bytes the worker that received most received a step.
+    pub busiest_worker_received_bytes_per_step: f64,
     /// The coordinator's peak resident memory, bytes.
     pub coordinator_peak_rss_bytes: u64,
 }
 
-/// Bytes a process has read (`rchar`: read(2) and friends, sockets included).
-fn read_bytes(pid: u32) -> u64 {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
-    io.lines()
-        .find_map(|l| l.strip_prefix("rchar:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+/// Bytes received so far over the established TCP connections of the coordinator listening on
+/// `port`: what the coordinator received (its side of every connection to `port`), and what
+/// each other process received on its connections to `port`, by pid. From the kernel's
+/// per-connection counters (`ss -tinp`).
+fn received(port: u16) -> (u64, HashMap<u32, u64>) {
+    let out = Command::new("ss")
+        .args(["-tinpH", "state", "established"])
+        .output()
+        .expect("run ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (mut coordinator, mut by_pid) = (0u64, HashMap::new());
+    // A header line (addresses and owner), then indented lines of counters.
+    let mut header: Option<(bool, bool, Option<u32>)> = None;
+    for line in text.lines() {
+        if !line.starts_with(char::is_whitespace) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let ends_with_port = |i: usize| {
+                fields
+                    .get(i)
+                    .is_some_and(|a| a.rsplit(':').next() == Some(port.to_string().as_str()))
+            };
+            let pid = line
+                .split("pid=")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|p| p.parse().ok());
+            header = Some((ends_with_port(2), ends_with_port(3), pid));
+            continue;
+        }
+        let Some((local, peer, pid)) = header else {
+            continue;
+        };
+        let bytes: u64 = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("bytes_received:"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if local {
+            coordinator += bytes;
+        } else if peer && let Some(pid) = pid {
+            *by_pid.entry(pid).or_default() += bytes;
+        }
+    }
+    (coordinator, by_pid)
 }
 
 /// Peak resident memory of a process, bytes (`VmHWM`).
@@ -132,16 +171,17 @@ pub async fn run_case(
     let t0 = Instant::now();
     let coordinator_pid = coordinator.0.id();
     let worker_pids: Vec<u32> = procs.iter().map(|p| p.0.id()).collect();
-    let c0 = read_bytes(coordinator_pid);
-    let w0: Vec<u64> = worker_pids.iter().map(|&p| read_bytes(p)).collect();
+    let (c0, w0) = received(listening.port);
     let s = wait_step(&url, &job, warmup + steps).await;
     assert!(s.step >= warmup + steps, "the job stopped: {}", s.message);
     let elapsed = t0.elapsed().as_secs_f64();
-    let c1 = read_bytes(coordinator_pid);
+    let (c1, w1) = received(listening.port);
     let busiest = worker_pids
         .iter()
-        .zip(&w0)
-        .map(|(&p, &before)| read_bytes(p).saturating_sub(before))
+        .map(|p| {
+            let before = w0.get(p).copied().unwrap_or(0);
+            w1.get(p).copied().unwrap_or(0).saturating_sub(before)
+        })
         .max()
         .unwrap_or(0);
     let peak = peak_rss(coordinator_pid);
@@ -154,8 +194,8 @@ pub async fn run_case(
         micro_batches,
         results_per_step: micro_batches.div_ceil(case.micro_batches_per_task),
         step_seconds: elapsed / steps as f64,
-        coordinator_read_bytes_per_step: per_step(c1.saturating_sub(c0)),
-        busiest_worker_read_bytes_per_step: per_step(busiest),
+        coordinator_received_bytes_per_step: per_step(c1.saturating_sub(c0)),
+        busiest_worker_received_bytes_per_step: per_step(busiest),
         coordinator_peak_rss_bytes: peak,
     };
     // The job is not needed to its end.
