@@ -19,7 +19,7 @@ use pb::client_service_client::ClientServiceClient;
 use serde::Serialize;
 use tonic::transport::Channel;
 
-use crate::procs::{Proc, restart_coordinator, start_coordinator};
+use crate::procs::{Proc, restart_coordinator, start_coordinator, start_worker};
 use ctctl::render::is_terminal;
 
 /// What to run and what to break.
@@ -120,18 +120,7 @@ impl Cluster {
 
     fn start_worker(&mut self) -> Proc {
         self.started += 1;
-        let url = self.url();
-        Proc::start(
-            "ctcluster-worker",
-            &[
-                "--coordinator",
-                &url,
-                "--name",
-                &format!("chaos-{}", self.started),
-                "--insecure",
-            ],
-            &[],
-        )
+        start_worker(&self.url(), &format!("chaos-{}", self.started), &[], &[])
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 pub use procs::{
     Listening, Proc, addr_file_path, bin_dir, binary, python, python_script, reported_port,
-    restart_coordinator, start_coordinator, start_coordinator_env, start_s3,
+    restart_coordinator, start_coordinator, start_coordinator_env, start_s3, start_worker,
     start_worker_with_health, wait_for_addr_file,
 };
 

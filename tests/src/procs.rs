@@ -131,6 +131,14 @@ pub fn start_worker_with_health(args: &[&str]) -> (Proc, u16) {
     (p, health)
 }
 
+/// Starts a plain-text `ctcluster-worker` named `name` for the coordinator at `url`, with the
+/// extra flags and environment. Killed when dropped.
+pub fn start_worker(url: &str, name: &str, extra: &[&str], env: &[(&str, String)]) -> Proc {
+    let mut args = vec!["--coordinator", url, "--name", name, "--insecure"];
+    args.extend_from_slice(extra);
+    Proc::start("ctcluster-worker", &args, env)
+}
+
 /// Starts a plain-text `ctcluster-coordinator` on a loopback port it picks, with its state in
 /// `state` and the extra flags (`--health-listen 127.0.0.1:0` gets a port of its own too), and
 /// waits until it listens. Killed when dropped.

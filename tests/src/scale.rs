@@ -18,7 +18,7 @@ use ctcluster_common::storage::StoreUrl;
 use serde::Serialize;
 
 use crate::chaos::{status, submit, wait_step};
-use crate::procs::{Proc, start_coordinator};
+use crate::procs::{Proc, start_coordinator, start_worker};
 
 /// One way of reducing a step.
 #[derive(Clone, Debug, Serialize)]
@@ -140,19 +140,7 @@ pub async fn run_case(
     let (coordinator, listening) = start_coordinator(&state, &[]);
     let url = format!("http://127.0.0.1:{}", listening.port);
     let procs: Vec<Proc> = (0..workers)
-        .map(|i| {
-            Proc::start(
-                "ctcluster-worker",
-                &[
-                    "--coordinator",
-                    &url,
-                    "--name",
-                    &format!("scale-{i}"),
-                    "--insecure",
-                ],
-                &[],
-            )
-        })
+        .map(|i| start_worker(&url, &format!("scale-{i}"), &[], &[]))
         .collect();
     let spec = format!(
         "name: scale\ndataset: {}\noutput: {}/out-{tag}\nbatch_size: {batch_size}\n\

@@ -16,7 +16,7 @@ use tracing::field::Empty;
 use crate::error::CoordError;
 use crate::job::JobHandle;
 use crate::plan::SplitRefs;
-use crate::scheduler::{RoundTrace, TaskResult};
+use crate::scheduler::{RoundTrace, TaskOutcome, TaskResult};
 use crate::state::Coordinator;
 
 use super::run::Stop;
@@ -36,6 +36,20 @@ pub(super) fn task_job(job: &JobHandle, model_json: &str, split: &str) -> Arc<Ta
     })
 }
 
+/// The next result of a round. A stopping coordinator does not wait for the round: the job
+/// checkpoints the step it completed last (see `run::train`) and resumes from it.
+async fn next_result(
+    coord: &Coordinator,
+    rx: &mut mpsc::UnboundedReceiver<TaskOutcome>,
+) -> Result<TaskResult, Stop> {
+    let next = tokio::select! {
+        r = rx.recv() => r,
+        () = coord.shutdown.cancelled() => return Err(Stop::Shutdown),
+    };
+    next.ok_or_else(|| Stop::Failed(CoordError::Stale("the job's tasks were dropped".into())))?
+        .map_err(|e| Stop::Failed(CoordError::TaskFailed(e)))
+}
+
 /// Hands tasks out and waits for every result; returns them in the order given.
 pub(super) async fn run_round(
     coord: &Coordinator,
@@ -50,15 +64,7 @@ pub(super) async fn run_round(
     let mut slots: Vec<Option<TaskResult>> = (0..ids.len()).map(|_| None).collect();
     let mut remaining = ids.len();
     while remaining > 0 {
-        // A stopping coordinator does not wait for the round: the job checkpoints the step it
-        // completed last (see `run::train`) and resumes from it.
-        let next = tokio::select! {
-            r = rx.recv() => r,
-            () = coord.shutdown.cancelled() => return Err(Stop::Shutdown),
-        };
-        let result = next
-            .ok_or_else(|| Stop::Failed(CoordError::Stale("the job's tasks were dropped".into())))?
-            .map_err(|e| Stop::Failed(CoordError::TaskFailed(e)))?;
+        let result = next_result(coord, &mut rx).await?;
         if let Some(&i) = index.get(&result.task)
             && slots[i].is_none()
         {
@@ -103,15 +109,7 @@ pub(super) async fn run_train_round(
         peak_pending = Empty,
     );
     while done.len() < ids.len() {
-        // A stopping coordinator does not wait for the round: the job checkpoints the step it
-        // completed last (see `run::train`) and resumes from it.
-        let next = tokio::select! {
-            r = rx.recv() => r,
-            () = coord.shutdown.cancelled() => return Err(Stop::Shutdown),
-        };
-        let result = next
-            .ok_or_else(|| Stop::Failed(CoordError::Stale("the job's tasks were dropped".into())))?
-            .map_err(|e| Stop::Failed(CoordError::TaskFailed(e)))?;
+        let result = next_result(coord, &mut rx).await?;
         let Some(&block) = index.get(&result.task) else {
             continue;
         };

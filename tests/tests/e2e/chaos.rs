@@ -57,7 +57,7 @@ async fn a_worker_killed_mid_block_changes_nothing() {
     use ctcluster_common::checkpoint::Checkpoint;
     use ctcluster_common::storage::StoreUrl;
     use ctcluster_tests::chaos::{status, submit, wait_end};
-    use ctcluster_tests::procs::{Proc, start_coordinator};
+    use ctcluster_tests::procs::{start_coordinator, start_worker};
     use std::time::Duration;
 
     let tmp = tempfile::tempdir().unwrap();
@@ -68,11 +68,6 @@ async fn a_worker_killed_mid_block_changes_nothing() {
         &["--heartbeat-ms", "200", "--worker-lease-ms", "1000"],
     );
     let url = format!("http://127.0.0.1:{}", listening.port);
-    let worker = |name: &str, extra: &[&str]| {
-        let mut args = vec!["--coordinator", &url, "--name", name, "--insecure"];
-        args.extend_from_slice(extra);
-        Proc::start("ctcluster-worker", &args, &[])
-    };
     let spec = |out: &str, per_task: u32| {
         format!(
             "name: mid-block\ndataset: {}\noutput: {root}/{out}\nbatch_size: 32\nmicro_batch_size: 8\n\
@@ -80,7 +75,7 @@ async fn a_worker_killed_mid_block_changes_nothing() {
             ds.as_str()
         )
     };
-    let mut slow = worker("slow", &["--fault-delay-ms", "3000"]);
+    let mut slow = start_worker(&url, "slow", &["--fault-delay-ms", "3000"], &[]);
     let job = submit(&url, spec("killed", 2)).await;
     // The slow worker takes the first block as soon as the job plans its first step.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -108,7 +103,7 @@ async fn a_worker_killed_mid_block_changes_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _fast = worker("fast", &[]);
+    let _fast = start_worker(&url, "fast", &[], &[]);
     let killed = wait_end(&url, &job).await;
     assert_eq!(
         ctctl::render::state_name(killed.state),

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use ctcluster_proto as pb;
 use ctcluster_tests::otlp::{OtlpReceiver, ReceivedSpan};
-use ctcluster_tests::{Cluster, Proc, binary, spec, start_coordinator_env, synthetic};
+use ctcluster_tests::{
+    Cluster, Proc, binary, spec, start_coordinator_env, start_worker, synthetic,
+};
 
 /// Steps after the first epoch that the coordinator traces (every Nth).
 const EVERY: u64 = 4;
@@ -54,19 +56,7 @@ fn one_trace_spans_ctctl_the_coordinator_and_every_worker() {
     );
     let url = format!("http://127.0.0.1:{}", listening.port);
     let mut workers: Vec<Proc> = (0..2)
-        .map(|i| {
-            Proc::start(
-                "ctcluster-worker",
-                &[
-                    "--coordinator",
-                    &url,
-                    "--name",
-                    &format!("traced-{i}"),
-                    "--insecure",
-                ],
-                &otel,
-            )
-        })
+        .map(|i| start_worker(&url, &format!("traced-{i}"), &[], &otel))
         .collect();
     let spec_file = tmp.path().join("job.yaml");
     std::fs::write(
