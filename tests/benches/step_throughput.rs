@@ -97,10 +97,16 @@ async fn main() {
                     "coordinator + {workers} worker(s), gRPC on loopback, prefetch {}",
                     if prefetch { "on" } else { "off" }
                 ),
-                images_per_sec: distributed(&ds, workers, steps, prefetch).await,
+                images_per_sec: distributed(&ds, workers, steps, prefetch, 1).await,
             });
         }
     }
+    // Pre-reduction: each worker is handed two micro-batches a task and pushes one gradient.
+    rows.push(Row {
+        setup: "coordinator + 2 worker(s), gRPC on loopback, prefetch on, 2 micro-batches a task"
+            .into(),
+        images_per_sec: distributed(&ds, 2, steps, true, 2).await,
+    });
     let base = rows[0].images_per_sec;
     println!("\nseed CNN train step, {what}, {steps} measured steps, {threads} CPU threads\n");
     println!("| setup | images/s | vs single process (4 x {MICRO}) |");

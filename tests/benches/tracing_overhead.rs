@@ -43,7 +43,7 @@ async fn child(steps: u64, export: bool) {
         "OTEL_* variables not as expected"
     );
     let (ds, _) = dataset().await;
-    let ips = distributed(&ds, 2, steps, true).await;
+    let ips = distributed(&ds, 2, steps, true, 1).await;
     telemetry.shutdown().await;
     println!("IMAGES_PER_SEC {ips}");
 }

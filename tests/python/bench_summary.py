@@ -66,7 +66,8 @@ def main():
     if step:
         by = {r["setup"]: r["images_per_sec"] for r in step["rows"]}
         single = next(v for k, v in by.items() if k.startswith("single process, batch 128 as"))
-        two = next((v for k, v in by.items() if "2 worker" in k and "prefetch on" in k), None)
+        two = next((v for k, v in by.items() if "2 worker" in k and k.endswith("prefetch on")), None)
+        two_blocks = next((v for k, v in by.items() if "2 worker" in k and "2 micro-batches a task" in k), None)
         one = next((v for k, v in by.items() if "1 worker" in k and "prefetch on" in k), None)
         row("ctcluster single process, no network", single)
         if one:
@@ -74,10 +75,17 @@ def main():
         if two:
             row("ctcluster coordinator + 2 workers, loopback", two)
             row("2 workers / single process (ctcluster)", two / single, "ratio", ">= 0.95")
+        if two_blocks:
+            row("ctcluster coordinator + 2 workers, 2 micro-batches a task", two_blocks)
+            row("2 workers, 2 micro-batches a task / single process", two_blocks / single, "ratio")
     if ddp:
         row("PyTorch one process, no DDP", ddp["single_process_images_per_sec"])
         row(f"PyTorch DDP, {ddp['ddp_processes']} gloo processes", ddp["ddp_images_per_sec"])
         row("DDP / one process (PyTorch)", ddp["scaling_efficiency"], "ratio")
+        if step and two:
+            row("ctcluster 2 workers / PyTorch DDP 2 processes", two / ddp["ddp_images_per_sec"], "ratio", ">= 1.0")
+        if step and two_blocks:
+            row("ctcluster 2 workers, 2 micro-batches a task / PyTorch DDP", two_blocks / ddp["ddp_images_per_sec"], "ratio", ">= 1.0")
     zoo, tzoo = load(d, "zoo_throughput.json"), load(d, "torch_zoo.json")
     if zoo:
         torch_by = {r["architecture"]: r["images_per_sec"] for r in (tzoo or {}).get("rows", [])}

@@ -41,10 +41,20 @@ pub async fn dataset() -> (StoreUrl, String) {
     }
 }
 
-/// The full distributed step: coordinator and `workers` workers over gRPC on loopback.
-pub async fn distributed(ds: &StoreUrl, workers: usize, steps: u64, prefetch: bool) -> f64 {
-    let mut cluster =
-        Cluster::start(&format!("memory://bench-state-{workers}-{prefetch}/s"), 0).await;
+/// The full distributed step: coordinator and `workers` workers over gRPC on loopback, each
+/// task `per_task` micro-batches (summed on the worker).
+pub async fn distributed(
+    ds: &StoreUrl,
+    workers: usize,
+    steps: u64,
+    prefetch: bool,
+    per_task: u32,
+) -> f64 {
+    let mut cluster = Cluster::start(
+        &format!("memory://bench-state-{workers}-{prefetch}-{per_task}/s"),
+        0,
+    )
+    .await;
     cluster.prefetch = prefetch;
     for _ in 0..workers {
         cluster.add_worker();
@@ -53,9 +63,9 @@ pub async fn distributed(ds: &StoreUrl, workers: usize, steps: u64, prefetch: bo
         .submit(&spec(
             "bench",
             ds.as_str(),
-            &format!("memory://bench-out-{workers}/o"),
+            &format!("memory://bench-out-{workers}-{prefetch}-{per_task}/o"),
             &format!(
-                "batch_size: {BATCH}\nmicro_batch_size: {MICRO}\nepochs: 50\nmax_steps: {}\nvalidation:\n  fraction: 0\ncheckpoint:\n  every_steps: 1000000\n",
+                "batch_size: {BATCH}\nmicro_batch_size: {MICRO}\nmicro_batches_per_task: {per_task}\nepochs: 50\nmax_steps: {}\nvalidation:\n  fraction: 0\ncheckpoint:\n  every_steps: 1000000\n",
                 steps + WARMUP
             ),
         ))
