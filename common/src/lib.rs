@@ -25,6 +25,7 @@ pub mod reduce_tree;
 pub mod rng;
 pub mod seal;
 pub mod selection;
+pub mod shards;
 pub mod spec;
 pub mod storage;
 pub mod task;

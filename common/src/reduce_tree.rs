@@ -210,6 +210,11 @@ impl TreeFold {
         self.root.is_some()
     }
 
+    /// Leaves not pushed yet.
+    pub fn missing(&self) -> usize {
+        self.seen.iter().filter(|&&s| !s).count()
+    }
+
     /// Most subtree sums held at once so far.
     pub fn peak_pending(&self) -> usize {
         self.peak_pending

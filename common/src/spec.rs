@@ -43,6 +43,12 @@ pub struct JobSpec {
     /// (the default), whatever the number of workers (see `crate::reduce_tree`).
     #[serde(default = "defaults::micro_batches_per_task")]
     pub micro_batches_per_task: u32,
+    /// Sharded aggregation: split the parameters and Adam's state over this many of the
+    /// coordinator's aggregator processes (`--aggregators`); workers fetch parameters from and
+    /// push gradients to them by range, so no one process receives every gradient. 0 (the
+    /// default): the coordinator holds them. The result is the same bits for every value.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub aggregators: u32,
     /// Passes over the training split.
     #[serde(default = "defaults::epochs")]
     pub epochs: u32,
@@ -100,6 +106,10 @@ pub struct JobSpec {
     /// (what `ctctl evaluate` submits); the report is `<output>/<job id>/evaluation.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluate: Option<EvaluateSpec>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn is_f32(d: &GradientDtype) -> bool {
@@ -507,6 +517,15 @@ impl JobSpec {
             format!(
                 "{} is not a power of two in 1..={MAX_MICRO_BATCHES_PER_TASK}",
                 self.micro_batches_per_task
+            ),
+        )?;
+        check(
+            self.aggregators as usize <= crate::shards::MAX_SHARDS,
+            "aggregators",
+            format!(
+                "{} is more than {}",
+                self.aggregators,
+                crate::shards::MAX_SHARDS
             ),
         )?;
         check(

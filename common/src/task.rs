@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::dtype::GradientDtype;
+use crate::shards::ShardRoute;
 use crate::{JobId, Step, TaskId, WorkerId};
 
 /// What a task computes.
@@ -52,6 +53,10 @@ pub struct TaskJob {
     pub split: String,
     /// How a training result's gradient is encoded.
     pub gradient_dtype: GradientDtype,
+    /// Sharded aggregation: the aggregators holding the parameters, by range (empty: the
+    /// coordinator holds them). Training tasks fetch parameters from and push gradients to
+    /// these, and report to the coordinator without a gradient.
+    pub shards: Vec<ShardRoute>,
 }
 
 impl TaskJob {
@@ -92,16 +97,36 @@ pub struct Task {
     /// (`crate::reduce_tree`); in 1..=samples.len(). Equal to the sample count when the task is
     /// one micro-batch.
     pub micro_batch_size: u32,
+    /// Sharded aggregation (training): where the task's micro-batches sit in its step's
+    /// reduction tree, for the aggregators to fold its gradient shards there.
+    pub block: Option<TreeBlock>,
+}
+
+/// A training task's place in its step's reduction tree: micro-batches `first ..
+/// first + count` of `leaves`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeBlock {
+    /// The task's first micro-batch among its step's.
+    pub first: u32,
+    /// Micro-batches of the step.
+    pub leaves: u32,
 }
 
 impl Task {
-    /// Gradient values a result of this task must carry: the parameter count for training, none
-    /// for evaluation.
+    /// Gradient values a result of this task must carry to the coordinator: the parameter
+    /// count for training (none when the gradient goes to aggregators), none for evaluation.
     pub fn gradient_len(&self) -> u64 {
         match self.kind {
-            TaskKind::Train => self.num_params,
-            TaskKind::Eval => 0,
+            TaskKind::Train if self.job.shards.is_empty() => self.num_params,
+            TaskKind::Train | TaskKind::Eval => 0,
         }
+    }
+
+    /// Micro-batches the task's samples are cut into.
+    pub fn micro_batches(&self) -> u32 {
+        self.samples
+            .len()
+            .div_ceil(self.micro_batch_size.max(1) as usize) as u32
     }
 }
 
@@ -115,6 +140,10 @@ pub enum FailureKind {
     /// Something of the worker's or of the moment (storage unreachable, a key this worker
     /// lacks, a backend fault): the task is tried again, on other workers where there are any.
     Retryable,
+    /// Sharded aggregation: an aggregator did not answer or had lost the job's shard. The
+    /// coordinator's watch over its aggregators resumes the job when one is lost; meanwhile
+    /// the task is tried again without counting against it (up to a bound).
+    Aggregator,
 }
 
 /// A task's failure as a worker reports it.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use ctcluster_common::local_file::{MAX_PEM_BYTES, read_limited};
+use ctcluster_common::shards::MAX_SHARDS;
 use ctcluster_common::storage::StoreUrl;
 use ctcluster_common::{Error, Result};
 
@@ -52,6 +53,42 @@ fn security_from(a: &Args) -> Result<(Security, Option<TlsFiles>)> {
     }
 }
 
+/// The aggregators' URLs: at most [`MAX_SHARDS`], each `http://`, none twice; not with TLS,
+/// which the aggregators do not speak yet.
+fn aggregators_from(urls: &[String], tls: bool) -> Result<Vec<String>> {
+    if urls.is_empty() {
+        return Ok(Vec::new());
+    }
+    if tls {
+        return Err(Error::invalid(
+            "aggregators",
+            "aggregators serve plain text only for now: use --aggregators with --insecure, on a \
+             trusted private network",
+        ));
+    }
+    if urls.len() > MAX_SHARDS {
+        return Err(Error::invalid(
+            "aggregators",
+            format!("{} given; at most {MAX_SHARDS}", urls.len()),
+        ));
+    }
+    for (i, u) in urls.iter().enumerate() {
+        if !u.starts_with("http://") || u.len() > 512 {
+            return Err(Error::invalid(
+                "aggregators",
+                format!("{u:?} is not an http:// URL"),
+            ));
+        }
+        if urls[..i].contains(u) {
+            return Err(Error::invalid("aggregators", format!("{u} is given twice")));
+        }
+    }
+    Ok(urls
+        .iter()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .collect())
+}
+
 /// Command-line arguments of `ctcluster-coordinator`.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -60,6 +97,15 @@ fn security_from(a: &Args) -> Result<(Security, Option<TlsFiles>)> {
     about = "ctcluster's gRPC coordinator"
 )]
 pub struct Args {
+    /// What this process is: the `coordinator` (plans, schedules, checkpoints) or an
+    /// `aggregator` (holds a shard of sharded jobs' parameters; see --aggregators).
+    #[arg(long, env = "CT_ROLE", value_enum, default_value_t = Role::Coordinator)]
+    pub role: Role,
+    /// Sharded aggregation: the aggregators' URLs, in order (repeat, or comma-separate in the
+    /// variable). A job with `aggregators: K` in its spec splits its parameters and Adam state
+    /// over the first K. Plain text only for now (with --insecure).
+    #[arg(long, env = "CT_AGGREGATORS", value_delimiter = ',')]
+    pub aggregators: Vec<String>,
     /// Address to listen on.
     #[arg(long, env = "CT_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
@@ -142,6 +188,15 @@ pub struct Args {
     pub addr_file: Option<std::path::PathBuf>,
 }
 
+/// What a `ctcluster-coordinator` process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The coordinator: jobs, workers, checkpoints.
+    Coordinator,
+    /// An aggregator: shards of sharded jobs' parameters.
+    Aggregator,
+}
+
 /// Validated coordinator settings.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -171,6 +226,8 @@ pub struct CoordinatorConfig {
     pub health_listen: Option<SocketAddr>,
     /// Where to write the bound addresses once listening (`None`: nowhere).
     pub addr_file: Option<std::path::PathBuf>,
+    /// Sharded aggregation: the aggregators' URLs, in order.
+    pub aggregators: Vec<String>,
 }
 
 impl CoordinatorConfig {
@@ -190,6 +247,7 @@ impl CoordinatorConfig {
             shutdown_grace: Duration::from_secs(15),
             health_listen: None,
             addr_file: None,
+            aggregators: Vec::new(),
         }
     }
 }
@@ -238,7 +296,9 @@ impl TryFrom<&Args> for CoordinatorConfig {
             idle_timeout: Duration::from_secs(positive("idle-timeout-s", a.idle_timeout_s)?),
             ..ConnectionLimits::default()
         };
+        let aggregators = aggregators_from(&a.aggregators, tls.is_some())?;
         Ok(CoordinatorConfig {
+            aggregators,
             security,
             tls,
             users_reload: (a.users_reload_ms > 0).then(|| Duration::from_millis(a.users_reload_ms)),
@@ -253,5 +313,28 @@ impl TryFrom<&Args> for CoordinatorConfig {
             worker_lease: Duration::from_millis(a.worker_lease_ms),
             trace_every_steps: a.trace_every_steps,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregator_urls_are_checked_and_refused_with_tls() {
+        let urls = |u: &[&str]| u.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            aggregators_from(&urls(&["http://a:1/", "http://b:2"]), false).unwrap(),
+            urls(&["http://a:1", "http://b:2"])
+        );
+        assert!(aggregators_from(&[], true).unwrap().is_empty());
+        let err = |u: &[&str], tls| aggregators_from(&urls(u), tls).unwrap_err().to_string();
+        assert!(err(&["http://a:1"], true).contains("plain text only"));
+        assert!(err(&["https://a:1"], false).contains("not an http:// URL"));
+        assert!(err(&["a:1"], false).contains("not an http:// URL"));
+        assert!(err(&["http://a:1", "http://a:1"], false).contains("given twice"));
+        let many: Vec<String> = (0..=MAX_SHARDS).map(|i| format!("http://a{i}:1")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(err(&many, false).contains("at most"));
     }
 }

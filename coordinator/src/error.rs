@@ -64,6 +64,10 @@ pub enum CoordError {
     /// A fault inside the coordinator (a panic in a job's driver); the job fails with it.
     #[error("internal error: {0}")]
     Internal(String),
+    /// An aggregator of a sharded job stopped answering, restarted or refused a step: the job
+    /// resumes from its newest checkpoint once the aggregators answer again.
+    #[error("{0}")]
+    AggregatorLost(String),
     /// The coordinator is shutting down.
     #[error("the coordinator is shutting down")]
     ShuttingDown,
@@ -82,7 +86,7 @@ pub enum CoordError {
 fn task_failed(f: &TaskFailure) -> String {
     match f.kind {
         FailureKind::BadInput => format!("a task's input is bad, so the job cannot progress: {f}"),
-        FailureKind::Retryable => {
+        FailureKind::Retryable | FailureKind::Aggregator => {
             format!("a task kept failing, so the job cannot progress; the last error: {f}")
         }
     }
@@ -115,7 +119,7 @@ impl From<CoordError> for Status {
                 Status::failed_precondition(msg)
             }
             CoordError::BadRequest { .. } => Status::invalid_argument(msg),
-            CoordError::ShuttingDown => Status::unavailable(msg),
+            CoordError::ShuttingDown | CoordError::AggregatorLost(_) => Status::unavailable(msg),
             CoordError::OutOfScope { .. }
             | CoordError::NotYours { .. }
             | CoordError::NotYourWorker(_) => Status::permission_denied(msg),

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod admission;
+pub mod aggregator;
 pub mod auth;
 pub mod client_api;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod tls;
 pub mod worker_api;
 pub mod workers;
 
+pub use aggregator::serve_aggregator;
 pub use config::{Args, CoordinatorConfig};
 pub use error::CoordError;
 pub use server::serve;

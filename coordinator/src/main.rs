@@ -1,7 +1,8 @@
 //! `ctcluster-coordinator`: parse flags, bind, serve until SIGTERM or ctrl-c.
 
 use clap::Parser;
-use ctcluster_coordinator::{Args, CoordinatorConfig, serve};
+use ctcluster_coordinator::config::Role;
+use ctcluster_coordinator::{Args, CoordinatorConfig, serve, serve_aggregator};
 
 #[tokio::main]
 async fn main() {
@@ -21,6 +22,16 @@ async fn main() {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let config = CoordinatorConfig::try_from(&args)?;
+    if args.role == Role::Aggregator {
+        if config.tls.is_none() {
+            tracing::warn!("--insecure: serving plain text with no authentication");
+        }
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        tracing::info!(addr = %listener.local_addr()?, "aggregator listening");
+        serve_aggregator(listener, config, shutdown_signal()).await?;
+        tracing::info!("aggregator stopped");
+        return Ok(());
+    }
     if config.tls.is_none() {
         tracing::warn!(
             "--insecure: serving plain text with no authentication; anyone who can reach this \

@@ -56,6 +56,9 @@ pub const MAX_TASK_FAILURES: u32 = 3;
 /// Failures of one task after which its job is failed whichever workers they came from (one
 /// faulty worker can hold a task back only this long).
 pub const MAX_TASK_TRIES: u32 = 3 * MAX_TASK_FAILURES;
+/// Failures for a lost aggregator after which a task's job gets the error (an aggregator that
+/// answers but always refuses; a lost one is noticed by the job's watch within a second).
+pub const MAX_AGGREGATOR_FAILURES: u32 = 100;
 /// A task outstanding this many times longer than tasks usually take is a straggler...
 pub const STRAGGLER_FACTOR: f64 = 4.0;
 /// ...and at least this long.
@@ -68,6 +71,8 @@ struct Pending {
     /// Workers computing it now, with when they got it: one, or two once re-issued.
     holders: Vec<(WorkerId, Instant)>,
     failures: u32,
+    /// Failures for a lost aggregator (not counted in `failures`).
+    aggregator_failures: u32,
     /// The different workers it failed on.
     failed_on: Vec<WorkerId>,
     trace: RoundTrace,
@@ -123,7 +128,9 @@ pub struct Expected {
     pub job: JobId,
     /// The step it belongs to.
     pub step: Step,
-    /// Gradient length expected (0 for evaluation).
+    /// Training or evaluation.
+    pub kind: TaskKind,
+    /// Gradient length expected (0 for evaluation, and for training with aggregators).
     pub gradient_len: u64,
     /// The encoding of its values the task asked for.
     pub gradient_dtype: GradientDtype,
@@ -226,6 +233,7 @@ impl Scheduler {
                     reply: reply.clone(),
                     holders: Vec::new(),
                     failures: 0,
+                    aggregator_failures: 0,
                     failed_on: Vec::new(),
                     trace: trace.clone(),
                 },
@@ -302,6 +310,7 @@ impl Scheduler {
             handed_out,
             job: p.job.clone(),
             step: p.task.step,
+            kind: p.task.kind,
             gradient_len: p.task.gradient_len(),
             gradient_dtype: p.task.job.gradient_dtype,
             samples: u32::try_from(p.task.samples.len()).unwrap_or(u32::MAX),
@@ -340,15 +349,21 @@ impl Scheduler {
         if !p.holders.iter().any(|(w, _)| *w == worker) {
             return;
         }
-        p.failures += 1;
-        if !p.failed_on.contains(&worker) {
-            p.failed_on.push(worker);
-        }
-        let spread = p.failed_on.len() >= live.clamp(1, MAX_TASK_FAILURES as usize);
-        let give_up = match failure.kind {
-            FailureKind::BadInput => true,
-            FailureKind::Retryable => {
-                (p.failures >= MAX_TASK_FAILURES && spread) || p.failures >= MAX_TASK_TRIES
+        let give_up = if failure.kind == FailureKind::Aggregator {
+            // The job's aggregator watch decides; these are bounded on their own.
+            p.aggregator_failures += 1;
+            p.aggregator_failures >= MAX_AGGREGATOR_FAILURES
+        } else {
+            p.failures += 1;
+            if !p.failed_on.contains(&worker) {
+                p.failed_on.push(worker);
+            }
+            let spread = p.failed_on.len() >= live.clamp(1, MAX_TASK_FAILURES as usize);
+            match failure.kind {
+                FailureKind::BadInput => true,
+                FailureKind::Retryable | FailureKind::Aggregator => {
+                    (p.failures >= MAX_TASK_FAILURES && spread) || p.failures >= MAX_TASK_TRIES
+                }
             }
         };
         if give_up {
@@ -441,6 +456,7 @@ mod tests {
                 seed: 1,
                 split: "train".into(),
                 gradient_dtype: ctcluster_common::dtype::GradientDtype::F32,
+                shards: Vec::new(),
             }),
             epoch: 0,
             step: Step(step),
@@ -448,6 +464,7 @@ mod tests {
             num_params: 10,
             samples: vec![SampleRef { shard: 0, row: 1 }],
             micro_batch_size: 1,
+            block: None,
         }
     }
 

@@ -159,6 +159,17 @@ impl Coordinator {
         }
         let spec = JobSpec::from_yaml(spec_yaml)?;
         access::check_spec(&spec, owner, &self.config.scope, &self.list())?;
+        if spec.aggregators as usize > self.config.aggregators.len() {
+            return Err(ctcluster_common::Error::invalid(
+                "aggregators",
+                format!(
+                    "the spec asks for {} aggregators; this coordinator has {} (--aggregators)",
+                    spec.aggregators,
+                    self.config.aggregators.len()
+                ),
+            )
+            .into());
+        }
         let dataset = StoreUrl::parse(&spec.dataset).map_err(|e| e.in_field("dataset"))?;
         let manifest = load_manifest(&dataset)
             .await

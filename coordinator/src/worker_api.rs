@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ctcluster_common::task::ResultHeader;
+use ctcluster_common::task::{ResultHeader, TaskKind};
 use ctcluster_common::telemetry::{TraceCarrier, carrier_to_metadata, child_of_carrier};
 use ctcluster_common::tensor_bytes::first_non_finite;
 use ctcluster_common::{JobId, TaskId, WorkerId, trace_span};
@@ -245,7 +245,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         }
         // An evaluation task's outputs must fit the model and agree with its counts; a
         // training result carries none.
-        let outputs_ok = if expected.gradient_len == 0 {
+        let outputs_ok = if expected.kind == TaskKind::Eval {
             match expected.classes {
                 Some(classes) => header.check_eval_outputs(classes),
                 None => Err("an evaluation task of a model whose classes are unknown".into()),

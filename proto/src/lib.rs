@@ -8,8 +8,9 @@ pub mod v1 {
 
 pub use v1::*;
 
-/// Bumped on every incompatible change of the worker protocol; checked at `Register`.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped on every incompatible change of the worker protocol; checked at `Register`. 2: tasks
+/// of sharded jobs send their gradient to aggregators (`TaskJob.shards`), not the coordinator.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest chunk of tensor bytes in one message (1 MiB), well under gRPC's 4 MiB default.
 pub const CHUNK_BYTES: usize = 1 << 20;

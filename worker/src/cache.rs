@@ -15,6 +15,7 @@ use futures::StreamExt;
 use tonic::transport::Channel;
 
 use crate::WorkerError;
+use crate::aggregators::Aggregators;
 
 /// Jobs whose data stays cached at once.
 const MAX_JOBS: usize = 2;
@@ -123,6 +124,23 @@ impl Cache {
         }
         let params = Arc::new(params);
         entry.params = Some((version, params.clone()));
+        Ok(params)
+    }
+
+    /// A sharded training task's parameters, fetched from its job's aggregators unless cached.
+    pub async fn sharded_params(
+        &mut self,
+        aggs: &mut Aggregators,
+        task: &Task,
+    ) -> Result<Arc<Vec<f32>>, WorkerError> {
+        let entry = self.job(&task.job).await?;
+        if let Some((v, p)) = &entry.params
+            && *v == task.params_version
+        {
+            return Ok(p.clone());
+        }
+        let params = Arc::new(aggs.fetch(task).await?);
+        entry.params = Some((task.params_version, params.clone()));
         Ok(params)
     }
 

@@ -26,6 +26,15 @@ pub enum WorkerError {
     /// other than announced).
     #[error("parameters: {0}")]
     Parameters(String),
+    /// An aggregator (sharded aggregation) could not be reached or refused a call: the task is
+    /// retried (the coordinator resumes the job when an aggregator is lost).
+    #[error("aggregator {url}: {reason}")]
+    Aggregator {
+        /// The aggregator's URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl WorkerError {
@@ -46,6 +55,7 @@ impl WorkerError {
             | WorkerError::Transport(_)
             | WorkerError::ComputeGone
             | WorkerError::Parameters(_) => FailureKind::Retryable,
+            WorkerError::Aggregator { .. } => FailureKind::Aggregator,
         }
     }
 }

@@ -4,6 +4,7 @@
 // Every public item says what it is for (denied in CI, like every warning).
 #![warn(missing_docs)]
 
+mod aggregators;
 mod cache;
 pub mod compute;
 pub mod config;

@@ -21,6 +21,7 @@ use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
 use crate::WorkerError;
+use crate::aggregators::{self, Aggregators};
 use crate::cache::Cache;
 use crate::compute::{ComputeThread, Output, Work};
 use crate::config::WorkerConfig;
@@ -272,6 +273,7 @@ async fn work_loop(
     shutdown: &CancellationToken,
 ) -> Result<(), WorkerError> {
     let mut trained = 0u64;
+    let mut aggs = Aggregators::default();
     let mut pending: Option<Fetch> = None;
     let mut ready: Option<Prepared> = None;
     let mut pushing: Option<Push> = None;
@@ -287,7 +289,7 @@ async fn work_loop(
                 let Some((task, trace)) = got else {
                     continue;
                 };
-                prepare(&mut client, task, &trace, worker, cache).await
+                prepare(&mut client, &mut aggs, task, &trace, worker, cache).await
             }
         };
         let Prepared {
@@ -350,7 +352,8 @@ async fn work_loop(
             pending = None;
             match fetched {
                 Ok(Some((next, trace))) => {
-                    ready = Some(prepare(&mut client, next, &trace, worker, cache).await);
+                    ready =
+                        Some(prepare(&mut client, &mut aggs, next, &trace, worker, cache).await);
                 }
                 // The long poll ended without a task: ask again after this result is pushed.
                 Ok(None) => {}
@@ -415,15 +418,34 @@ async fn work_loop(
         }
         span.record("loss", header.loss_sum / f64::from(header.samples.max(1)));
         let push_span = trace_span!(parent: &span, "push", bytes = 4 * gradient.len());
-        let result = Box::pin(
-            push(
-                client.clone(),
-                header.into(),
-                gradient,
-                task.job.gradient_dtype,
+        let dtype = task.job.gradient_dtype;
+        let result: Push = if task.job.shards.is_empty() || header.failure.is_some() {
+            Box::pin(push(client.clone(), header.into(), gradient, dtype).instrument(push_span))
+        } else {
+            // Sharded: the gradient goes to the aggregators, then the result (without it) to
+            // the coordinator; a push that fails makes the result a retryable failure.
+            let clients = aggs.clients(&task.job.shards);
+            let (client, task) = (client.clone(), task.clone());
+            Box::pin(
+                async move {
+                    let pushed = match clients {
+                        Ok(c) => aggregators::push(c, worker, &task, &gradient, dtype).await,
+                        Err(e) => Err(e),
+                    };
+                    drop(gradient);
+                    header.gradient_len = 0;
+                    if let Err(e) = pushed {
+                        tracing::warn!(task = %task.id, error = %e, "gradient not pushed to the aggregators");
+                        header.failure = Some(TaskFailure {
+                            kind: e.failure_kind(),
+                            message: e.to_string(),
+                        });
+                    }
+                    push(client, header.into(), Vec::new(), dtype).await
+                }
+                .instrument(push_span),
             )
-            .instrument(push_span),
-        );
+        };
         if ready.is_some() {
             // The next task is ready: it computes while this result travels.
             pushing = Some(result);
@@ -462,6 +484,7 @@ fn task_span(trace: &TraceCarrier, task: &Task, worker: WorkerId) -> Span {
 /// batch (preprocessed and augmented).
 async fn prepare(
     client: &mut Client,
+    aggs: &mut Aggregators,
     task: Task,
     trace: &TraceCarrier,
     worker: WorkerId,
@@ -474,9 +497,13 @@ async fn prepare(
         let fetch = trace_span!(parent: &span, "fetch", params_version = task.params_version, shards_read = Empty);
         let (model, params) = async {
             let model = cache.model(job).await?;
-            let params = cache
-                .params(client, job, task.params_version, task.num_params)
-                .await?;
+            let params = if task.kind == TaskKind::Train && !job.shards.is_empty() {
+                cache.sharded_params(aggs, &task).await?
+            } else {
+                cache
+                    .params(client, job, task.params_version, task.num_params)
+                    .await?
+            };
             let read = cache.load_shards(&task, job).await?;
             Span::current().record("shards_read", read);
             Ok::<_, WorkerError>((model, params))

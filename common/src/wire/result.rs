@@ -11,6 +11,7 @@ impl From<FailureKind> for pb::TaskFailureKind {
         match k {
             FailureKind::BadInput => pb::TaskFailureKind::BadInput,
             FailureKind::Retryable => pb::TaskFailureKind::Retryable,
+            FailureKind::Aggregator => pb::TaskFailureKind::Aggregator,
         }
     }
 }
@@ -20,6 +21,7 @@ impl From<FailureKind> for pb::TaskFailureKind {
 fn failure_kind(raw: i32) -> FailureKind {
     match pb::TaskFailureKind::try_from(raw) {
         Ok(pb::TaskFailureKind::BadInput) => FailureKind::BadInput,
+        Ok(pb::TaskFailureKind::Aggregator) => FailureKind::Aggregator,
         Ok(pb::TaskFailureKind::Retryable | pb::TaskFailureKind::Unspecified) | Err(_) => {
             FailureKind::Retryable
         }

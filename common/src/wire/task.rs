@@ -5,8 +5,10 @@ use std::sync::Arc;
 use ctcluster_proto as pb;
 
 use crate::dtype::GradientDtype;
+use crate::reduce_tree::node_of;
+use crate::shards::{ShardRoute, check_routes};
 use crate::spec::MAX_MICRO_BATCHES_PER_TASK;
-use crate::task::{SampleRef, Task, TaskJob, TaskKind};
+use crate::task::{SampleRef, Task, TaskJob, TaskKind, TreeBlock};
 use crate::{Error, JobId, Step, TaskId};
 
 /// Most samples one task may name (a micro-batch or an evaluation batch is far smaller).
@@ -88,6 +90,15 @@ impl From<&TaskJob> for pb::TaskJob {
             seed: j.seed,
             split: j.split.clone(),
             gradient_dtype: pb::GradientDtype::from(j.gradient_dtype) as i32,
+            shards: j
+                .shards
+                .iter()
+                .map(|r| pb::ShardRoute {
+                    url: r.url.clone(),
+                    offset: r.offset,
+                    len: r.len,
+                })
+                .collect(),
         }
     }
 }
@@ -110,6 +121,16 @@ impl TryFrom<pb::TaskJob> for TaskJob {
             seed: j.seed,
             split: non_empty("task.job.split", j.split)?,
             gradient_dtype: GradientDtype::try_from(j.gradient_dtype)?,
+            // Checked against the task's parameter count where the task is read.
+            shards: j
+                .shards
+                .into_iter()
+                .map(|r| ShardRoute {
+                    url: r.url,
+                    offset: r.offset,
+                    len: r.len,
+                })
+                .collect(),
         })
     }
 }
@@ -126,6 +147,8 @@ impl From<&Task> for pb::Task {
             num_params: t.num_params,
             samples: t.samples.iter().map(|&s| s.into()).collect(),
             micro_batch_size: t.micro_batch_size,
+            block_first: t.block.map_or(0, |b| b.first),
+            step_leaves: t.block.map_or(0, |b| b.leaves),
         }
     }
 }
@@ -176,6 +199,27 @@ impl TryFrom<pb::Task> for Task {
                 ),
             ));
         }
+        let job: TaskJob = job;
+        check_routes(&job.shards, t.num_params, "task.job.shards")?;
+        let block = match (t.step_leaves, kind, job.shards.is_empty()) {
+            (0, _, true) | (0, TaskKind::Eval, _) => None,
+            (0, TaskKind::Train, false) => {
+                return Err(Error::invalid(
+                    "task.step_leaves",
+                    "a training task with aggregators needs its place in the reduction tree",
+                ));
+            }
+            (leaves, _, _) => {
+                // The block must be a node of the step's tree (aligned, inside it).
+                let count = micro_batches as u32;
+                node_of(t.block_first, count, leaves)
+                    .map_err(|e| Error::invalid("task.block_first", e.to_string()))?;
+                Some(TreeBlock {
+                    first: t.block_first,
+                    leaves,
+                })
+            }
+        };
         Ok(Task {
             id: TaskId(t.task_id),
             kind,
@@ -186,6 +230,7 @@ impl TryFrom<pb::Task> for Task {
             num_params: t.num_params,
             samples: t.samples.into_iter().map(SampleRef::from).collect(),
             micro_batch_size,
+            block,
         })
     }
 }
@@ -205,6 +250,7 @@ mod tests {
                 seed: 3,
                 split: "val".into(),
                 gradient_dtype: GradientDtype::Bf16,
+                shards: Vec::new(),
             }),
             epoch: 1,
             step: Step(9),
@@ -212,6 +258,7 @@ mod tests {
             num_params: 100,
             samples: vec![SampleRef { shard: 2, row: 5 }],
             micro_batch_size: 1,
+            block: None,
         }
     }
 
@@ -258,5 +305,47 @@ mod tests {
         p.samples = vec![p.samples[0]; 40];
         p.micro_batch_size = 0;
         assert_eq!(Task::try_from(p).unwrap().micro_batch_size, 40);
+    }
+
+    /// A sharded training task: four micro-batches at 4..8 of a 12-leaf step, parameters on two
+    /// aggregators.
+    fn sharded() -> Task {
+        let mut t = task();
+        let mut job = (*t.job).clone();
+        job.shards = crate::shards::routes(&["http://a:1".into(), "http://b:2".into()], 100);
+        t.job = Arc::new(job);
+        t.kind = TaskKind::Train;
+        t.samples = vec![t.samples[0]; 16];
+        t.micro_batch_size = 4;
+        t.block = Some(TreeBlock {
+            first: 4,
+            leaves: 12,
+        });
+        t
+    }
+
+    #[test]
+    fn sharded_tasks_round_trip_and_bad_routes_or_blocks_are_refused() {
+        let t = sharded();
+        assert_eq!(t.gradient_len(), 0, "the gradient goes to the aggregators");
+        assert_eq!(Task::try_from(pb::Task::from(&t)).unwrap(), t);
+        let field = |p: pb::Task| match Task::try_from(p) {
+            Err(Error::Invalid { field, .. }) => field,
+            other => panic!("accepted or wrong error: {other:?}"),
+        };
+        let mut p = pb::Task::from(&t);
+        p.num_params = 101;
+        assert_eq!(field(p), "task.job.shards");
+        let mut p = pb::Task::from(&t);
+        p.step_leaves = 0;
+        assert_eq!(field(p), "task.step_leaves");
+        // Not aligned: a block of four starts at a multiple of four.
+        let mut p = pb::Task::from(&t);
+        p.block_first = 2;
+        assert_eq!(field(p), "task.block_first");
+        // Past the step's leaves.
+        let mut p = pb::Task::from(&t);
+        p.block_first = 12;
+        assert_eq!(field(p), "task.block_first");
     }
 }

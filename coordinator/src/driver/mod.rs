@@ -7,6 +7,7 @@ mod pace;
 mod persist;
 mod rounds;
 mod run;
+mod shards;
 mod start;
 
 pub use run::run;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use ctcluster_common::evaluate::{EvalReport, report};
 use ctcluster_common::reduce_tree::{Partial, TreeFold, into_mean};
+use ctcluster_common::shards::ShardRoute;
 use ctcluster_common::task::{Task, TaskJob, TaskKind};
 use ctcluster_common::telemetry::carrier_of;
 use ctcluster_common::{Error, Step, TaskId, trace_span};
@@ -20,12 +21,20 @@ use crate::scheduler::{RoundTrace, TaskOutcome, TaskResult};
 use crate::state::Coordinator;
 
 use super::run::Stop;
+use super::shards::Watch;
 use super::start::Progress;
 
 /// Samples per evaluation task.
 const EVAL_BATCH: usize = 256;
 
-pub(super) fn task_job(job: &JobHandle, model_json: &str, split: &str) -> Arc<TaskJob> {
+/// What every task of a round shares; `shards`: the aggregators training tasks use (empty:
+/// the coordinator).
+pub(super) fn task_job(
+    job: &JobHandle,
+    model_json: &str,
+    split: &str,
+    shards: &[ShardRoute],
+) -> Arc<TaskJob> {
     Arc::new(TaskJob {
         job_id: job.id.clone(),
         dataset_url: job.spec.dataset.clone(),
@@ -33,18 +42,28 @@ pub(super) fn task_job(job: &JobHandle, model_json: &str, split: &str) -> Arc<Ta
         seed: job.spec.seed,
         split: split.to_string(),
         gradient_dtype: job.spec.gradient_dtype,
+        shards: shards.to_vec(),
     })
 }
 
 /// The next result of a round. A stopping coordinator does not wait for the round: the job
 /// checkpoints the step it completed last (see `run::train`) and resumes from it.
+/// With sharded aggregation, a lost aggregator stops the round (`watch`).
 async fn next_result(
     coord: &Coordinator,
     rx: &mut mpsc::UnboundedReceiver<TaskOutcome>,
+    watch: Option<&Watch>,
 ) -> Result<TaskResult, Stop> {
+    let lost = async {
+        match watch {
+            Some(w) => w.lost().await,
+            None => std::future::pending().await,
+        }
+    };
     let next = tokio::select! {
         r = rx.recv() => r,
         () = coord.shutdown.cancelled() => return Err(Stop::Shutdown),
+        e = lost => return Err(Stop::Failed(e)),
     };
     next.ok_or_else(|| Stop::Failed(CoordError::Stale("the job's tasks were dropped".into())))?
         .map_err(|e| Stop::Failed(CoordError::TaskFailed(e)))
@@ -64,7 +83,7 @@ pub(super) async fn run_round(
     let mut slots: Vec<Option<TaskResult>> = (0..ids.len()).map(|_| None).collect();
     let mut remaining = ids.len();
     while remaining > 0 {
-        let result = next_result(coord, &mut rx).await?;
+        let result = next_result(coord, &mut rx, None).await?;
         if let Some(&i) = index.get(&result.task)
             && slots[i].is_none()
         {
@@ -85,7 +104,9 @@ pub(super) struct Block {
 
 /// Hands a step's training tasks out and folds each result into the step's reduction tree as it
 /// arrives (off the async threads), so that the coordinator holds one gradient per subtree
-/// waiting for its sibling, not one per task. Returns the step's sum.
+/// waiting for its sibling, not one per task. Returns the step's sum. With sharded aggregation
+/// (`watch` given) the results carry no gradient (the aggregators fold theirs): the sum is of
+/// the losses and counts only.
 pub(super) async fn run_train_round(
     coord: &Coordinator,
     job: &JobHandle,
@@ -93,6 +114,7 @@ pub(super) async fn run_train_round(
     leaves: u32,
     trace: &RoundTrace,
     step_span: &Span,
+    watch: Option<&Watch>,
 ) -> Result<Partial, Stop> {
     let (tasks, blocks): (Vec<Task>, Vec<Block>) = tasks.into_iter().unzip();
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -109,7 +131,7 @@ pub(super) async fn run_train_round(
         peak_pending = Empty,
     );
     while done.len() < ids.len() {
-        let result = next_result(coord, &mut rx).await?;
+        let result = next_result(coord, &mut rx, watch).await?;
         let Some(&block) = index.get(&result.task) else {
             continue;
         };
@@ -195,7 +217,7 @@ pub(super) async fn evaluate(
     if split.samples.is_empty() {
         return Ok(None);
     }
-    let task_job = task_job(job, model_json, &split.split);
+    let task_job = task_job(job, model_json, &split.split, &[]);
     let tasks = split
         .samples
         .chunks(EVAL_BATCH)
@@ -209,6 +231,7 @@ pub(super) async fn evaluate(
             num_params: at.num_params,
             samples: chunk.to_vec(),
             micro_batch_size: chunk.len() as u32,
+            block: None,
         })
         .collect();
     let trace = RoundTrace {

@@ -15,8 +15,9 @@ use ctcluster_common::audit::StepAudit;
 use ctcluster_common::dataset::load_manifest_with_sha;
 use ctcluster_common::job::{EpochMetrics, JobState};
 use ctcluster_common::model::model_for_job;
+use ctcluster_common::shards::ShardRoute;
 use ctcluster_common::storage::StoreUrl;
-use ctcluster_common::task::{Task, TaskKind};
+use ctcluster_common::task::{Task, TaskKind, TreeBlock};
 use ctcluster_common::telemetry::{carrier_of, child_of_carrier};
 use ctcluster_common::{Error, Step, TaskId, trace_span};
 
@@ -30,6 +31,7 @@ use super::export::{Finish, Provenance, finish, judge_epoch, stopped_early};
 use super::pace::{RateMeter, wait_for_workers};
 use super::persist::checkpoint;
 use super::rounds::{Block, EvalAt, evaluate, reduce_and_step, run_train_round, task_job};
+use super::shards::{Shards, drop_shards, sync};
 use super::start::{Progress, plan_for, start_point};
 
 pub(super) enum Stop {
@@ -44,6 +46,9 @@ impl<E: Into<CoordError>> From<E> for Stop {
     }
 }
 
+/// How long a job whose aggregator was lost waits before it resumes.
+const AGGREGATOR_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs a job to its end and records how it ended.
 pub async fn run(coord: Arc<Coordinator>, job: Arc<JobHandle>) {
     let record = job.record();
@@ -57,18 +62,40 @@ pub async fn run(coord: Arc<Coordinator>, job: Arc<JobHandle>) {
         state = Empty,
     );
     child_of_carrier(&span, &record.trace_context);
-    // A panic anywhere in the job's driver fails that job (with the panic's message), never
-    // the coordinator or its other jobs.
-    let training = AssertUnwindSafe(train(&coord, &job).instrument(span.clone())).catch_unwind();
-    // A stopping coordinator is not raced here: the driver sees it where it waits (a round,
-    // workers), checkpoints the step it completed last and ends with `Stop::Shutdown`.
-    let outcome = tokio::select! {
-        r = training => r.unwrap_or_else(|panic| Err(Stop::Failed(CoordError::Internal(
-            format!("the job's driver panicked: {}", panic_message(panic.as_ref()))
-        )))),
-        _ = job.cancel.cancelled() => Err(Stop::Cancelled),
+    let outcome = loop {
+        // A panic anywhere in the job's driver fails that job (with the panic's message), never
+        // the coordinator or its other jobs.
+        let training =
+            AssertUnwindSafe(train(&coord, &job).instrument(span.clone())).catch_unwind();
+        // A stopping coordinator is not raced here: the driver sees it where it waits (a round,
+        // workers), checkpoints the step it completed last and ends with `Stop::Shutdown`.
+        let outcome = tokio::select! {
+            r = training => r.unwrap_or_else(|panic| Err(Stop::Failed(CoordError::Internal(
+                format!("the job's driver panicked: {}", panic_message(panic.as_ref()))
+            )))),
+            _ = job.cancel.cancelled() => Err(Stop::Cancelled),
+        };
+        coord.scheduler.forget_job(&job.id);
+        // A lost aggregator costs the steps since the newest checkpoint, never the job: it
+        // starts again from there (the same bits) once the aggregators answer.
+        let Err(Stop::Failed(CoordError::AggregatorLost(why))) = &outcome else {
+            break outcome;
+        };
+        span.in_scope(|| tracing::warn!(job = %job.id, error = %why, "aggregator lost; resuming from the newest checkpoint"));
+        job.update(|r| {
+            r.message = format!("{why}; resuming from the newest checkpoint");
+            r.unfinished_starts = 0;
+        });
+        tokio::select! {
+            () = tokio::time::sleep(AGGREGATOR_RETRY) => {}
+            () = coord.shutdown.cancelled() => break Err(Stop::Shutdown),
+            () = job.cancel.cancelled() => break Err(Stop::Cancelled),
+        }
     };
-    coord.scheduler.forget_job(&job.id);
+    if !matches!(outcome, Err(Stop::Shutdown)) {
+        let k = (job.spec.aggregators as usize).min(coord.config.aggregators.len());
+        drop_shards(&job.id, &coord.config.aggregators[..k]).await;
+    }
     match outcome {
         Ok(()) => job.update(|r| {
             r.state = JobState::Succeeded;
@@ -143,6 +170,31 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
     let prov = Provenance::new(job, &model, &manifest, &manifest_sha, &plan);
     let mut p = start_point(job, &model, &job_output).await?;
     records::save(&coord.config.state_url, &job.record()).await?;
+    // Sharded aggregation: the parameters and Adam's state go to the aggregators, which step
+    // them from now on; the coordinator reads them back where it needs them (`sync`).
+    let shards = match spec.aggregators {
+        0 => None,
+        _ => Some(Arc::new(Shards::new(
+            &job.id,
+            spec,
+            &coord.config.aggregators,
+            p.params.len() as u64,
+        )?)),
+    };
+    let watch = match &shards {
+        Some(s) => {
+            s.load(&p.params, &p.adam.snapshot()?, p.state.step.0)
+                .await?;
+            tracing::info!(job = %job.id, aggregators = s.routes().len(), "parameters sharded");
+            Some(s.watch())
+        }
+        None => None,
+    };
+    let routes: Vec<ShardRoute> = shards
+        .as_ref()
+        .map(|s| s.routes().to_vec())
+        .unwrap_or_default();
+    let shards = shards.as_deref();
 
     let spe = plan.steps_per_epoch(spec.batch_size);
     let all_steps = spe * u64::from(spec.epochs);
@@ -175,7 +227,7 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
                 break 'epochs;
             }
             if let Err(stop) = wait_for_workers(coord, job).await {
-                return preempted(job, &p, &job_output, last_checkpoint, stop).await;
+                return preempted(job, &mut p, shards, &job_output, last_checkpoint, stop).await;
             }
             let started = Instant::now();
             let step = p.state.step.0;
@@ -192,7 +244,7 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
                     &step_span
                 }),
             };
-            let task_job = task_job(job, &model_json, &plan.train.split);
+            let task_job = task_job(job, &model_json, &plan.train.split, &routes);
             let micro = plan.micro_batches(&order, p.state.step_in_epoch, spec);
             let leaves = micro.len() as u32;
             let per_task = spec.micro_batches_per_task as usize;
@@ -211,6 +263,10 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
                         num_params: p.params.len() as u64,
                         micro_batch_size: spec.micro_batch_size.min(samples.len() as u32),
                         samples,
+                        block: shards.map(|_| TreeBlock {
+                            first: (b * per_task) as u32,
+                            leaves,
+                        }),
                     };
                     let block = Block {
                         first: (b * per_task) as u32,
@@ -225,23 +281,42 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
                     .flat_map(|(t, _)| t.samples.iter().map(|s| [s.shard, s.row]))
                     .collect()
             });
-            let round = run_train_round(coord, job, tasks, leaves, &round_trace, &step_span);
+            let round = run_train_round(
+                coord,
+                job,
+                tasks,
+                leaves,
+                &round_trace,
+                &step_span,
+                watch.as_ref(),
+            );
             let sum = match round.await {
                 Ok(r) => r,
-                Err(stop) => return preempted(job, &p, &job_output, last_checkpoint, stop).await,
+                Err(stop) => {
+                    return preempted(job, &mut p, shards, &job_output, last_checkpoint, stop).await;
+                }
             };
             let (samples, loss, correct) = (sum.samples, sum.loss_sum, sum.correct);
             step_span.record("samples", samples);
             step_span.record("loss", loss / samples.max(1) as f64);
             let batch = u32::try_from(samples).map_err(|_| Error::invalid("batch", "too large"))?;
-            p = reduce_and_step(p, sum.grad, batch, &step_span).await?;
+            p = match shards {
+                Some(s) => {
+                    let span = trace_span!(parent: &step_span, "optimizer", aggregators = s.routes().len());
+                    s.apply(step, leaves, batch).instrument(span).await?;
+                    p
+                }
+                None => reduce_and_step(p, sum.grad, batch, &step_span).await?,
+            };
             p.state.step = Step(step + 1);
             p.state.step_in_epoch += 1;
             p.state.epoch_loss_sum += loss;
             p.state.epoch_samples += samples;
             p.state.epoch_correct += correct;
-            trace_span!(parent: &step_span, "publish", version = p.state.step.0)
-                .in_scope(|| job.publish_params(p.state.step.0, &p.params));
+            if shards.is_none() {
+                trace_span!(parent: &step_span, "publish", version = p.state.step.0)
+                    .in_scope(|| job.publish_params(p.state.step.0, &p.params));
+            }
             if job.record().unfinished_starts > 0 {
                 job.update(|r| r.unfinished_starts = 0);
                 records::save(&coord.config.state_url, &job.record()).await?;
@@ -278,11 +353,17 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
                     &step_span
                 };
                 let span = trace_span!(parent: parent, "checkpoint", step = p.state.step.0);
+                sync(&mut p, shards, spec).instrument(span.clone()).await?;
                 checkpoint(job, &p, &job_output).instrument(span).await?;
                 last_checkpoint = Some(p.state.step);
             }
         }
-        // The epoch is complete: evaluate, then move the cursor to the next epoch.
+        // The epoch is complete: evaluate, then move the cursor to the next epoch. Sharded,
+        // the parameters are read back and evaluated from the coordinator.
+        if shards.is_some() {
+            sync(&mut p, shards, spec).await?;
+            job.publish_params(p.state.step.0, &p.params);
+        }
         let eval_span = trace_span!(
             parent: &epoch_span,
             "evaluate",
@@ -310,7 +391,9 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
         .await;
         let val = match val {
             Ok(v) => v,
-            Err(stop) => return preempted(job, &p, &job_output, last_checkpoint, stop).await,
+            Err(stop) => {
+                return preempted(job, &mut p, shards, &job_output, last_checkpoint, stop).await;
+            }
         };
         if let Some(v) = &val {
             eval_span.record("val_loss", v.loss);
@@ -350,6 +433,11 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
         last_val = val;
         records::save(&coord.config.state_url, &job.record()).await?;
     }
+    sync(&mut p, shards, spec).await?;
+    if shards.is_some() {
+        // The final evaluations fetch the final parameters from the coordinator.
+        job.publish_params(p.state.step.0, &p.params);
+    }
     if last_checkpoint != Some(p.state.step) {
         let span = trace_span!(parent: &job_span, "checkpoint", step = p.state.step.0);
         checkpoint(job, &p, &job_output).instrument(span).await?;
@@ -372,7 +460,9 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
         .await
     {
         Ok(done) => done,
-        Err(stop) => return preempted(job, &p, &job_output, last_checkpoint, stop).await,
+        Err(stop) => {
+            return preempted(job, &mut p, shards, &job_output, last_checkpoint, stop).await;
+        }
     };
     job.update(|r| {
         r.model = Some(url.to_string());
@@ -398,7 +488,8 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
 /// a preempted coordinator loses nothing; other stops pass through.
 async fn preempted(
     job: &JobHandle,
-    p: &Progress,
+    p: &mut Progress,
+    shards: Option<&Shards>,
     job_output: &StoreUrl,
     last_checkpoint: Option<Step>,
     stop: Stop,
@@ -407,6 +498,10 @@ async fn preempted(
         return Err(stop);
     }
     if last_checkpoint != Some(p.state.step) && p.state.step.0 > 0 {
+        if let Err(Stop::Failed(e)) = sync(p, shards, &job.spec).await {
+            tracing::warn!(job = %job.id, error = %e, "could not read the aggregators' shards; the job resumes from its last checkpoint");
+            return Err(Stop::Shutdown);
+        }
         let span = trace_span!("checkpoint", step = p.state.step.0, preempted = true);
         checkpoint(job, p, job_output).instrument(span).await?;
         tracing::info!(job = %job.id, step = p.state.step.0, "checkpointed for the coordinator's stop");
