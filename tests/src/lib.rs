@@ -18,8 +18,8 @@ use std::time::Duration;
 
 pub use procs::{
     Listening, Proc, addr_file_path, bin_dir, binary, python, python_script, reported_port,
-    restart_coordinator, start_coordinator, start_coordinator_env, start_s3, start_worker,
-    start_worker_with_health, wait_for_addr_file,
+    restart_coordinator, start_aggregator, start_coordinator, start_coordinator_env, start_s3,
+    start_worker, start_worker_with_health, wait_for_addr_file,
 };
 
 use ctcluster_common::storage::StoreUrl;
@@ -275,6 +275,47 @@ impl Cluster {
         tokio::time::timeout(Duration::from_secs(30), self.tasks.wait())
             .await
             .expect("cluster did not stop in time");
+    }
+}
+
+/// Aggregators (`ctcluster-coordinator --role aggregator`) served in this process on loopback
+/// ports they pick; stopped when [`Aggregators::stop`] is called.
+pub struct Aggregators {
+    /// Their URLs, in order: what `--aggregators` takes.
+    pub urls: Vec<String>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Aggregators {
+    /// Starts `k` aggregators.
+    pub async fn start(k: usize) -> Aggregators {
+        let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
+        let mut urls = Vec::new();
+        for _ in 0..k {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            urls.push(format!("http://{}", listener.local_addr().expect("addr")));
+            let config =
+                CoordinatorConfig::local(StoreUrl::parse("memory://aggregator/s").unwrap());
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                ctcluster_coordinator::serve_aggregator(listener, config, stop.cancelled_owned())
+                    .await
+                    .expect("aggregator");
+            });
+        }
+        Aggregators { urls, stop, tasks }
+    }
+
+    /// Stops them and waits.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.tasks.close();
+        tokio::time::timeout(Duration::from_secs(30), self.tasks.wait())
+            .await
+            .expect("aggregators did not stop in time");
     }
 }
 

@@ -188,6 +188,29 @@ fn coordinator_on(
     (p, listening)
 }
 
+/// Starts a plain-text aggregator (`ctcluster-coordinator --role aggregator`) on a loopback
+/// port, the given one (a restart where the coordinator and workers already point) or one it
+/// picks, and waits until it listens; returns it and its port. Killed when dropped.
+pub fn start_aggregator(port: Option<u16>) -> (Proc, u16) {
+    let file = addr_file_path("aggregator");
+    let (file_arg, listen) = (
+        file.display().to_string(),
+        format!("127.0.0.1:{}", port.unwrap_or(0)),
+    );
+    let args = [
+        "--role",
+        "aggregator",
+        "--listen",
+        &listen,
+        "--insecure",
+        "--addr-file",
+        &file_arg,
+    ];
+    let mut p = Proc::start("ctcluster-coordinator", &args, &[]);
+    let port = reported_port(&mut p, &file, "aggregator");
+    (p, port)
+}
+
 /// Starts `ctcluster-s3`, the S3-compatible test server, over the folder `root` (a sub-folder
 /// per bucket) on a loopback port it picks, and waits until it listens. Killed when dropped.
 pub fn start_s3(root: &Path, access_key: &str, secret_key: &str) -> (Proc, u16) {

@@ -1,9 +1,10 @@
 //! The scale benchmark: a ResNet-18 (11.2M parameters, 45 MB of f32) trained by real processes
-//! over loopback, a coordinator and eight workers, global batch 1024. Per reduction setup it
-//! measures, per step: the bytes the coordinator and the busiest worker received over TCP (the
-//! kernel's count for each established connection, `bytes_received` in `ss -tinp`); the step
-//! time; and the coordinator's peak resident memory (`VmHWM`). Each setup gets a fresh coordinator, so
-//! the peaks are its own.
+//! over loopback, a coordinator, eight workers and, with sharded aggregation, K aggregators;
+//! global batch 1024. Per reduction setup it measures, per step: the bytes the coordinator, the
+//! busiest aggregator and the busiest worker received over TCP (the kernel's count for each
+//! established connection, `bytes_received` in `ss -tinp`); the step time; and the peak
+//! resident memory (`VmHWM`) of the coordinator and of the largest aggregator. Each setup gets
+//! fresh processes, so the peaks are its own.
 //!
 //! The images are 8x8, so that eight workers on a few cores compute a step in seconds: the
 //! parameter count, and so every byte on the wire and in the coordinator, is ResNet-18's.
@@ -18,7 +19,7 @@ use ctcluster_common::storage::StoreUrl;
 use serde::Serialize;
 
 use crate::chaos::{status, submit, wait_step};
-use crate::procs::{Proc, start_coordinator, start_worker};
+use crate::procs::{Proc, start_aggregator, start_coordinator, start_worker};
 
 /// One way of reducing a step.
 #[derive(Clone, Debug, Serialize)]
@@ -29,6 +30,8 @@ pub struct ScaleCase {
     pub micro_batch_size: u32,
     /// Micro-batches per task (summed on the worker).
     pub micro_batches_per_task: u32,
+    /// Aggregator processes holding the parameters (0: the coordinator).
+    pub aggregators: usize,
 }
 
 /// What one setup measured.
@@ -50,8 +53,14 @@ pub struct ScaleRow {
     pub coordinator_received_bytes_per_step: f64,
     /// Bytes the worker that received most received a step.
     pub busiest_worker_received_bytes_per_step: f64,
+    /// Bytes the aggregator that received most received a step (0 without aggregators).
+    pub busiest_aggregator_received_bytes_per_step: f64,
+    /// Bytes the busiest process of all received a step.
+    pub busiest_process_received_bytes_per_step: f64,
     /// The coordinator's peak resident memory, bytes.
     pub coordinator_peak_rss_bytes: u64,
+    /// The largest aggregator's peak resident memory, bytes (0 without aggregators).
+    pub aggregator_peak_rss_bytes: u64,
 }
 
 /// Bytes received so far over the established TCP connections of the coordinator listening on
@@ -134,23 +143,40 @@ pub async fn run_case(
     warmup: u64,
     steps: u64,
 ) -> ScaleRow {
-    let tag = format!("{}-{}", case.micro_batch_size, case.micro_batches_per_task);
+    let tag = format!(
+        "{}-{}-{}",
+        case.micro_batch_size, case.micro_batches_per_task, case.aggregators
+    );
     let state = dir.join(format!("state-{tag}"));
     std::fs::create_dir_all(&state).unwrap();
-    let (coordinator, listening) = start_coordinator(&state, &[]);
+    let aggregators: Vec<(Proc, u16)> = (0..case.aggregators)
+        .map(|_| start_aggregator(None))
+        .collect();
+    let urls: Vec<String> = aggregators
+        .iter()
+        .map(|(_, port)| format!("http://127.0.0.1:{port}"))
+        .collect();
+    let joined = urls.join(",");
+    let flags: Vec<&str> = if urls.is_empty() {
+        vec![]
+    } else {
+        vec!["--aggregators", &joined]
+    };
+    let (coordinator, listening) = start_coordinator(&state, &flags);
     let url = format!("http://127.0.0.1:{}", listening.port);
     let procs: Vec<Proc> = (0..workers)
         .map(|i| start_worker(&url, &format!("scale-{i}"), &[], &[]))
         .collect();
     let spec = format!(
         "name: scale\ndataset: {}\noutput: {}/out-{tag}\nbatch_size: {batch_size}\n\
-         micro_batch_size: {}\nmicro_batches_per_task: {}\nepochs: 1000\nmax_steps: {}\n\
+         micro_batch_size: {}\nmicro_batches_per_task: {}\naggregators: {}\nepochs: 1000\nmax_steps: {}\n\
          min_workers: {workers}\nmodel:\n  name: resnet18\n  dropout: 0\n\
          validation:\n  fraction: 0\ncheckpoint:\n  every_steps: 1000000\n",
         ds.as_str(),
         dir.display(),
         case.micro_batch_size,
         case.micro_batches_per_task,
+        case.aggregators,
         warmup + steps + 1,
     );
     let job = submit(&url, spec).await;
@@ -159,20 +185,46 @@ pub async fn run_case(
     let t0 = Instant::now();
     let coordinator_pid = coordinator.0.id();
     let worker_pids: Vec<u32> = procs.iter().map(|p| p.0.id()).collect();
+    let ports: Vec<u16> = aggregators.iter().map(|(_, p)| *p).collect();
     let (c0, w0) = received(listening.port);
+    let a0: Vec<_> = ports.iter().map(|&p| received(p)).collect();
     let s = wait_step(&url, &job, warmup + steps).await;
     assert!(s.step >= warmup + steps, "the job stopped: {}", s.message);
     let elapsed = t0.elapsed().as_secs_f64();
     let (c1, w1) = received(listening.port);
+    let a1: Vec<_> = ports.iter().map(|&p| received(p)).collect();
+    // A worker receives on its connections to the coordinator and to every aggregator.
+    let got = |p: &u32, before: &HashMap<u32, u64>, after: &HashMap<u32, u64>| {
+        after
+            .get(p)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(before.get(p).copied().unwrap_or(0))
+    };
     let busiest = worker_pids
         .iter()
         .map(|p| {
-            let before = w0.get(p).copied().unwrap_or(0);
-            w1.get(p).copied().unwrap_or(0).saturating_sub(before)
+            got(p, &w0, &w1)
+                + a0.iter()
+                    .zip(&a1)
+                    .map(|((_, b), (_, a))| got(p, b, a))
+                    .sum::<u64>()
         })
         .max()
         .unwrap_or(0);
+    let busiest_aggregator = a0
+        .iter()
+        .zip(&a1)
+        .map(|((b, _), (a, _))| a.saturating_sub(*b))
+        .max()
+        .unwrap_or(0);
+    let aggregator_peak = aggregators
+        .iter()
+        .map(|(p, _)| peak_rss(p.0.id()))
+        .max()
+        .unwrap_or(0);
     let peak = peak_rss(coordinator_pid);
+    let coordinator_received = c1.saturating_sub(c0);
     let per_step = |b: u64| b as f64 / steps as f64;
     let micro_batches = batch_size.div_ceil(case.micro_batch_size);
     let row = ScaleRow {
@@ -182,14 +234,20 @@ pub async fn run_case(
         micro_batches,
         results_per_step: micro_batches.div_ceil(case.micro_batches_per_task),
         step_seconds: elapsed / steps as f64,
-        coordinator_received_bytes_per_step: per_step(c1.saturating_sub(c0)),
+        coordinator_received_bytes_per_step: per_step(coordinator_received),
         busiest_worker_received_bytes_per_step: per_step(busiest),
+        busiest_aggregator_received_bytes_per_step: per_step(busiest_aggregator),
+        busiest_process_received_bytes_per_step: per_step(
+            coordinator_received.max(busiest).max(busiest_aggregator),
+        ),
         coordinator_peak_rss_bytes: peak,
+        aggregator_peak_rss_bytes: aggregator_peak,
     };
     // The job is not needed to its end.
     let _ = status(&url, &job).await;
     drop(procs);
     drop(coordinator);
+    drop(aggregators);
     tokio::time::sleep(Duration::from_millis(100)).await;
     row
 }

@@ -123,3 +123,77 @@ async fn a_worker_killed_mid_block_changes_nothing() {
         "a block redone after its worker was killed changed the result"
     );
 }
+
+/// Sharded aggregation on real processes: a job's parameters and Adam state on two aggregator
+/// processes, one of them SIGKILLed mid-run and started again on its port. The coordinator
+/// notices, the job resumes from its newest checkpoint (every 4 steps) once the aggregator
+/// answers, and ends with the parameters and Adam state of an undisturbed run without
+/// aggregators.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregator_killed_mid_run_changes_nothing() {
+    use ctcluster_common::checkpoint::Checkpoint;
+    use ctcluster_common::storage::StoreUrl;
+    use ctcluster_tests::chaos::{submit, wait_end, wait_step};
+    use ctcluster_tests::procs::{start_aggregator, start_coordinator, start_worker};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().display().to_string();
+    let ds = ctcluster_tests::synthetic(&format!("{root}/ds"), 480, 8, 3).await;
+    let (_first, p0) = start_aggregator(None);
+    let (mut second, p1) = start_aggregator(None);
+    let aggregators = format!("http://127.0.0.1:{p0},http://127.0.0.1:{p1}");
+    let (_coordinator, listening) = start_coordinator(
+        &tmp.path().join("state"),
+        &[
+            "--heartbeat-ms",
+            "200",
+            "--worker-lease-ms",
+            "1000",
+            "--aggregators",
+            &aggregators,
+        ],
+    );
+    let url = format!("http://127.0.0.1:{}", listening.port);
+    let spec = |out: &str, aggregators: u32| {
+        format!(
+            "name: sharded\ndataset: {}\noutput: {root}/{out}\nbatch_size: 32\nmicro_batch_size: 8\n\
+             micro_batches_per_task: 2\naggregators: {aggregators}\nmax_steps: 40\nepochs: 4\nseed: 4\n\
+             checkpoint:\n  every_steps: 4\nvalidation:\n  fraction: 0.1\n",
+            ds.as_str()
+        )
+    };
+    // Workers that take a while per task, so that the kill lands mid-run.
+    let _workers: Vec<_> = (0..2)
+        .map(|i| start_worker(&url, &format!("w{i}"), &["--fault-delay-ms", "60"], &[]))
+        .collect();
+    let job = submit(&url, spec("killed", 2)).await;
+    let before = wait_step(&url, &job, 10).await;
+    second.kill();
+    let (_second, port) = start_aggregator(Some(p1));
+    assert_eq!(port, p1);
+    let killed = wait_end(&url, &job).await;
+    assert_eq!(
+        ctctl::render::state_name(killed.state),
+        "succeeded",
+        "{}",
+        killed.message
+    );
+    assert!(
+        killed.resumes >= 1,
+        "the job did not resume after the kill at step {}: {}",
+        before.step,
+        killed.message
+    );
+    let calm = wait_end(&url, &submit(&url, spec("calm", 0)).await).await;
+    let load = |s: &ctcluster_proto::JobStatus| {
+        let url = StoreUrl::parse(&s.checkpoint).unwrap();
+        async move { Checkpoint::load(&url).await.unwrap() }
+    };
+    let (a, b) = (load(&killed).await, load(&calm).await);
+    assert_eq!(a.state.step.0, 40);
+    assert!(
+        a.params == b.params && a.adam == b.adam,
+        "an aggregator killed mid-run changed the result (resumed from step {:?})",
+        killed.resumed_from_step
+    );
+}

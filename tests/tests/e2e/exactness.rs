@@ -1,7 +1,7 @@
 //! Data parallelism is exact: the result does not depend on the number of workers.
 
 use ctcluster_proto as pb;
-use ctcluster_tests::{Cluster, final_checkpoint, rel_l2, spec, synthetic};
+use ctcluster_tests::{Aggregators, Cluster, final_checkpoint, rel_l2, spec, synthetic};
 use ctcluster_worker::Faults;
 
 async fn params_after_20_steps(workers: usize, dataset: &str, dropout: f64) -> Vec<f32> {
@@ -99,14 +99,22 @@ async fn bf16_gradients_keep_results_identical_across_worker_counts() {
 
 /// Twenty steps of the seed CNN (dropout 0.5), batches of 160 as five micro-batches of 32, on
 /// `workers` workers each handed `per_task` consecutive micro-batches (summed by the worker in
-/// the step's reduction tree): the final checkpoint.
-async fn with_micro_batches_per_task(
+/// the step's reduction tree), with the parameters and Adam's state on `aggregators` in-process
+/// aggregators (0: on the coordinator): the final checkpoint.
+async fn with_blocks_and_aggregators(
     workers: usize,
     dataset: &str,
     per_task: u32,
+    aggregators: usize,
 ) -> ctcluster_common::checkpoint::Checkpoint {
-    let tag = format!("{workers}-{per_task}");
-    let cluster = Cluster::start(&format!("memory://exact-block-{tag}/s"), workers).await;
+    let tag = format!("{workers}-{per_task}-{aggregators}");
+    let aggs = Aggregators::start(aggregators).await;
+    let mut config = ctcluster_coordinator::CoordinatorConfig::local(
+        ctcluster_common::storage::StoreUrl::parse(&format!("memory://exact-block-{tag}/s"))
+            .unwrap(),
+    );
+    config.aggregators = aggs.urls.clone();
+    let cluster = Cluster::start_with(config, workers).await;
     let status = cluster
         .run(&spec(
             "exactness-blocks",
@@ -114,28 +122,38 @@ async fn with_micro_batches_per_task(
             &format!("memory://exact-block-{tag}/o"),
             &format!(
                 "batch_size: 160\nmicro_batch_size: 32\nmicro_batches_per_task: {per_task}\n\
-                 max_steps: 20\nepochs: 3\nseed: 11\nmodel:\n  dropout: 0.5\n"
+                 aggregators: {aggregators}\nmax_steps: 20\nepochs: 3\nseed: 11\nmodel:\n  dropout: 0.5\n"
             ),
         ))
         .await;
     cluster.stop().await;
+    aggs.stop().await;
     assert_eq!(status.step, 20, "{}", status.message);
     final_checkpoint(&status).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pre_reduction_on_workers_changes_no_bit() {
+async fn pre_reduction_and_sharded_aggregation_change_no_bit() {
     let ds = synthetic("memory://exact-blocks/ds", 1200, 16, 3).await;
-    let plain = with_micro_batches_per_task(1, ds.as_str(), 1).await;
+    let plain = with_blocks_and_aggregators(1, ds.as_str(), 1, 0).await;
     // Blocks of 2 (the fifth micro-batch alone), of 4 (then one of 1) and of 8 (the whole
-    // step, a tree cut short at five leaves), on 1 to 3 workers.
-    for (workers, per_task) in [(2, 2), (3, 4), (1, 8)] {
-        let blocks = with_micro_batches_per_task(workers, ds.as_str(), per_task).await;
+    // step, a tree cut short at five leaves), on 1 to 3 workers; then the parameters and
+    // Adam's state split over 1, 2 and 3 aggregators (evaluations and checkpoints read them
+    // back), with and without blocks.
+    for (workers, per_task, aggregators) in [
+        (2, 2, 0),
+        (3, 4, 0),
+        (1, 8, 0),
+        (1, 1, 1),
+        (2, 2, 2),
+        (3, 1, 3),
+    ] {
+        let run = with_blocks_and_aggregators(workers, ds.as_str(), per_task, aggregators).await;
         assert!(
-            blocks.params == plain.params && blocks.adam == plain.adam,
-            "{workers} workers with {per_task} micro-batches a task are not bit-identical to \
-             1 worker with 1: relative L2 {:e}",
-            rel_l2(&blocks.params, &plain.params)
+            run.params == plain.params && run.adam == plain.adam,
+            "{workers} workers with {per_task} micro-batches a task and {aggregators} \
+             aggregators are not bit-identical to 1 worker with 1 and none: relative L2 {:e}",
+            rel_l2(&run.params, &plain.params)
         );
     }
 }
