@@ -293,7 +293,8 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
             let sum = match round.await {
                 Ok(r) => r,
                 Err(stop) => {
-                    return preempted(job, &mut p, shards, &job_output, last_checkpoint, stop).await;
+                    return preempted(job, &mut p, shards, &job_output, last_checkpoint, stop)
+                        .await;
                 }
             };
             let (samples, loss, correct) = (sum.samples, sum.loss_sum, sum.correct);
