@@ -50,25 +50,7 @@ pub async fn serve(
     let reload = config.users_reload;
     let grace = config.shutdown_grace;
     let health = Health::new().await;
-    let health_listener = match config.health_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| CoordError::bad("health-listen", format!("{addr}: {e}")))?,
-        ),
-        None => None,
-    };
-    if let Some(path) = &config.addr_file {
-        let local = |l: &TcpListener| {
-            l.local_addr()
-                .map_err(|e| CoordError::bad("listen", e.to_string()))
-        };
-        let mut addrs = vec![("grpc", local(&listener)?)];
-        if let Some(h) = &health_listener {
-            addrs.push(("health", local(h)?));
-        }
-        write_addr_file(path, &addrs)?;
-    }
+    let health_listener = bind_health(&config, &listener).await?;
     let coord = Coordinator::new(config);
     if let Some(listener) = health_listener {
         let (health, stop) = (health.clone(), coord.shutdown.clone());
@@ -184,6 +166,34 @@ pub async fn serve(
         );
     }
     result.map_err(|e| CoordError::bad("listener", e.to_string()))
+}
+
+/// Binds the plain-text health listener (with `--health-listen`) and writes `--addr-file`: the
+/// main listener's address and the health listener's. Both roles start this way.
+pub(crate) async fn bind_health(
+    config: &CoordinatorConfig,
+    listener: &TcpListener,
+) -> Result<Option<TcpListener>, CoordError> {
+    let health_listener = match config.health_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| CoordError::bad("health-listen", format!("{addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    if let Some(path) = &config.addr_file {
+        let local = |l: &TcpListener| {
+            l.local_addr()
+                .map_err(|e| CoordError::bad("listen", e.to_string()))
+        };
+        let mut addrs = vec![("grpc", local(listener)?)];
+        if let Some(h) = &health_listener {
+            addrs.push(("health", local(h)?));
+        }
+        write_addr_file(path, &addrs)?;
+    }
+    Ok(health_listener)
 }
 
 /// Reads the users file again every `every` until `stop`; a change takes effect at once, a

@@ -11,7 +11,6 @@ pub mod shard;
 
 use std::future::Future;
 
-use ctcluster_common::addr_file::write_addr_file;
 use ctcluster_common::health::{Health, serve_plain};
 use ctcluster_proto as pb;
 use futures::StreamExt;
@@ -27,6 +26,7 @@ use crate::auth::worker_gate;
 use crate::config::CoordinatorConfig;
 use crate::connections::{Conn, accept_loop};
 use crate::error::CoordError;
+use crate::server::bind_health;
 use crate::tls::TlsAcceptor;
 
 /// How long open connections may take to close once the aggregator stops.
@@ -47,25 +47,7 @@ pub async fn serve_aggregator(
         .map_err(|e| CoordError::bad("tls", e))?;
     let health = Health::new().await;
     let stop = CancellationToken::new();
-    let health_listener = match config.health_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| CoordError::bad("health-listen", format!("{addr}: {e}")))?,
-        ),
-        None => None,
-    };
-    if let Some(path) = &config.addr_file {
-        let local = |l: &TcpListener| {
-            l.local_addr()
-                .map_err(|e| CoordError::bad("listen", e.to_string()))
-        };
-        let mut addrs = vec![("grpc", local(&listener)?)];
-        if let Some(h) = &health_listener {
-            addrs.push(("health", local(h)?));
-        }
-        write_addr_file(path, &addrs)?;
-    }
+    let health_listener = bind_health(&config, &listener).await?;
     let tasks = tokio_util::task::TaskTracker::new();
     if let Some(l) = health_listener {
         let (health, stop) = (health.clone(), stop.clone());
