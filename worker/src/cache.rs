@@ -100,7 +100,8 @@ impl Cache {
                 job_id: job.job_id.to_string(),
                 version,
             })
-            .await?
+            .await
+            .map_err(WorkerError::for_task)?
             .into_inner();
         let mut params = Vec::with_capacity(want);
         while let Some(chunk) = stream.next().await {

@@ -26,6 +26,10 @@ pub enum WorkerError {
     /// other than announced).
     #[error("parameters: {0}")]
     Parameters(String),
+    /// The coordinator no longer (or not yet) serves what the task needs: its parameters'
+    /// version is not the job's. The task fails (retryable) and the session goes on.
+    #[error("stale task: {0}")]
+    Stale(String),
     /// An aggregator (sharded aggregation) could not be reached or refused a call: the task is
     /// retried (the coordinator resumes the job when an aggregator is lost).
     #[error("aggregator {url}: {reason}")]
@@ -38,6 +42,23 @@ pub enum WorkerError {
 }
 
 impl WorkerError {
+    /// The error of a refused call made for one task: a stale task ("failed precondition":
+    /// the job moved past the task's step, or has not published it yet) fails that task only;
+    /// anything else is the coordinator's answer as it came.
+    pub fn for_task(status: tonic::Status) -> WorkerError {
+        if status.code() == tonic::Code::FailedPrecondition {
+            WorkerError::Stale(status.message().to_string())
+        } else {
+            WorkerError::Rpc(status)
+        }
+    }
+
+    /// Whether this error ends the worker's session with the coordinator (it then reconnects
+    /// and registers again) rather than failing one task.
+    pub fn ends_session(&self) -> bool {
+        matches!(self, WorkerError::Rpc(_) | WorkerError::Transport(_))
+    }
+
     /// Whether a task that failed with this error may pass if tried again (on this worker or
     /// another): decided by the error's type, reported to the coordinator with the failure.
     /// Bad input (a corrupt or missing shard, an invalid model) fails the same everywhere.
@@ -54,6 +75,7 @@ impl WorkerError {
             | WorkerError::Rpc(_)
             | WorkerError::Transport(_)
             | WorkerError::ComputeGone
+            | WorkerError::Stale(_)
             | WorkerError::Parameters(_) => FailureKind::Retryable,
             WorkerError::Aggregator { .. } => FailureKind::Aggregator,
         }
@@ -100,5 +122,17 @@ mod tests {
             WorkerError::Parameters("3 values, expected 4".into()).failure_kind(),
             FailureKind::Retryable
         );
+    }
+
+    #[test]
+    fn a_stale_task_fails_alone_and_a_lost_coordinator_ends_the_session() {
+        let stale = WorkerError::for_task(tonic::Status::failed_precondition(
+            "parameters of step 3 asked for, the job is at step 4",
+        ));
+        assert!(!stale.ends_session());
+        assert_eq!(stale.failure_kind(), FailureKind::Retryable);
+        assert!(stale.to_string().contains("step 3"), "{stale}");
+        let gone = WorkerError::for_task(tonic::Status::unavailable("connection reset"));
+        assert!(gone.ends_session());
     }
 }

@@ -406,7 +406,7 @@ async fn work_loop(
                 header.probs = e.probs;
                 header.labels = e.labels;
             }
-            Err(e @ (WorkerError::Rpc(_) | WorkerError::Transport(_))) => return Err(e),
+            Err(e) if e.ends_session() => return Err(e),
             Err(e) => {
                 let kind = e.failure_kind();
                 span.in_scope(|| tracing::warn!(task = %task.id, error = %e, ?kind, "task failed"));
