@@ -23,12 +23,32 @@ fn read_file(flag: &str, path: &Path) -> Result<Vec<u8>> {
         .map_err(|e| Error::invalid("tls", format!("{flag} {}: {e}", path.display())))
 }
 
-/// TLS and users from the flags: all four files, or `--insecure`.
+/// TLS and users from the flags: all four files (a coordinator) or the three TLS files (an
+/// aggregator, which has no users), or `--insecure`.
 fn security_from(a: &Args) -> Result<(Security, Option<TlsFiles>)> {
-    match (&a.tls_cert, &a.tls_key, &a.client_ca, &a.users, a.insecure) {
-        (None, None, None, None, true) => Ok((Security::Insecure, None)),
-        (Some(cert), Some(key), Some(ca), Some(users), false) => {
-            let users = UsersTable::from_file(users)?;
+    let aggregator = a.role == Role::Aggregator;
+    if aggregator && a.users.is_some() {
+        return Err(Error::invalid(
+            "tls",
+            "an aggregator has no users: drop --users (it admits the cluster CA's certificates: \
+             workers to fetch and push, the coordinator (--coordinator-name) to steer shards)",
+        ));
+    }
+    // An aggregator has no users; the coordinator needs its users file.
+    let users_given = a.users.is_some() || aggregator;
+    match (
+        &a.tls_cert,
+        &a.tls_key,
+        &a.client_ca,
+        users_given,
+        a.insecure,
+    ) {
+        (None, None, None, _, true) if a.users.is_none() => Ok((Security::Insecure, None)),
+        (Some(cert), Some(key), Some(ca), true, false) => {
+            let users = match &a.users {
+                Some(path) => UsersTable::from_file(path)?,
+                None => UsersTable::fixed(&Default::default())?,
+            };
             let files = TlsFiles {
                 cert_pem: read_file("--tls-cert", cert)?,
                 key_pem: read_file("--tls-key", key)?,
@@ -45,6 +65,12 @@ fn security_from(a: &Args) -> Result<(Security, Option<TlsFiles>)> {
             "tls",
             "--insecure cannot be combined with --tls-cert, --tls-key, --client-ca or --users",
         )),
+        _ if aggregator => Err(Error::invalid(
+            "tls",
+            "an aggregator serves TLS only: give --tls-cert, --tls-key and --client-ca \
+             (`ctctl certs init DIR --aggregators N` creates them), or --insecure for plain text \
+             on a trusted network",
+        )),
         _ => Err(Error::invalid(
             "tls",
             "the coordinator serves TLS only: give --tls-cert, --tls-key, --client-ca and --users \
@@ -53,30 +79,29 @@ fn security_from(a: &Args) -> Result<(Security, Option<TlsFiles>)> {
     }
 }
 
-/// The aggregators' URLs: at most [`MAX_SHARDS`], each `http://`, none twice; not with TLS,
-/// which the aggregators do not speak yet.
+/// The aggregators' URLs: at most [`MAX_SHARDS`], none twice, each `https://` when the
+/// coordinator serves TLS (gradients and parameters never travel in plain text from a TLS
+/// cluster) and `http://` when it does not.
 fn aggregators_from(urls: &[String], tls: bool) -> Result<Vec<String>> {
-    if urls.is_empty() {
-        return Ok(Vec::new());
-    }
-    if tls {
-        return Err(Error::invalid(
-            "aggregators",
-            "aggregators serve plain text only for now: use --aggregators with --insecure, on a \
-             trusted private network",
-        ));
-    }
     if urls.len() > MAX_SHARDS {
         return Err(Error::invalid(
             "aggregators",
             format!("{} given; at most {MAX_SHARDS}", urls.len()),
         ));
     }
+    let scheme = if tls { "https://" } else { "http://" };
     for (i, u) in urls.iter().enumerate() {
-        if !u.starts_with("http://") || u.len() > 512 {
+        if !u.starts_with(scheme) || u.len() > 512 {
             return Err(Error::invalid(
                 "aggregators",
-                format!("{u:?} is not an http:// URL"),
+                format!(
+                    "{u:?} is not an {scheme} URL ({})",
+                    if tls {
+                        "this coordinator serves TLS, and so do its aggregators"
+                    } else {
+                        "this coordinator serves plain text (--insecure), and so do its aggregators"
+                    }
+                ),
             ));
         }
         if urls[..i].contains(u) {
@@ -103,9 +128,19 @@ pub struct Args {
     pub role: Role,
     /// Sharded aggregation: the aggregators' URLs, in order (repeat, or comma-separate in the
     /// variable). A job with `aggregators: K` in its spec splits its parameters and Adam state
-    /// over the first K. Plain text only for now (with --insecure).
+    /// over the first K. `https://` URLs when the coordinator serves TLS: it then shows the
+    /// aggregators its own certificate (--tls-cert) and checks theirs against --client-ca.
     #[arg(long, env = "CT_AGGREGATORS", value_delimiter = ',')]
     pub aggregators: Vec<String>,
+    /// On an aggregator serving TLS: the common name of the coordinator's certificate. Only
+    /// that certificate may install, step, read and drop shards; any other the cluster CA
+    /// signed (a worker's) may only fetch parameters and push gradients.
+    #[arg(
+        long,
+        env = "CT_COORDINATOR_NAME",
+        default_value = "ctcluster coordinator"
+    )]
+    pub coordinator_name: String,
     /// Address to listen on.
     #[arg(long, env = "CT_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
@@ -228,6 +263,8 @@ pub struct CoordinatorConfig {
     pub addr_file: Option<std::path::PathBuf>,
     /// Sharded aggregation: the aggregators' URLs, in order.
     pub aggregators: Vec<String>,
+    /// On an aggregator with TLS: the certificate name allowed to steer shards.
+    pub coordinator_name: String,
 }
 
 impl CoordinatorConfig {
@@ -248,6 +285,7 @@ impl CoordinatorConfig {
             health_listen: None,
             addr_file: None,
             aggregators: Vec::new(),
+            coordinator_name: "ctcluster coordinator".into(),
         }
     }
 }
@@ -297,8 +335,15 @@ impl TryFrom<&Args> for CoordinatorConfig {
             ..ConnectionLimits::default()
         };
         let aggregators = aggregators_from(&a.aggregators, tls.is_some())?;
+        if a.coordinator_name.is_empty() || a.coordinator_name.len() > 256 {
+            return Err(Error::invalid(
+                "coordinator-name",
+                "must be a certificate common name of 1 to 256 bytes",
+            ));
+        }
         Ok(CoordinatorConfig {
             aggregators,
+            coordinator_name: a.coordinator_name.clone(),
             security,
             tls,
             users_reload: (a.users_reload_ms > 0).then(|| Duration::from_millis(a.users_reload_ms)),
@@ -321,20 +366,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn aggregator_urls_are_checked_and_refused_with_tls() {
+    fn aggregator_urls_are_checked_and_match_the_coordinators_tls() {
         let urls = |u: &[&str]| u.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
             aggregators_from(&urls(&["http://a:1/", "http://b:2"]), false).unwrap(),
             urls(&["http://a:1", "http://b:2"])
         );
+        assert_eq!(
+            aggregators_from(&urls(&["https://a:1/"]), true).unwrap(),
+            urls(&["https://a:1"])
+        );
         assert!(aggregators_from(&[], true).unwrap().is_empty());
         let err = |u: &[&str], tls| aggregators_from(&urls(u), tls).unwrap_err().to_string();
-        assert!(err(&["http://a:1"], true).contains("plain text only"));
+        assert!(err(&["http://a:1"], true).contains("not an https:// URL"));
         assert!(err(&["https://a:1"], false).contains("not an http:// URL"));
         assert!(err(&["a:1"], false).contains("not an http:// URL"));
         assert!(err(&["http://a:1", "http://a:1"], false).contains("given twice"));
         let many: Vec<String> = (0..=MAX_SHARDS).map(|i| format!("http://a{i}:1")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         assert!(err(&many, false).contains("at most"));
+    }
+
+    #[test]
+    fn an_aggregator_serves_tls_without_users() {
+        let dir = std::env::temp_dir().join(format!("ct-agg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, b"-----BEGIN CERTIFICATE-----\n").unwrap();
+            p.display().to_string()
+        };
+        let (cert, key, ca, users) = (file("c.pem"), file("k.pem"), file("ca.pem"), file("u.yaml"));
+        let config = |args: &[&str]| {
+            let mut all = vec!["ctcluster-coordinator"];
+            all.extend_from_slice(args);
+            CoordinatorConfig::try_from(&Args::try_parse_from(all).unwrap())
+        };
+        let tls = ["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &ca];
+        let aggregator = [&["--role", "aggregator"][..], &tls[..]].concat();
+        let c = config(&aggregator).unwrap();
+        assert!(c.tls.is_some() && matches!(c.security, Security::Tls { .. }));
+        assert_eq!(c.coordinator_name, "ctcluster coordinator");
+        let err = |args: &[&str]| config(args).unwrap_err().to_string();
+        assert!(err(&[&aggregator[..], &["--users", &users]].concat()).contains("has no users"));
+        assert!(err(&["--role", "aggregator"]).contains("an aggregator serves TLS only"));
+        // The coordinator still needs its users file.
+        assert!(err(&tls).contains("the coordinator serves TLS only"));
+        assert!(
+            err(&[&aggregator[..], &["--coordinator-name", ""]].concat())
+                .contains("coordinator-name")
+        );
+        let insecure = config(&["--role", "aggregator", "--insecure"]).unwrap();
+        assert!(insecure.tls.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,5 +1,5 @@
-//! `ctctl certs init DIR`: a cluster CA, the coordinator's certificate, worker certificates and
-//! user tokens, so a new cluster is secure from its first start.
+//! `ctctl certs init DIR`: a cluster CA, the coordinator's certificate, worker and aggregator
+//! certificates and user tokens, so a new cluster is secure from its first start.
 
 use std::path::Path;
 
@@ -48,10 +48,51 @@ fn named(cn: &str) -> DistinguishedName {
     dn
 }
 
-/// Generates the bundle: `ca.pem` (+ key), `coordinator.pem` (+ key) valid for `localhost`,
-/// `127.0.0.1` and `hosts`, `worker-N.pem` (+ key) for `workers` workers, and a token per
-/// user (`admin` first, an admin) with `users.yaml` holding their hashes.
-pub fn generate(hosts: &[String], workers: usize, users: &[String]) -> Result<Bundle, CtlError> {
+/// What `certs init` makes.
+#[derive(Clone, Debug, Default)]
+pub struct BundleSpec {
+    /// Extra names (DNS names or IPs) the coordinator and the aggregators are reached by;
+    /// `localhost` and `127.0.0.1` are always included.
+    pub hosts: Vec<String>,
+    /// Worker certificates to make.
+    pub workers: usize,
+    /// Aggregator certificates to make (sharded aggregation over TLS).
+    pub aggregators: usize,
+    /// Users besides `admin`.
+    pub users: Vec<String>,
+}
+
+/// A certificate signed by the CA, for a server reached by `names`.
+fn server_cert(
+    cn: &str,
+    names: &[String],
+    usages: Vec<ExtendedKeyUsagePurpose>,
+    issuer: &Issuer<'_, KeyPair>,
+) -> Result<(String, String), CtlError> {
+    let key = KeyPair::generate().map_err(err)?;
+    let mut p = CertificateParams::new(names.to_vec()).map_err(err)?;
+    p.distinguished_name = named(cn);
+    p.extended_key_usages = usages;
+    let cert = p.signed_by(&key, issuer).map_err(err)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// The common name of the coordinator's certificate: aggregators let only it install, step,
+/// read and drop shards (`ctcluster-coordinator --role aggregator --coordinator-name`).
+pub const COORDINATOR_NAME: &str = "ctcluster coordinator";
+
+/// Generates the bundle: `ca.pem` (+ key); `coordinator.pem` (+ key) valid for `localhost`,
+/// `127.0.0.1` and the hosts, for serving and as the client identity it shows aggregators;
+/// `worker-N.pem` (+ key) per worker; `aggregator-N.pem` (+ key) per aggregator, valid for the
+/// same names; and a token per user (`admin` first, an admin) with `users.yaml` holding their
+/// hashes.
+pub fn generate(spec: &BundleSpec) -> Result<Bundle, CtlError> {
+    let BundleSpec {
+        hosts,
+        workers,
+        aggregators,
+        users,
+    } = spec;
     let mut files = Vec::new();
     let mut push = |name: String, bytes: Vec<u8>, secret: bool| {
         files.push(BundleFile {
@@ -76,19 +117,29 @@ pub fn generate(hosts: &[String], workers: usize, users: &[String]) -> Result<Bu
 
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     names.extend(hosts.iter().cloned());
-    let key = KeyPair::generate().map_err(err)?;
-    let mut p = CertificateParams::new(names).map_err(err)?;
-    p.distinguished_name = named("ctcluster coordinator");
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = p.signed_by(&key, &issuer).map_err(err)?;
-    push("coordinator.pem".into(), cert.pem().into_bytes(), false);
-    push(
-        "coordinator-key.pem".into(),
-        key.serialize_pem().into_bytes(),
-        true,
-    );
+    let (cert, key) = server_cert(
+        COORDINATOR_NAME,
+        &names,
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        &issuer,
+    )?;
+    push("coordinator.pem".into(), cert.into_bytes(), false);
+    push("coordinator-key.pem".into(), key.into_bytes(), true);
+    for i in 0..*aggregators {
+        let (cert, key) = server_cert(
+            &format!("aggregator-{i}"),
+            &names,
+            vec![ExtendedKeyUsagePurpose::ServerAuth],
+            &issuer,
+        )?;
+        push(format!("aggregator-{i}.pem"), cert.into_bytes(), false);
+        push(format!("aggregator-{i}-key.pem"), key.into_bytes(), true);
+    }
 
-    for i in 0..workers {
+    for i in 0..*workers {
         let key = KeyPair::generate().map_err(err)?;
         let mut p = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
         p.distinguished_name = named(&format!("worker-{i}"));
@@ -157,19 +208,14 @@ fn write(dir: &Path, f: &BundleFile) -> Result<(), CtlError> {
 }
 
 /// `ctctl certs init`: writes the bundle into `dir` (which must not hold one already).
-pub fn init(
-    dir: &Path,
-    hosts: &[String],
-    workers: usize,
-    users: &[String],
-) -> Result<String, CtlError> {
+pub fn init(dir: &Path, spec: &BundleSpec) -> Result<String, CtlError> {
     if dir.join("ca.pem").exists() {
         return Err(CtlError::Usage(format!(
             "{} already holds a cluster CA (ca.pem); choose another folder",
             dir.display()
         )));
     }
-    let bundle = generate(hosts, workers, users)?;
+    let bundle = generate(spec)?;
     std::fs::create_dir_all(dir).map_err(CtlError::write(dir))?;
     for f in &bundle.files {
         write(dir, f)?;
@@ -182,8 +228,17 @@ pub fn init(
          worker:      ctcluster-worker --coordinator https://HOST:50051 --ca {d}/ca.pem \\\n\
          \x20            --cert {d}/worker-0.pem --key {d}/worker-0-key.pem\n\
          ctctl:       export CTCTL_CA={d}/ca.pem CTCTL_TOKEN_FILE={d}/admin.token\n\
-         \x20            ctctl --coordinator https://HOST:50051 list\n\
+         \x20            ctctl --coordinator https://HOST:50051 list\n{}\
          Keep ca-key.pem offline: it signs new worker certificates.\n",
-        bundle.files.len()
+        bundle.files.len(),
+        if spec.aggregators > 0 {
+            format!(
+                "aggregator:  ctcluster-coordinator --role aggregator --listen 0.0.0.0:50061 \\\n\
+                 \x20            --tls-cert {d}/aggregator-0.pem --tls-key {d}/aggregator-0-key.pem --client-ca {d}/ca.pem\n\
+                 \x20            (and the coordinator with --aggregators https://HOST:50061,...)\n"
+            )
+        } else {
+            String::new()
+        }
     ))
 }

@@ -214,17 +214,22 @@ pub enum KeysCommand {
 /// `ctctl certs ...`
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
-    /// Write a CA, the coordinator's certificate, worker certificates and user tokens.
+    /// Write a CA, the coordinator's certificate, worker and aggregator certificates and user
+    /// tokens.
     Init {
         /// The folder to create them in.
         dir: PathBuf,
-        /// Extra names the coordinator is reached by (DNS names or IPs; localhost and
-        /// 127.0.0.1 are always included).
+        /// Extra names the coordinator and the aggregators are reached by (DNS names or IPs;
+        /// localhost and 127.0.0.1 are always included).
         #[arg(long = "host")]
         hosts: Vec<String>,
         /// Worker certificates to make.
         #[arg(long, default_value_t = 4)]
         workers: usize,
+        /// Aggregator certificates to make (sharded aggregation over TLS; see
+        /// `ctcluster-coordinator --role aggregator`).
+        #[arg(long, default_value_t = 0)]
+        aggregators: usize,
         /// Users besides `admin` (comma-separated); each gets a token file.
         #[arg(long, value_delimiter = ',')]
         users: Vec<String>,

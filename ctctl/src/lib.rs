@@ -242,7 +242,16 @@ pub async fn run(cli: Cli) -> Result<String, CtlError> {
             dir,
             hosts,
             workers,
+            aggregators,
             users,
-        }) => certs::init(&dir, &hosts, workers, &users),
+        }) => certs::init(
+            &dir,
+            &certs::BundleSpec {
+                hosts,
+                workers,
+                aggregators,
+                users,
+            },
+        ),
     }
 }

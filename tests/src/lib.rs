@@ -56,14 +56,37 @@ impl Cluster {
     /// Starts a coordinator with TLS, worker certificates and user tokens from a fresh
     /// `ctctl certs` bundle (users `admin`, `alice`, `bob`), and `workers` workers.
     pub async fn start_secure(state: &str, workers: usize) -> (Cluster, ctctl::certs::Bundle) {
-        let bundle = ctctl::certs::generate(&[], workers.max(1), &["alice".into(), "bob".into()])
-            .expect("certificates");
-        let tls = ctctl::demo::local_tls(&bundle).expect("bundle");
+        let bundle = Self::bundle(workers, 0);
+        let cluster = Self::start_secure_with(state, workers, &bundle, |_| {}).await;
+        (cluster, bundle)
+    }
+
+    /// A fresh `ctctl certs` bundle: `workers` worker and `aggregators` aggregator
+    /// certificates, users `admin`, `alice` and `bob`.
+    pub fn bundle(workers: usize, aggregators: usize) -> ctctl::certs::Bundle {
+        ctctl::certs::generate(&ctctl::certs::BundleSpec {
+            workers: workers.max(1),
+            aggregators,
+            users: vec!["alice".into(), "bob".into()],
+            ..Default::default()
+        })
+        .expect("certificates")
+    }
+
+    /// Like [`Cluster::start_secure`] with a given bundle, and the coordinator's settings
+    /// changed by `configure` first.
+    pub async fn start_secure_with(
+        state: &str,
+        workers: usize,
+        bundle: &ctctl::certs::Bundle,
+        configure: impl FnOnce(&mut CoordinatorConfig),
+    ) -> Cluster {
+        let tls = ctctl::demo::local_tls(bundle).expect("bundle");
         let mut config = CoordinatorConfig::local(StoreUrl::parse(state).expect("state url"));
         config.security = ctcluster_coordinator::auth::Security::tls(&tls.users).expect("users");
         config.tls = Some(tls.coordinator.clone());
-        let cluster = Self::launch(config, workers, Some(tls)).await;
-        (cluster, bundle)
+        configure(&mut config);
+        Self::launch(config, workers, Some(tls)).await
     }
 
     /// Like [`Cluster::start_secure`], with the users file written to `users_file` and read
@@ -73,8 +96,7 @@ impl Cluster {
         workers: usize,
         users_file: &std::path::Path,
     ) -> (Cluster, ctctl::certs::Bundle) {
-        let bundle = ctctl::certs::generate(&[], workers.max(1), &["alice".into(), "bob".into()])
-            .expect("certificates");
+        let bundle = Self::bundle(workers, 0);
         let tls = ctctl::demo::local_tls(&bundle).expect("bundle");
         std::fs::write(users_file, bundle.get("users.yaml").expect("users.yaml"))
             .expect("write the users file");
@@ -290,15 +312,40 @@ pub struct Aggregators {
 impl Aggregators {
     /// Starts `k` aggregators.
     pub async fn start(k: usize) -> Aggregators {
+        Self::launch(k, None).await
+    }
+
+    /// Starts `k` aggregators serving TLS with the bundle's `aggregator-N` certificates,
+    /// admitting the certificates of its CA (the coordinator's steers).
+    pub async fn start_secure(k: usize, bundle: &ctctl::certs::Bundle) -> Aggregators {
+        Self::launch(k, Some(bundle)).await
+    }
+
+    async fn launch(k: usize, bundle: Option<&ctctl::certs::Bundle>) -> Aggregators {
         let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
         let mut urls = Vec::new();
-        for _ in 0..k {
+        for i in 0..k {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
-            urls.push(format!("http://{}", listener.local_addr().expect("addr")));
-            let config =
+            let addr = listener.local_addr().expect("addr");
+            let mut config =
                 CoordinatorConfig::local(StoreUrl::parse("memory://aggregator/s").unwrap());
+            match bundle {
+                Some(b) => {
+                    let file = |name: String| b.get(&name).expect("bundle file").to_vec();
+                    config.tls = Some(ctcluster_coordinator::tls::TlsFiles {
+                        cert_pem: file(format!("aggregator-{i}.pem")),
+                        key_pem: file(format!("aggregator-{i}-key.pem")),
+                        client_ca_pem: file("ca.pem".into()),
+                    });
+                    config.security =
+                        ctcluster_coordinator::auth::Security::tls(&Default::default())
+                            .expect("no users");
+                    urls.push(format!("https://{addr}"));
+                }
+                None => urls.push(format!("http://{addr}")),
+            }
             let stop = stop.clone();
             tasks.spawn(async move {
                 ctcluster_coordinator::serve_aggregator(listener, config, stop.cancelled_owned())

@@ -17,7 +17,7 @@ use ctcluster_proto as pb;
 use futures::StreamExt;
 use futures::future::try_join_all;
 use pb::aggregator_service_client::AggregatorServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::WorkerError;
 
@@ -29,9 +29,10 @@ const TRIES: u32 = 10;
 const FIRST_WAIT: Duration = Duration::from_millis(100);
 
 /// Connections to the aggregators this worker has used, by URL.
-#[derive(Default)]
 pub struct Aggregators {
     clients: HashMap<String, Client>,
+    /// The worker's TLS (as with the coordinator); `None`: plain text.
+    tls: Option<ClientTlsConfig>,
 }
 
 fn failed(url: &str, reason: impl std::fmt::Display) -> WorkerError {
@@ -77,17 +78,50 @@ where
 }
 
 impl Aggregators {
-    /// The client for `url`, connecting lazily on first use.
+    /// No connections yet; `tls` is the worker's TLS, with which it talks to aggregators too.
+    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+        Aggregators {
+            clients: HashMap::new(),
+            tls,
+        }
+    }
+
+    /// The client for `url`, connecting lazily on first use. A worker with TLS talks to
+    /// `https://` aggregators only, one without to `http://` ones only: gradients never leave
+    /// a TLS worker in plain text.
     fn client(&mut self, url: &str) -> Result<Client, WorkerError> {
         if let Some(c) = self.clients.get(url) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(url.to_string())
+        let scheme = if self.tls.is_some() {
+            "https://"
+        } else {
+            "http://"
+        };
+        if !url.starts_with(scheme) {
+            return Err(failed(
+                url,
+                format!(
+                    "this worker talks to {scheme} aggregators only ({})",
+                    if self.tls.is_some() {
+                        "it has TLS"
+                    } else {
+                        "--insecure"
+                    }
+                ),
+            ));
+        }
+        let mut endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| failed(url, e))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| failed(url, format!("TLS: {e}")))?;
+        }
         let client = AggregatorServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(pb::MAX_MESSAGE_BYTES);

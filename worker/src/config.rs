@@ -78,6 +78,17 @@ pub struct WorkerTls {
     pub key_pem: Vec<u8>,
 }
 
+impl WorkerTls {
+    /// The client side of TLS for the coordinator and the aggregators: trust the cluster CA,
+    /// show the worker's certificate.
+    pub fn client_config(&self) -> tonic::transport::ClientTlsConfig {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+    }
+}
+
 impl std::fmt::Debug for WorkerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("WorkerTls { .. }")

@@ -16,7 +16,7 @@ use ctcluster_common::trace_span;
 use ctcluster_proto as pb;
 use pb::worker_service_client::WorkerServiceClient;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
@@ -61,11 +61,7 @@ pub async fn run_worker(
         .keep_alive_while_idle(true);
     if let Some(tls) = &config.tls {
         endpoint = endpoint
-            .tls_config(
-                ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(&tls.ca_pem))
-                    .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)),
-            )
+            .tls_config(tls.client_config())
             .map_err(|e| WorkerError::Config(format!("TLS: {e}")))?;
     }
     let mut backoff = Duration::from_millis(100);
@@ -273,7 +269,7 @@ async fn work_loop(
     shutdown: &CancellationToken,
 ) -> Result<(), WorkerError> {
     let mut trained = 0u64;
-    let mut aggs = Aggregators::default();
+    let mut aggs = Aggregators::new(config.tls.as_ref().map(|t| t.client_config()));
     let mut pending: Option<Fetch> = None;
     let mut ready: Option<Prepared> = None;
     let mut pushing: Option<Push> = None;

@@ -32,8 +32,9 @@ use crate::tls::TlsAcceptor;
 /// How long open connections may take to close once the aggregator stops.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Serves the aggregator role on `listener` until `shutdown` resolves. Plain text only for now
-/// (`--insecure`): the coordinator refuses `--aggregators` with TLS.
+/// Serves the aggregator role on `listener` until `shutdown` resolves: TLS with the cluster
+/// CA's client certificates (the coordinator's, named `coordinator_name`, steers shards;
+/// workers' fetch and push), or plain text with `--insecure`.
 pub async fn serve_aggregator(
     listener: TcpListener,
     config: CoordinatorConfig,
@@ -59,8 +60,10 @@ pub async fn serve_aggregator(
     }
     health.set_ready(true).await;
     let api = InterceptedService::new(
-        pb::aggregator_service_server::AggregatorServiceServer::new(AggregatorApi::new())
-            .max_decoding_message_size(pb::MAX_MESSAGE_BYTES),
+        pb::aggregator_service_server::AggregatorServiceServer::new(AggregatorApi::new(
+            tls.is_some().then(|| config.coordinator_name.clone()),
+        ))
+        .max_decoding_message_size(pb::MAX_MESSAGE_BYTES),
         worker_gate(config.security.clone()),
     );
     let limits = config.connections.clone();

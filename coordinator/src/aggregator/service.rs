@@ -30,22 +30,37 @@ type Chunks<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// The aggregator's shards, by job.
 pub struct AggregatorApi {
     incarnation: String,
+    /// With TLS: the certificate name that may steer shards (install, step, read, drop,
+    /// status); other certificates of the cluster CA (workers) only fetch and push. `None`
+    /// (plain text): every caller may.
+    steering: Option<String>,
     shards: Mutex<HashMap<JobId, Arc<Mutex<Shard>>>>,
 }
 
-impl Default for AggregatorApi {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl AggregatorApi {
-    /// An aggregator holding nothing, with a fresh incarnation id.
-    pub fn new() -> Self {
+    /// An aggregator holding nothing, with a fresh incarnation id; `steering` as the field.
+    pub fn new(steering: Option<String>) -> Self {
         AggregatorApi {
+            steering,
             incarnation: uuid::Uuid::new_v4().simple().to_string(),
             shards: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Refuses a steering call from anybody but the coordinator (with TLS).
+    fn steer<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+        let Some(coordinator) = &self.steering else {
+            return Ok(());
+        };
+        let caller = principal(req)?;
+        if caller.name() == coordinator {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "{what}: only the coordinator's certificate ({coordinator:?}) may steer shards; \
+             {:?} may fetch parameters and push gradients",
+            caller.name()
+        )))
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<Mutex<Shard>>>> {
@@ -159,6 +174,7 @@ impl pb::aggregator_service_server::AggregatorService for AggregatorApi {
         &self,
         req: Request<Streaming<pb::ShardData>>,
     ) -> Result<Response<pb::LoadShardResponse>, Status> {
+        self.steer(&req, "LoadShard")?;
         let mut stream = req.into_inner();
         let (job, init) = read_load(&mut stream).await?;
         let n = init.params.len() as u64;
@@ -195,6 +211,7 @@ impl pb::aggregator_service_server::AggregatorService for AggregatorApi {
         &self,
         req: Request<pb::ReadShardRequest>,
     ) -> Result<Response<Self::ReadShardStream>, Status> {
+        self.steer(&req, "ReadShard")?;
         let req = req.into_inner();
         let shard = self.shard(&req.job_id)?;
         let version = req.version;
@@ -230,6 +247,7 @@ impl pb::aggregator_service_server::AggregatorService for AggregatorApi {
         &self,
         req: Request<pb::ApplyStepRequest>,
     ) -> Result<Response<pb::ApplyStepResponse>, Status> {
+        self.steer(&req, "ApplyStep")?;
         let req = req.into_inner();
         let shard = self.shard(&req.job_id)?;
         blocking(shard, move |s| s.apply(req.step, req.leaves, req.batch)).await?;
@@ -240,6 +258,7 @@ impl pb::aggregator_service_server::AggregatorService for AggregatorApi {
         &self,
         req: Request<pb::DropShardRequest>,
     ) -> Result<Response<pb::DropShardResponse>, Status> {
+        self.steer(&req, "DropShard")?;
         let id = JobId::try_from(req.into_inner().job_id).map_err(CoordError::from)?;
         self.table().remove(&id);
         Ok(Response::new(pb::DropShardResponse {}))
@@ -249,6 +268,7 @@ impl pb::aggregator_service_server::AggregatorService for AggregatorApi {
         &self,
         req: Request<pb::AggregatorStatusRequest>,
     ) -> Result<Response<pb::AggregatorStatusResponse>, Status> {
+        self.steer(&req, "AggregatorStatus")?;
         let req = req.into_inner();
         let version = match self.shard(&req.job_id) {
             Ok(s) => Some(lock(&s).version()),

@@ -94,7 +94,12 @@ pub async fn run(coord: Arc<Coordinator>, job: Arc<JobHandle>) {
     };
     if !matches!(outcome, Err(Stop::Shutdown)) {
         let k = (job.spec.aggregators as usize).min(coord.config.aggregators.len());
-        drop_shards(&job.id, &coord.config.aggregators[..k]).await;
+        drop_shards(
+            &job.id,
+            &coord.config.aggregators[..k],
+            coord.config.tls.as_ref(),
+        )
+        .await;
     }
     match outcome {
         Ok(()) => job.update(|r| {
@@ -178,6 +183,7 @@ async fn train(coord: &Arc<Coordinator>, job: &Arc<JobHandle>) -> Result<(), Sto
             &job.id,
             spec,
             &coord.config.aggregators,
+            coord.config.tls.as_ref(),
             p.params.len() as u64,
         )?)),
     };

@@ -19,9 +19,10 @@ use futures::future::try_join_all;
 use pb::aggregator_service_client::AggregatorServiceClient;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::CoordError;
+use crate::tls::TlsFiles;
 
 use super::run::Stop;
 use super::start::Progress;
@@ -45,6 +46,28 @@ pub(super) struct Shards {
     incarnations: Mutex<Vec<String>>,
 }
 
+/// A client of the aggregator at `url`, connecting on first use. With TLS (the coordinator's
+/// own), the coordinator shows its certificate, which aggregators let steer shards, and trusts
+/// aggregators whose certificate the cluster CA (`--client-ca`) signed.
+fn client(url: &str, tls: Option<&TlsFiles>) -> Result<Client, CoordError> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| CoordError::bad("aggregators", format!("{url}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true);
+    if let Some(t) = tls {
+        endpoint = endpoint
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&t.client_ca_pem))
+                    .identity(Identity::from_pem(&t.cert_pem, &t.key_pem)),
+            )
+            .map_err(|e| CoordError::bad("aggregators", format!("{url}: TLS: {e}")))?;
+    }
+    Ok(AggregatorServiceClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(pb::MAX_MESSAGE_BYTES))
+}
+
 fn lost(route: &ShardRoute, what: &str, e: impl std::fmt::Display) -> CoordError {
     CoordError::AggregatorLost(format!("aggregator {} {what}: {e}", route.url))
 }
@@ -56,6 +79,7 @@ impl Shards {
         job: &JobId,
         spec: &JobSpec,
         configured: &[String],
+        tls: Option<&TlsFiles>,
         num_params: u64,
     ) -> Result<Shards, CoordError> {
         let k = spec.aggregators as usize;
@@ -79,15 +103,7 @@ impl Shards {
         let routes = routes(&configured[..k], num_params);
         let clients = routes
             .iter()
-            .map(|r| {
-                let endpoint = Endpoint::from_shared(r.url.clone())
-                    .map_err(|e| CoordError::bad("aggregators", format!("{}: {e}", r.url)))?
-                    .connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true);
-                Ok(AggregatorServiceClient::new(endpoint.connect_lazy())
-                    .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(pb::MAX_MESSAGE_BYTES))
-            })
+            .map(|r| client(&r.url, tls))
             .collect::<Result<Vec<_>, CoordError>>()?;
         Ok(Shards {
             job: job.clone(),
@@ -333,10 +349,10 @@ impl Drop for Watch {
 
 /// Forgets a job's shards on the aggregators at `urls` (best effort: an aggregator that does not
 /// answer has restarted and holds nothing, or is gone).
-pub(super) async fn drop_shards(job: &JobId, urls: &[String]) {
+pub(super) async fn drop_shards(job: &JobId, urls: &[String], tls: Option<&TlsFiles>) {
     let calls = urls.iter().map(|url| async move {
         let call = async {
-            let mut c = AggregatorServiceClient::connect(url.clone()).await?;
+            let mut c = client(url, tls)?;
             c.drop_shard(pb::DropShardRequest {
                 job_id: job.to_string(),
             })

@@ -66,7 +66,10 @@ pub async fn run(args: &DemoArgs) -> Result<String, CtlError> {
         .map_err(demo_err)?;
     let addr = listener.local_addr().map_err(demo_err)?;
     // Secure like a real cluster: a fresh CA, TLS, worker certificates, an admin token.
-    let tls = super::local_tls(&crate::certs::generate(&[], args.workers, &[])?)?;
+    let tls = super::local_tls(&crate::certs::generate(&crate::certs::BundleSpec {
+        workers: args.workers,
+        ..Default::default()
+    })?)?;
     let url = format!("https://{addr}");
     let target = crate::Target::secure(&url, tls.ca_pem.clone(), &tls.admin_token);
     let stop_coordinator = CancellationToken::new();

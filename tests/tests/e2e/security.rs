@@ -138,7 +138,7 @@ async fn clients_and_workers_must_prove_who_they_are() {
     let ds = synthetic("memory://authn/ds", 300, 8, 1).await;
     let (cluster, bundle) = Cluster::start_secure("memory://authn/state", 1).await;
     let ca = bundle.get("ca.pem").unwrap();
-    let foreign = ctctl::certs::generate(&[], 1, &[]).unwrap();
+    let foreign = Cluster::bundle(1, 0);
     let (my_cert, my_key) = (
         bundle.get("worker-0.pem").unwrap(),
         bundle.get("worker-0-key.pem").unwrap(),
@@ -459,4 +459,120 @@ fn encrypted_data_and_checkpoints_train_the_same_and_refuse_a_wrong_key() {
         msg.contains("site-a") && msg.contains("wrong key") && msg.contains("train-00000.arrow"),
         "{msg}"
     );
+}
+
+/// An aggregator channel over TLS, trusting the cluster CA, with a client identity.
+async fn aggregator_channel(url: &str, ca: &[u8], identity: Option<(&[u8], &[u8])>) -> Channel {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_aggregation_over_mtls_changes_no_bit_and_only_the_coordinator_steers() {
+    use pb::aggregator_service_client::AggregatorServiceClient;
+    let ds = synthetic("memory://mtls-shards/ds", 600, 8, 4).await;
+    let bundle = Cluster::bundle(2, 2);
+    let aggs = ctcluster_tests::Aggregators::start_secure(2, &bundle).await;
+    assert!(aggs.urls.iter().all(|u| u.starts_with("https://")));
+    let cluster = Cluster::start_secure_with("memory://mtls-shards/state", 2, &bundle, |c| {
+        c.aggregators = aggs.urls.clone()
+    })
+    .await;
+    let run = |k: usize| {
+        spec(
+            "mtls-shards",
+            ds.as_str(),
+            &format!("memory://mtls-shards/out-{k}"),
+            &format!(
+                "batch_size: 96\nmicro_batch_size: 32\naggregators: {k}\nmax_steps: 12\n\
+                 epochs: 2\nseed: 3\n"
+            ),
+        )
+    };
+    // Two aggregators over mTLS: the same bits as the coordinator stepping alone.
+    let sharded = cluster.run(&run(2)).await;
+    let alone = cluster.run(&run(0)).await;
+    assert_eq!(sharded.step, 12, "{}", sharded.message);
+    let (a, b) = (
+        ctcluster_tests::final_checkpoint(&sharded).await,
+        ctcluster_tests::final_checkpoint(&alone).await,
+    );
+    assert!(a.params == b.params && a.adam == b.adam);
+
+    let ca = bundle.get("ca.pem").unwrap();
+    let id = |name: &str| {
+        (
+            bundle.get(&format!("{name}.pem")).unwrap(),
+            bundle.get(&format!("{name}-key.pem")).unwrap(),
+        )
+    };
+    let status = || pb::AggregatorStatusRequest {
+        job_id: "0123456789abcdef".into(),
+    };
+    // The coordinator's certificate steers.
+    let mut coordinator = AggregatorServiceClient::new(
+        aggregator_channel(&aggs.urls[0], ca, Some(id("coordinator"))).await,
+    );
+    coordinator.aggregator_status(status()).await.unwrap();
+    // A worker's certificate fetches and pushes but does not steer: no status, no step, no
+    // drop, no read.
+    let mut worker = AggregatorServiceClient::new(
+        aggregator_channel(&aggs.urls[0], ca, Some(id("worker-0"))).await,
+    );
+    let e = worker.aggregator_status(status()).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("only the coordinator"), "{e:?}");
+    let e = worker
+        .apply_step(pb::ApplyStepRequest {
+            job_id: "0123456789abcdef".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = worker
+        .drop_shard(pb::DropShardRequest {
+            job_id: "0123456789abcdef".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // A worker may fetch (the job is gone: not found, past the gate).
+    let e = worker
+        .fetch_shard(pb::FetchParametersRequest {
+            job_id: "0123456789abcdef".into(),
+            version: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    // No certificate, or one from another CA: refused.
+    let mut bare = AggregatorServiceClient::new(aggregator_channel(&aggs.urls[0], ca, None).await);
+    let e = bare.aggregator_status(status()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let foreign = Cluster::bundle(1, 0);
+    let foreign_id = (
+        foreign.get("coordinator.pem").unwrap(),
+        foreign.get("coordinator-key.pem").unwrap(),
+    );
+    let mut forged =
+        AggregatorServiceClient::new(aggregator_channel(&aggs.urls[0], ca, Some(foreign_id)).await);
+    let e = forged.aggregator_status(status()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    // Plain text does not get through.
+    let plain = aggs.urls[0].replace("https://", "http://");
+    if let Ok(mut p) = AggregatorServiceClient::connect(plain).await {
+        assert!(p.aggregator_status(status()).await.is_err());
+    }
+    cluster.stop().await;
+    aggs.stop().await;
 }
