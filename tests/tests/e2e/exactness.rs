@@ -55,30 +55,42 @@ async fn one_two_and_three_workers_give_identical_parameters() {
 }
 
 /// Twenty steps of the seed CNN (dropout 0.5) with `workers` workers and gradients sent as
-/// `dtype`.
-async fn params_with_gradient_dtype(workers: usize, dataset: &str, dtype: &str) -> Vec<f32> {
-    let tag = format!("{dtype}-{workers}");
-    let cluster = Cluster::start(&format!("memory://exact-dtype-{tag}/s"), workers).await;
+/// `dtype`, to `aggregators` in-process aggregators (0: the coordinator).
+async fn params_with_gradient_dtype(
+    workers: usize,
+    dataset: &str,
+    dtype: &str,
+    aggregators: usize,
+) -> Vec<f32> {
+    let tag = format!("{dtype}-{workers}-{aggregators}");
+    let aggs = Aggregators::start(aggregators).await;
+    let mut config = ctcluster_coordinator::CoordinatorConfig::local(
+        ctcluster_common::storage::StoreUrl::parse(&format!("memory://exact-dtype-{tag}/s"))
+            .unwrap(),
+    );
+    config.aggregators = aggs.urls.clone();
+    let cluster = Cluster::start_with(config, workers).await;
     let status = cluster
         .run(&spec(
             "exactness-dtype",
             dataset,
             &format!("memory://exact-dtype-{tag}/o"),
             &format!(
-                "batch_size: 128\nmicro_batch_size: 32\nmax_steps: 20\nepochs: 3\nseed: 11\nmodel:\n  dropout: 0.5\ngradient_dtype: {dtype}\n"
+                "batch_size: 128\nmicro_batch_size: 32\nmax_steps: 20\nepochs: 3\nseed: 11\nmodel:\n  dropout: 0.5\ngradient_dtype: {dtype}\naggregators: {aggregators}\n"
             ),
         ))
         .await;
     cluster.stop().await;
+    aggs.stop().await;
     assert_eq!(status.step, 20, "{}", status.message);
     final_checkpoint(&status).await.params
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bf16_gradients_keep_results_identical_across_worker_counts() {
+async fn bf16_gradients_keep_results_identical_across_workers_and_aggregators() {
     let ds = synthetic("memory://exact-bf16/ds", 1200, 16, 3).await;
-    let f32_one = params_with_gradient_dtype(1, ds.as_str(), "f32").await;
-    let one = params_with_gradient_dtype(1, ds.as_str(), "bf16").await;
+    let f32_one = params_with_gradient_dtype(1, ds.as_str(), "f32", 0).await;
+    let one = params_with_gradient_dtype(1, ds.as_str(), "bf16", 0).await;
     // The gradients really were rounded: not the f32 run's parameters, but close to them.
     let drift = rel_l2(&one, &f32_one);
     eprintln!("bf16 vs f32 gradients after 20 steps: relative L2 {drift:e}");
@@ -87,11 +99,13 @@ async fn bf16_gradients_keep_results_identical_across_worker_counts() {
         "bf16 gradients gave the f32 run's parameters"
     );
     assert!(drift < 0.05, "bf16 gradients drift {drift} from f32's");
-    for workers in [2, 3] {
-        let many = params_with_gradient_dtype(workers, ds.as_str(), "bf16").await;
+    // More workers, and bf16 gradient ranges pushed to two aggregators.
+    for (workers, aggregators) in [(2, 0), (3, 0), (2, 2)] {
+        let many = params_with_gradient_dtype(workers, ds.as_str(), "bf16", aggregators).await;
         assert!(
             many == one,
-            "bf16: {workers} workers are not bit-identical to 1: relative L2 {:e}",
+            "bf16: {workers} workers and {aggregators} aggregators are not bit-identical to 1 \
+             worker and none: relative L2 {:e}",
             rel_l2(&many, &one)
         );
     }
