@@ -269,7 +269,7 @@ pub fn eval_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::arch::seed_cnn::conv3x3_as_matmul;
+    use crate::model::arch::seed_cnn::{channels_last_pays, conv3x3_as_matmul};
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
 
@@ -317,6 +317,56 @@ mod tests {
     }
 
     #[test]
+    fn pooling_before_relu_gives_the_same_values_and_gradients_bit_for_bit() {
+        use burn::tensor::activation::relu;
+        use burn::tensor::module::max_pool2d;
+        use burn::tensor::ops::MaxPoolOptions;
+        let dev = Device::flex().autodiff();
+        let mut rng = KeyedRng::new(9);
+        // Half negative, odd sides (the pool drops the last row and column), and windows
+        // whose maximum is negative or zero.
+        let mut v: Vec<f32> = (0..2 * 3 * 9 * 7)
+            .map(|_| rng.next_f32() * 2.0 - 1.0)
+            .collect();
+        v[..4].fill(0.0);
+        let r: Vec<f32> = (0..2 * 3 * 4 * 3).map(|_| rng.next_f32()).collect();
+        let run = |pool_first: bool| {
+            let x = Tensor::<4>::from_data(TensorData::new(v.clone(), vec![2, 3, 9, 7]), &dev)
+                .require_grad();
+            let pool = MaxPoolOptions::new([2, 2]);
+            let y = if pool_first {
+                relu(max_pool2d(x.clone(), pool))
+            } else {
+                max_pool2d(relu(x.clone()), pool)
+            };
+            let weights =
+                Tensor::<4>::from_data(TensorData::new(r.clone(), vec![2, 3, 4, 3]), &dev);
+            let grads = (y.clone() * weights).sum().backward();
+            let g = x.grad(&grads).expect("x's gradient").into_data();
+            (
+                y.into_data().try_to_vec::<f32>().unwrap(),
+                g.try_to_vec::<f32>().unwrap(),
+            )
+        };
+        let (before, after) = (run(false), run(true));
+        assert!(
+            before
+                .0
+                .iter()
+                .zip(&after.0)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
+        assert!(
+            before
+                .1
+                .iter()
+                .zip(&after.1)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
+        assert!(after.1.iter().any(|g| *g != 0.0) && after.1.contains(&0.0));
+    }
+
+    #[test]
     fn the_matmul_convolution_equals_conv2d() {
         let dev = Device::flex();
         let mut rng = KeyedRng::new(5);
@@ -335,11 +385,21 @@ mod tests {
             Some(b.clone()),
             ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
         );
-        let got = conv3x3_as_matmul(x, w, b);
-        assert_eq!(got.dims(), [2, 4, 5, 7]);
-        let (want, got) = (to_f32(want, "want").unwrap(), to_f32(got, "got").unwrap());
-        for (i, (a, b)) in want.iter().zip(&got).enumerate() {
-            assert!((a - b).abs() <= 1e-5, "element {i}: {a} vs {b}");
+        let want = to_f32(want, "want").unwrap();
+        // burn-flex keeps NCHW (its results are those of before the layout choice), with or
+        // without autodiff.
+        assert!(!channels_last_pays(&dev) && !channels_last_pays(&dev.clone().autodiff()));
+        // Both layouts (channels last: what LibTorch gets).
+        for channels_last in [false, true] {
+            let got = conv3x3_as_matmul(x.clone(), w.clone(), b.clone(), channels_last);
+            assert_eq!(got.dims(), [2, 4, 5, 7]);
+            let got = to_f32(got, "got").unwrap();
+            for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5,
+                    "channels last {channels_last}, element {i}: {a} vs {b}"
+                );
+            }
         }
     }
 

@@ -4,10 +4,10 @@
 //! `fc1.weight [64,F]`, `fc1.bias [64]`, `fc2.weight [K,64]`, `fc2.bias [K]`, where F is 64 x the
 //! spatial size after the two stages and K the class count.
 
-use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::module::{conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
+use burn::tensor::{Device, Tensor};
 
 use super::{Architecture, CamGeometry, Init, ParamSpec, Weights};
 use crate::Result;
@@ -51,10 +51,27 @@ impl SeedCnn {
     }
 }
 
+/// Whether a backend's max-pool runs faster on a channels-last input than on NCHW: LibTorch's
+/// does (its channels-last kernel is vectorised over channels; the seed CNN's training step
+/// went from 3201 to 3514-5163 images/s, README "Benchmark"), burn-flex's does not (it copies
+/// the strided input first: 7-10% slower). The one place the model's layout follows the
+/// backend; the values are the same either way.
+pub(crate) fn channels_last_pays(device: &Device) -> bool {
+    device.clone().inner() != Device::flex()
+}
+
 /// A 3x3 valid convolution with stride 1 as one batched matrix product: the nine shifted views
-/// of `x` stacked as `[n, c x 9, h' x w']` (im2col, in the weight's `[c, kh, kw]` order), times
-/// the weight as `[c_out, c x 9]`, plus the bias. The same sums as `conv2d`, in another order.
-pub(crate) fn conv3x3_as_matmul(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>) -> Tensor<4> {
+/// of `x` (im2col, in the weight's `[c, kh, kw]` order) times the weight, plus the bias. The
+/// same sums as `conv2d`, in another order. Laid out as `[n, c_out, h' x w'] = [1, c_out, c x
+/// 9] x [n, c x 9, h' x w']`, or with `channels_last` as `[n, h' x w', c_out] = [n, h' x w', c x
+/// 9] x [1, c x 9, c_out]`, returned permuted to `[n, c_out, h', w']` without a copy: channels
+/// last in memory (see [`channels_last_pays`]).
+pub(crate) fn conv3x3_as_matmul(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    channels_last: bool,
+) -> Tensor<4> {
     let [n, c, h, w] = x.dims();
     let c_out = weight.dims()[0];
     let (ho, wo) = (h - 2, w - 2);
@@ -64,11 +81,20 @@ pub(crate) fn conv3x3_as_matmul(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>
             x.clone().slice([0..n, 0..c, dy..dy + ho, dx..dx + wo])
         })
         .collect();
-    let columns: Tensor<5> = Tensor::stack(views, 2);
-    let columns: Tensor<3> = columns.reshape([n, c * 9, ho * wo]);
     let weight: Tensor<3> = weight.reshape([1, c_out, c * 9]);
-    let y = weight.matmul(columns) + bias.reshape([1, c_out, 1]);
-    y.reshape([n, c_out, ho, wo])
+    if !channels_last {
+        let columns: Tensor<5> = Tensor::stack(views, 2);
+        let columns: Tensor<3> = columns.reshape([n, c * 9, ho * wo]);
+        let y = weight.matmul(columns) + bias.reshape([1, c_out, 1]);
+        return y.reshape([n, c_out, ho, wo]);
+    }
+    // [n, c, h', w', 9] -> [n, h', w', c, 9] -> [n, h' x w', c x 9].
+    let columns: Tensor<5> = Tensor::stack(views, 4);
+    let columns: Tensor<3> = columns
+        .permute([0, 2, 3, 1, 4])
+        .reshape([n, ho * wo, c * 9]);
+    let y = columns.matmul(weight.swap_dims(1, 2)) + bias.reshape([1, 1, c_out]);
+    y.reshape([n, ho, wo, c_out]).permute([0, 3, 1, 2])
 }
 
 impl Architecture for SeedCnn {
@@ -112,8 +138,17 @@ impl Architecture for SeedCnn {
         // The first convolution as one matrix product (its input needs no gradient): burn
         // computes conv2d's weight gradient as a convolution with the batch as channels, which
         // is many times slower than this product's on both backends (README, Benchmark).
-        let x = conv3x3_as_matmul(x, w.tensor("conv1.weight")?, w.tensor("conv1.bias")?);
-        let x = max_pool2d(relu(x), pool);
+        let channels_last = channels_last_pays(&x.device());
+        let x = conv3x3_as_matmul(
+            x,
+            w.tensor("conv1.weight")?,
+            w.tensor("conv1.bias")?,
+            channels_last,
+        );
+        // relu(max) = max(relu): the same values and gradients bit for bit (both exact; the
+        // pool's window maximum is where relu lets a gradient through, or none is), with relu
+        // and its backward on a quarter of the values.
+        let x = relu(max_pool2d(x, pool));
         Ok(relu(conv2d(
             x,
             w.tensor("conv2.weight")?,
