@@ -86,6 +86,12 @@ def main():
             row("ctcluster 2 workers / PyTorch DDP 2 processes", two / ddp["ddp_images_per_sec"], "ratio", ">= 1.0")
         if step and two_blocks:
             row("ctcluster 2 workers, 2 micro-batches a task / PyTorch DDP", two_blocks / ddp["ddp_images_per_sec"], "ratio", ">= 1.0")
+    vs = load(d, "ctcluster_vs_ddp.json")
+    if vs:
+        n = vs["workers"]
+        row(f"ctcluster, coordinator + {n} LibTorch workers, end to end", vs["ctcluster_images_per_sec"])
+        row(f"PyTorch DDP, {n} gloo processes, same minutes", vs["ddp_images_per_sec"])
+        row(f"ctcluster {n} LibTorch workers / PyTorch DDP {n} processes", vs["ratio"], "ratio", ">= 1.0")
     zoo, tzoo = load(d, "zoo_throughput.json"), load(d, "torch_zoo.json")
     if zoo:
         torch_by = {r["architecture"]: r["images_per_sec"] for r in (tzoo or {}).get("rows", [])}
