@@ -54,6 +54,21 @@ async fn one_two_and_three_workers_give_identical_parameters() {
     }
 }
 
+/// A cluster of `workers` workers whose coordinator (records under `state`) has `aggregators`
+/// in-process aggregators.
+async fn with_aggregators(
+    state: &str,
+    workers: usize,
+    aggregators: usize,
+) -> (Cluster, Aggregators) {
+    let aggs = Aggregators::start(aggregators).await;
+    let mut config = ctcluster_coordinator::CoordinatorConfig::local(
+        ctcluster_common::storage::StoreUrl::parse(state).unwrap(),
+    );
+    config.aggregators = aggs.urls.clone();
+    (Cluster::start_with(config, workers).await, aggs)
+}
+
 /// Twenty steps of the seed CNN (dropout 0.5) with `workers` workers and gradients sent as
 /// `dtype`, to `aggregators` in-process aggregators (0: the coordinator).
 async fn params_with_gradient_dtype(
@@ -63,13 +78,12 @@ async fn params_with_gradient_dtype(
     aggregators: usize,
 ) -> Vec<f32> {
     let tag = format!("{dtype}-{workers}-{aggregators}");
-    let aggs = Aggregators::start(aggregators).await;
-    let mut config = ctcluster_coordinator::CoordinatorConfig::local(
-        ctcluster_common::storage::StoreUrl::parse(&format!("memory://exact-dtype-{tag}/s"))
-            .unwrap(),
-    );
-    config.aggregators = aggs.urls.clone();
-    let cluster = Cluster::start_with(config, workers).await;
+    let (cluster, aggs) = with_aggregators(
+        &format!("memory://exact-dtype-{tag}/s"),
+        workers,
+        aggregators,
+    )
+    .await;
     let status = cluster
         .run(&spec(
             "exactness-dtype",
@@ -122,13 +136,12 @@ async fn with_blocks_and_aggregators(
     aggregators: usize,
 ) -> ctcluster_common::checkpoint::Checkpoint {
     let tag = format!("{workers}-{per_task}-{aggregators}");
-    let aggs = Aggregators::start(aggregators).await;
-    let mut config = ctcluster_coordinator::CoordinatorConfig::local(
-        ctcluster_common::storage::StoreUrl::parse(&format!("memory://exact-block-{tag}/s"))
-            .unwrap(),
-    );
-    config.aggregators = aggs.urls.clone();
-    let cluster = Cluster::start_with(config, workers).await;
+    let (cluster, aggs) = with_aggregators(
+        &format!("memory://exact-block-{tag}/s"),
+        workers,
+        aggregators,
+    )
+    .await;
     let status = cluster
         .run(&spec(
             "exactness-blocks",

@@ -103,13 +103,14 @@ async fn jobs_outside_the_storage_scope_are_refused_at_submit() {
     cluster.stop().await;
 }
 
-/// A TLS channel to the cluster, trusting its CA, optionally with a client identity.
-async fn channel(cluster: &Cluster, ca: &[u8], identity: Option<(&[u8], &[u8])>) -> Channel {
+/// A TLS channel to `url` (the coordinator, an aggregator), trusting the cluster CA,
+/// optionally with a client identity.
+async fn channel(url: &str, ca: &[u8], identity: Option<(&[u8], &[u8])>) -> Channel {
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
     if let Some((cert, key)) = identity {
         tls = tls.identity(Identity::from_pem(cert, key));
     }
-    Endpoint::from_shared(cluster.url.clone())
+    Endpoint::from_shared(url.to_string())
         .unwrap()
         .tls_config(tls)
         .unwrap()
@@ -145,7 +146,7 @@ async fn clients_and_workers_must_prove_who_they_are() {
     );
 
     // A client without a token.
-    let mut bare = ClientServiceClient::new(channel(&cluster, ca, None).await);
+    let mut bare = ClientServiceClient::new(channel(&cluster.url, ca, None).await);
     let e = bare.list_jobs(pb::ListJobsRequest {}).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     // A client with a wrong token.
@@ -155,7 +156,7 @@ async fn clients_and_workers_must_prove_who_they_are() {
         .unwrap_err();
     assert!(e.to_string().contains("unknown token"), "{e}");
     // A worker without a certificate.
-    let mut w = WorkerServiceClient::new(channel(&cluster, ca, None).await);
+    let mut w = WorkerServiceClient::new(channel(&cluster.url, ca, None).await);
     let e = w.register(register()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("client certificate"), "{e:?}");
@@ -164,13 +165,13 @@ async fn clients_and_workers_must_prove_who_they_are() {
         foreign.get("worker-0.pem").unwrap(),
         foreign.get("worker-0-key.pem").unwrap(),
     );
-    let mut w = WorkerServiceClient::new(channel(&cluster, ca, Some(foreign_id)).await);
+    let mut w = WorkerServiceClient::new(channel(&cluster.url, ca, Some(foreign_id)).await);
     let e = w.register(register()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("certificate refused"), "{e:?}");
     // A genuine worker certificate cannot use the client API...
     let mut as_worker =
-        ClientServiceClient::new(channel(&cluster, ca, Some((my_cert, my_key))).await);
+        ClientServiceClient::new(channel(&cluster.url, ca, Some((my_cert, my_key))).await);
     let e = as_worker
         .submit(pb::SubmitRequest {
             spec_yaml: spec("w", ds.as_str(), "memory://authn/out", ""),
@@ -181,7 +182,7 @@ async fn clients_and_workers_must_prove_who_they_are() {
     // ...and a user's token cannot use the worker API.
     let alice = ctctl::Target::secure(&cluster.url, ca.to_vec(), &token(&bundle, "alice"));
     let mut w = WorkerServiceClient::with_interceptor(
-        channel(&cluster, ca, None).await,
+        channel(&cluster.url, ca, None).await,
         ctctl::connect::Bearer::new(&token(&bundle, "alice")),
     );
     let e = w.register(register()).await.unwrap_err();
@@ -461,21 +462,6 @@ fn encrypted_data_and_checkpoints_train_the_same_and_refuse_a_wrong_key() {
     );
 }
 
-/// An aggregator channel over TLS, trusting the cluster CA, with a client identity.
-async fn aggregator_channel(url: &str, ca: &[u8], identity: Option<(&[u8], &[u8])>) -> Channel {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-    if let Some((cert, key)) = identity {
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
-    Endpoint::from_shared(url.to_string())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_aggregation_over_mtls_changes_no_bit_and_only_the_coordinator_steers() {
     use pb::aggregator_service_client::AggregatorServiceClient;
@@ -519,15 +505,13 @@ async fn sharded_aggregation_over_mtls_changes_no_bit_and_only_the_coordinator_s
         job_id: "0123456789abcdef".into(),
     };
     // The coordinator's certificate steers.
-    let mut coordinator = AggregatorServiceClient::new(
-        aggregator_channel(&aggs.urls[0], ca, Some(id("coordinator"))).await,
-    );
+    let mut coordinator =
+        AggregatorServiceClient::new(channel(&aggs.urls[0], ca, Some(id("coordinator"))).await);
     coordinator.aggregator_status(status()).await.unwrap();
     // A worker's certificate fetches and pushes but does not steer: no status, no step, no
     // drop, no read.
-    let mut worker = AggregatorServiceClient::new(
-        aggregator_channel(&aggs.urls[0], ca, Some(id("worker-0"))).await,
-    );
+    let mut worker =
+        AggregatorServiceClient::new(channel(&aggs.urls[0], ca, Some(id("worker-0"))).await);
     let e = worker.aggregator_status(status()).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("only the coordinator"), "{e:?}");
@@ -556,7 +540,7 @@ async fn sharded_aggregation_over_mtls_changes_no_bit_and_only_the_coordinator_s
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     // No certificate, or one from another CA: refused.
-    let mut bare = AggregatorServiceClient::new(aggregator_channel(&aggs.urls[0], ca, None).await);
+    let mut bare = AggregatorServiceClient::new(channel(&aggs.urls[0], ca, None).await);
     let e = bare.aggregator_status(status()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     let foreign = Cluster::bundle(1, 0);
@@ -565,7 +549,7 @@ async fn sharded_aggregation_over_mtls_changes_no_bit_and_only_the_coordinator_s
         foreign.get("coordinator-key.pem").unwrap(),
     );
     let mut forged =
-        AggregatorServiceClient::new(aggregator_channel(&aggs.urls[0], ca, Some(foreign_id)).await);
+        AggregatorServiceClient::new(channel(&aggs.urls[0], ca, Some(foreign_id)).await);
     let e = forged.aggregator_status(status()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     // Plain text does not get through.
