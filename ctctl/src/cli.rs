@@ -159,7 +159,8 @@ pub enum Command {
         /// The output folder.
         #[arg(long)]
         out: PathBuf,
-        /// gradcam (the last convolutional stage), gradcam++, saliency, smoothgrad or occlusion.
+        /// gradcam (the last convolutional stage), gradcam++, saliency, smoothgrad,
+        /// input-x-gradient, gradcam-x-input or occlusion.
         #[arg(long, default_value = "gradcam")]
         method: String,
         /// The class to explain, by name (default: the predicted class).

@@ -1,9 +1,11 @@
 //! Why the model decided: a heat map over the model's input for one class, by Grad-CAM
 //! (Selvaraju et al. 2017) or Grad-CAM++ (Chattopadhay et al. 2018) on the architecture's
 //! [`Architecture::cam_layer`](super::Architecture::cam_layer), vanilla gradient saliency
-//! (Simonyan et al. 2014), SmoothGrad (Smilkov et al. 2017) or occlusion (Zeiler and Fergus
-//! 2014). Maps are image-sized (the model's input), scaled to [0, 1] from their own minimum and
-//! maximum.
+//! (Simonyan et al. 2014), SmoothGrad (Smilkov et al. 2017), input x gradient (Shrikumar et
+//! al. 2016), Grad-CAM refined pixel by pixel by input x gradient (the construction of Guided
+//! Grad-CAM, Selvaraju et al. 2017, with input x gradient as its pixel-space map) or occlusion
+//! (Zeiler and Fergus 2014). Maps are image-sized (the model's input), scaled to [0, 1] from
+//! their own minimum and maximum.
 
 use burn::tensor::activation::softmax;
 use burn::tensor::{DType, Device, Tensor, TensorData};
@@ -30,6 +32,15 @@ pub enum Method {
     Saliency,
     /// Saliency averaged over noisy copies of the image.
     SmoothGrad,
+    /// The class score's gradient times the normalised input (its difference from the
+    /// normalisation mean), summed over channels, where positive: each pixel's first-order share
+    /// of the score against an image at the mean.
+    #[serde(rename = "input-x-gradient")]
+    InputXGradient,
+    /// Grad-CAM multiplied pixel by pixel by input x gradient: Grad-CAM's class region at the
+    /// input's resolution.
+    #[serde(rename = "gradcam-x-input")]
+    GradCamXInput,
     /// The drop in the class probability when a patch of the image is blanked.
     Occlusion,
 }
@@ -42,16 +53,28 @@ impl Method {
             Method::GradCamPlusPlus => "gradcam++",
             Method::Saliency => "saliency",
             Method::SmoothGrad => "smoothgrad",
+            Method::InputXGradient => "input-x-gradient",
+            Method::GradCamXInput => "gradcam-x-input",
             Method::Occlusion => "occlusion",
         }
     }
 
+    /// Whether the map reads the architecture's CAM layer (else it is computed at the input).
+    pub fn reads_cam_layer(self) -> bool {
+        matches!(
+            self,
+            Method::GradCam | Method::GradCamPlusPlus | Method::GradCamXInput
+        )
+    }
+
     /// Every method.
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 7] = [
         Method::GradCam,
         Method::GradCamPlusPlus,
         Method::Saliency,
         Method::SmoothGrad,
+        Method::InputXGradient,
+        Method::GradCamXInput,
         Method::Occlusion,
     ];
 }
@@ -119,17 +142,26 @@ pub fn explain(
         let probs = probabilities(cfg, params, &x, 1, device)?;
         let class = class.unwrap_or_else(|| super::argmax(&probs));
         let (map, layer) = match method {
-            Method::GradCam | Method::GradCamPlusPlus => {
+            Method::GradCam | Method::GradCamPlusPlus | Method::GradCamXInput => {
                 let (a, g, [k, h, w]) = cam_and_gradient(cfg, params, &x, class, device)?;
-                let small = if method == Method::GradCam {
-                    grad_cam(&a, &g, k, h * w)
-                } else {
+                let small = if method == Method::GradCamPlusPlus {
                     grad_cam_plus_plus(&a, &g, k, h * w)
+                } else {
+                    grad_cam(&a, &g, k, h * w)
                 };
                 let arch = cfg.arch();
-                let map = cam_to_input(&small, h, w, arch.cam_geometry(), cfg.height, cfg.width);
+                let mut map =
+                    cam_to_input(&small, h, w, arch.cam_geometry(), cfg.height, cfg.width);
+                if method == Method::GradCamXInput {
+                    let fine = input_x_gradient(cfg, params, &x, class, device)?;
+                    map.iter_mut().zip(fine).for_each(|(m, f)| *m *= f);
+                }
                 (map, arch.cam_layer().to_string())
             }
+            Method::InputXGradient => (
+                input_x_gradient(cfg, params, &x, class, device)?,
+                "input".into(),
+            ),
             Method::Saliency => {
                 let g = input_gradient(cfg, params, &x, 1, class, device)?;
                 (channel_max_abs(cfg, &g), "input".into())
@@ -309,6 +341,27 @@ fn channel_max_abs(cfg: &ModelConfig, g: &[f32]) -> Vec<f32> {
     out
 }
 
+/// Input x gradient: per pixel, the sum over channels of the class score's gradient times the
+/// normalised input, where positive. The input is normalised to 0 at the normalisation mean, the
+/// value occlusion and the deletion test remove a pixel to, so a pixel at the mean gets nothing.
+fn input_x_gradient(
+    cfg: &ModelConfig,
+    params: &[f32],
+    x: &[f32],
+    class: usize,
+    device: &Device,
+) -> Result<Vec<f32>> {
+    let g = input_gradient(cfg, params, x, 1, class, device)?;
+    let hw = cfg.height * cfg.width;
+    let mut out = vec![0f32; hw];
+    for (gp, xp) in g.chunks_exact(hw).zip(x.chunks_exact(hw)) {
+        for ((o, gv), xv) in out.iter_mut().zip(gp).zip(xp) {
+            *o += gv * xv;
+        }
+    }
+    Ok(out.into_iter().map(|v| v.max(0.0)).collect())
+}
+
 /// SmoothGrad: the mean saliency of noisy copies (noise drawn from a fixed key, so the same
 /// image always gets the same map).
 fn smooth_grad(
@@ -408,5 +461,70 @@ fn scaled(map: Vec<f32>) -> Vec<f32> {
         map.into_iter().map(|v| (v - lo) / (hi - lo)).collect()
     } else {
         vec![0.0; map.len()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::test_image;
+
+    /// A seed CNN for 16x16 images and an image whose left half sits at the normalisation mean.
+    fn half_at_mean() -> (ModelConfig, Vec<f32>, Vec<f32>) {
+        let cfg = ModelConfig::seed_cnn(&test_image(16), 2, 0.0, 100.0, 50.0).unwrap();
+        let params = cfg.init_params(3);
+        let pixels = (0..256)
+            .map(|i| {
+                if i % 16 < 8 {
+                    100.0
+                } else {
+                    (i * 37 % 255) as f32
+                }
+            })
+            .collect();
+        (cfg, params, pixels)
+    }
+
+    #[test]
+    fn input_x_gradient_gives_nothing_to_pixels_at_the_mean_and_refines_grad_cam() {
+        let (cfg, params, pixels) = half_at_mean();
+        let dev = Device::flex();
+        let ixg = explain(
+            &cfg,
+            &params,
+            &pixels,
+            Method::InputXGradient,
+            Some(1),
+            &dev,
+        )
+        .unwrap();
+        let cam = explain(&cfg, &params, &pixels, Method::GradCam, Some(1), &dev).unwrap();
+        let both = explain(&cfg, &params, &pixels, Method::GradCamXInput, Some(1), &dev).unwrap();
+        assert_eq!(
+            (ixg.layer.as_str(), both.layer.as_str()),
+            ("input", "conv2")
+        );
+        let left = |m: &[f32]| (0..256).filter(|i| i % 16 < 8).map(|i| m[i]).sum::<f32>();
+        assert_eq!(left(&ixg.map), 0.0, "pixels at the mean carry no share");
+        assert_eq!(left(&both.map), 0.0);
+        assert!(ixg.map.iter().any(|&v| v > 0.0), "the other half does");
+        // The refined map is positive exactly where both factors are.
+        for ((b, i), c) in both.map.iter().zip(&ixg.map).zip(&cam.map) {
+            assert_eq!(*b > 0.0, *i > 0.0 && *c > 0.0, "{b} from {i} and {c}");
+        }
+    }
+
+    #[test]
+    fn every_method_parses_from_its_own_name_and_unknown_ones_are_named() {
+        for m in Method::ALL {
+            assert_eq!(m.name().parse::<Method>().unwrap(), m);
+            let json = serde_json::to_string(&m).unwrap();
+            assert_eq!(json, format!("{:?}", m.name()));
+        }
+        let err = "gradcam+".parse::<Method>().unwrap_err().to_string();
+        assert!(
+            err.contains("gradcam+") && err.contains("gradcam-x-input"),
+            "{err}"
+        );
     }
 }

@@ -124,7 +124,7 @@ pub async fn run(args: &ExplainArgs) -> Result<Explanations, CtlError> {
     std::fs::create_dir_all(&args.out).map_err(CtlError::write(&args.out))?;
     let items = gather(&model, &args.inputs, &args.split, args.limit).await?;
     let params = std::sync::Arc::new(loaded.params);
-    let layer = if matches!(args.method, Method::GradCam | Method::GradCamPlusPlus) {
+    let layer = if args.method.reads_cam_layer() {
         model.arch().cam_layer().to_string()
     } else {
         "input".to_string()
