@@ -1,5 +1,5 @@
-//! A job held by the coordinator: its spec, its live record, its cancel token and the newest
-//! published parameters.
+//! A job held by the coordinator: its spec, its live record, its cancel token, the newest
+//! published parameters and its slots for gradients being received.
 
 use std::sync::{Arc, RwLock};
 
@@ -8,8 +8,16 @@ use ctcluster_common::JobId;
 use ctcluster_common::job::JobRecord;
 use ctcluster_common::spec::JobSpec;
 use ctcluster_common::tensor_bytes::f32_to_le_bytes;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
+
+/// Training results with a gradient a job holds at once between the first byte of their body
+/// and the moment the reduction tree has folded them: a push beyond that waits for a slot
+/// before the coordinator allocates its gradient (and its bytes wait in the connection's flow
+/// control window). With the tree's subtree sums waiting for their siblings, this bounds a
+/// job's gradient buffers by the tree's depth plus this, whatever the number of micro-batches
+/// or workers.
+pub const GRADIENTS_IN_FLIGHT: usize = 4;
 
 /// Parameters at one version (the step count), encoded once for every worker that fetches them.
 #[derive(Debug)]
@@ -32,6 +40,7 @@ pub struct JobHandle {
     pub cancel: CancellationToken,
     record: watch::Sender<JobRecord>,
     params: RwLock<Option<Arc<ParamsSnapshot>>>,
+    gradients: Arc<Semaphore>,
 }
 
 impl JobHandle {
@@ -44,7 +53,18 @@ impl JobHandle {
             cancel: CancellationToken::new(),
             record: watch::Sender::new(record),
             params: RwLock::new(None),
+            gradients: Arc::new(Semaphore::new(GRADIENTS_IN_FLIGHT)),
         }
+    }
+
+    /// A slot for one gradient being received and folded (see [`GRADIENTS_IN_FLIGHT`]): waits
+    /// while every slot is taken; dropping it frees the slot.
+    pub async fn gradient_slot(&self) -> OwnedSemaphorePermit {
+        // The semaphore is never closed, so acquiring only ever waits.
+        Arc::clone(&self.gradients)
+            .acquire_owned()
+            .await
+            .expect("the job's gradient semaphore is never closed")
     }
 
     /// A copy of the current record.
@@ -82,5 +102,33 @@ impl JobHandle {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_job_takes_in_at_most_its_gradients_in_flight() {
+        let yaml = "name: t\ndataset: memory://d/x\noutput: memory://d/out\n";
+        let spec = JobSpec::from_yaml(yaml).unwrap();
+        let id = JobId::generate();
+        let job = JobHandle::new(spec, JobRecord::queued(id, "t".into(), yaml.into(), 1), 0);
+        let mut held = Vec::new();
+        for _ in 0..GRADIENTS_IN_FLIGHT {
+            held.push(job.gradient_slot().await);
+        }
+        assert!(
+            job.gradient_slot().now_or_never().is_none(),
+            "a push beyond the limit waits"
+        );
+        held.pop();
+        assert!(
+            job.gradient_slot().now_or_never().is_some(),
+            "a freed slot is taken"
+        );
     }
 }

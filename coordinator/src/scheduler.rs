@@ -35,6 +35,9 @@ pub struct TaskResult {
     pub probs: Vec<f32>,
     /// Evaluation: each sample's label (empty for training).
     pub labels: Vec<u32>,
+    /// The job's slot the gradient holds until the round has folded it (none without a
+    /// gradient).
+    pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Where a round's spans hang in the job's trace.
@@ -442,6 +445,7 @@ mod tests {
             confusion: Vec::new(),
             probs: Vec::new(),
             labels: Vec::new(),
+            slot: None,
         }
     }
 

@@ -262,6 +262,12 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let want = usize::try_from(expected.gradient_len)
             .map_err(|_| reject("gradient too long".into()))?;
         let dtype = expected.gradient_dtype;
+        // Wait for one of the job's gradient slots before taking the body in: what the
+        // coordinator holds of a step does not grow with the pushes arriving at once.
+        let slot = match (want, self.coord.job(&expected.job)) {
+            (0, _) | (_, Err(_)) => None,
+            (_, Ok(job)) => Some(job.gradient_slot().await),
+        };
         let mut gradient = Vec::with_capacity(want);
         while let Some(msg) = stream.next().await {
             match msg?.part {
@@ -301,6 +307,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             confusion: header.confusion,
             probs: header.probs,
             labels: header.labels,
+            slot,
         });
         if accepted {
             let (fetch, compute) = (header.fetch_seconds, header.compute_seconds);

@@ -104,7 +104,8 @@ pub(super) struct Block {
 
 /// Hands a step's training tasks out and folds each result into the step's reduction tree as it
 /// arrives (off the async threads), so that the coordinator holds one gradient per subtree
-/// waiting for its sibling, not one per task. Returns the step's sum. With sharded aggregation
+/// waiting for its sibling, not one per task, and at most
+/// [`GRADIENTS_IN_FLIGHT`](crate::job::GRADIENTS_IN_FLIGHT) being received or waiting here. Returns the step's sum. With sharded aggregation
 /// (`watch` given) the results carry no gradient (the aggregators fold theirs): the sum is of
 /// the losses and counts only.
 pub(super) async fn run_train_round(
@@ -156,6 +157,8 @@ pub(super) async fn run_train_round(
             .await
             .map_err(|e| Error::Compute(format!("reduce panicked: {e}")))??,
         );
+        // Folded: the job may take in another gradient.
+        drop(result.slot);
     }
     let fold = fold.ok_or_else(|| CoordError::Internal("fold lost".into()))?;
     reduce.record("peak_pending", fold.peak_pending());
