@@ -82,10 +82,12 @@ def main():
         row("PyTorch one process, no DDP", ddp["single_process_images_per_sec"])
         row(f"PyTorch DDP, {ddp['ddp_processes']} gloo processes", ddp["ddp_images_per_sec"])
         row("DDP / one process (PyTorch)", ddp["scaling_efficiency"], "ratio")
+        # The pure-Rust workers of step_throughput (in one process) for scale; the target of
+        # 1.0 is the LibTorch workers' end to end, below.
         if step and two:
-            row("ctcluster 2 workers / PyTorch DDP 2 processes", two / ddp["ddp_images_per_sec"], "ratio", ">= 1.0")
+            row("ctcluster 2 pure-Rust workers (in process) / PyTorch DDP 2 processes", two / ddp["ddp_images_per_sec"], "ratio")
         if step and two_blocks:
-            row("ctcluster 2 workers, 2 micro-batches a task / PyTorch DDP", two_blocks / ddp["ddp_images_per_sec"], "ratio", ">= 1.0")
+            row("ctcluster 2 pure-Rust workers, 2 micro-batches a task / PyTorch DDP", two_blocks / ddp["ddp_images_per_sec"], "ratio")
     vs = load(d, "ctcluster_vs_ddp.json")
     if vs:
         n = vs["workers"]
